@@ -1,0 +1,116 @@
+"""Named architectures. ``build(name)`` returns a ``Sequential``; ``MODELS`` lists them.
+
+The seed networks are kept as published so their results can be reproduced:
+
+- ``lenet``: the classic PyTorch ``examples/mnist`` network (with ``Dropout2d``).
+- ``keras_cnn``: the 863,082-parameter Keras network that reports 99.57%.
+- ``bn_cnn``: three conv + BatchNorm blocks, global average pooling, a BN dense head.
+- ``flax_cnn``: the CNN of Flax's ``examples/mnist``.
+- ``default``: our choice for speed and accuracy on a CPU.
+"""
+
+from collections.abc import Callable
+
+from scratchcnn.errors import ScratchCNNError
+from scratchcnn.layers import (
+    AvgPool,
+    BatchNorm,
+    ChannelDropout,
+    Conv,
+    Dense,
+    Dropout,
+    Flatten,
+    GlobalAvgPool,
+    MaxPool,
+    ReLU,
+    Sequential,
+)
+
+MODELS: dict[str, Callable[[], Sequential]] = {}
+
+
+class UnknownModelError(ScratchCNNError, ValueError):
+    """The architecture name is not in the registry."""
+
+
+def register(name: str):
+    """Decorator: add a network builder to ``MODELS`` under ``name``."""
+
+    def add(builder):
+        MODELS[name] = builder
+        return builder
+
+    return add
+
+
+def build(name: str) -> Sequential:
+    """The network registered as ``name``."""
+    if name not in MODELS:
+        raise UnknownModelError(
+            f"unknown architecture {name!r}; choose one of: {', '.join(sorted(MODELS))}."
+        )
+    return MODELS[name]()
+
+
+@register("lenet")
+def lenet() -> Sequential:
+    """PyTorch's classic MNIST example: 21,840 parameters, ~99% test accuracy."""
+    return Sequential([
+        Conv(10, 5, padding="VALID"), MaxPool(2), ReLU(),
+        Conv(20, 5, padding="VALID"), ChannelDropout(0.5), MaxPool(2), ReLU(),
+        Flatten(),  # 4 * 4 * 20 = 320
+        Dense(50), ReLU(), Dropout(0.5),
+        Dense(10),
+    ])  # fmt: skip
+
+
+@register("keras_cnn")
+def keras_cnn() -> Sequential:
+    """The published 99.57% Keras network: 3x3 SAME convs, 863,082 parameters."""
+    return Sequential([
+        Conv(32), ReLU(), Conv(32), ReLU(), MaxPool(2), Dropout(0.25),
+        Conv(64), ReLU(), Conv(64), ReLU(), MaxPool(2), Dropout(0.25),
+        Conv(128), ReLU(), MaxPool(2), Dropout(0.25),  # 7x7 -> 3x3 (floor)
+        Flatten(),  # 3 * 3 * 128 = 1152
+        Dense(512), ReLU(), Dropout(0.5),
+        Dense(256), ReLU(), Dropout(0.5),
+        Dense(10),
+    ])  # fmt: skip
+
+
+@register("bn_cnn")
+def bn_cnn() -> Sequential:
+    """Three conv + BatchNorm + ReLU + max-pool + dropout blocks, GAP, a BN dense head."""
+    layers = []
+    for features in (32, 64, 128):
+        layers += [Conv(features, use_bias=False), BatchNorm(), ReLU(), MaxPool(2), Dropout(0.25)]
+    layers += [GlobalAvgPool(), Dense(512, use_bias=False), BatchNorm(), ReLU(), Dropout(0.5)]
+    layers += [Dense(10)]
+    return Sequential(layers)
+
+
+@register("flax_cnn")
+def flax_cnn() -> Sequential:
+    """Flax ``examples/mnist``: two conv + avg-pool stages and a 256-unit dense layer."""
+    return Sequential([
+        Conv(32), ReLU(), AvgPool(2),
+        Conv(64), ReLU(), AvgPool(2),
+        Flatten(),  # 7 * 7 * 64 = 3136
+        Dense(256), ReLU(),
+        Dense(10),
+    ])  # fmt: skip
+
+
+@register("default")
+def default() -> Sequential:
+    """Small and fast on a CPU: two conv + BN stages, max-pool, a 128-unit head.
+
+    Chosen for training speed on two cores; the training issue tunes it.
+    """
+    return Sequential([
+        Conv(32, 5, use_bias=False), BatchNorm(), ReLU(), MaxPool(2),
+        Conv(64, 5, use_bias=False), BatchNorm(), ReLU(), MaxPool(2),
+        Flatten(),  # 7 * 7 * 64 = 3136
+        Dense(128), ReLU(), Dropout(0.3),
+        Dense(10),
+    ])  # fmt: skip

@@ -1,0 +1,29 @@
+"""Element-wise activations and the reshape that joins convolutions to dense layers."""
+
+from scratchcnn.ops._xp import namespace
+
+
+def relu_forward(x):
+    """``max(x, 0)`` element-wise. x: any shape -> out: same shape."""
+    xp = namespace(x)
+    return xp.maximum(x, 0), x
+
+
+def relu_backward(dout, cache):
+    """The gradient passes where the input was positive, and is zero elsewhere.
+
+    At exactly 0 we use slope 0, as ``jax.nn.relu`` does, so parity holds there too.
+    """
+    x = cache
+    xp = namespace(dout, x)
+    return xp.where(x > 0, dout, 0), {}
+
+
+def flatten_forward(x):
+    """(N, H, W, C) -> (N, H*W*C), in NHWC order (the order Flax's ``reshape`` gives)."""
+    return x.reshape(x.shape[0], -1), x.shape
+
+
+def flatten_backward(dout, cache):
+    """Undo the reshape: (N, H*W*C) -> (N, H, W, C)."""
+    return dout.reshape(cache), {}

@@ -1,0 +1,41 @@
+"""Softmax cross-entropy from logits, numerically stable, with optional label smoothing."""
+
+from scratchcnn.ops._xp import namespace
+
+
+def log_softmax(logits):
+    """log p = z - logsumexp(z), with the max subtracted first so exp never overflows.
+
+    logits: (N, K) -> (N, K).
+    """
+    xp = namespace(logits)
+    shifted = logits - xp.max(logits, axis=1, keepdims=True)
+    return shifted - xp.log(xp.sum(xp.exp(shifted), axis=1, keepdims=True))
+
+
+def smooth_targets(labels, num_classes, label_smoothing, dtype, xp):
+    """One-hot targets mixed with the uniform distribution (optax's ``smooth_labels``).
+
+    labels: (N,) ints -> (N, K): ``(1 - a) * one_hot + a / K``.
+    """
+    one_hot = (labels[:, None] == xp.arange(num_classes)[None, :]).astype(dtype)
+    return (1 - label_smoothing) * one_hot + label_smoothing / num_classes
+
+
+def softmax_cross_entropy_forward(logits, labels, label_smoothing=0.0):
+    """Mean cross-entropy between softmax(logits) and the (smoothed) labels.
+
+    logits: (N, K), labels: (N,) ints in [0, K) -> loss: scalar.
+    """
+    xp = namespace(logits)
+    log_probs = log_softmax(logits)
+    targets = smooth_targets(xp.asarray(labels), logits.shape[1], label_smoothing, logits.dtype, xp)
+    loss = -xp.sum(targets * log_probs) / logits.shape[0]
+    return loss, (log_probs, targets)
+
+
+def softmax_cross_entropy_backward(dloss, cache):
+    """The famous simple gradient: dlogits = (softmax - targets) / N, times dloss."""
+    log_probs, targets = cache
+    xp = namespace(log_probs)
+    return dloss * (xp.exp(log_probs) - targets) / log_probs.shape[0], {}
