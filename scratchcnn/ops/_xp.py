@@ -23,3 +23,25 @@ def namespace(*arrays):
     if any(_is_jax_array(a) for a in arrays):
         return sys.modules["jax.numpy"]
     return np
+
+
+def total(x, axis):
+    """``sum(x, axis)``, accumulated precisely enough for gradient parity in float32.
+
+    NumPy adds float32 values one after another when the reduced axes are not the
+    contiguous last one (e.g. over (N, H, W) of an NHWC array), so the rounding error grows
+    with the count: about 1e-5 relative over a batch of MNIST feature maps. Accumulating
+    in float64 removes it. XLA already reduces accurately, so JAX arrays sum as they are.
+    """
+    if isinstance(x, np.ndarray) and x.dtype == np.float32:
+        return np.sum(x, axis=axis, dtype=np.float64).astype(np.float32)
+    return namespace(x).sum(x, axis=axis)
+
+
+def average(x, axis):
+    """``mean(x, axis)`` with the precise accumulation of ``total``."""
+    axes = (axis,) if isinstance(axis, int) else axis
+    count = 1
+    for a in axes:
+        count *= x.shape[a]
+    return total(x, axis) / count

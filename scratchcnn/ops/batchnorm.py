@@ -12,7 +12,7 @@
 Because it carries state, the forward pass returns ``(out, new_state, cache)``.
 """
 
-from scratchcnn.ops._xp import namespace
+from scratchcnn.ops._xp import average, namespace, total
 
 
 def batchnorm_forward(x, params, state, *, train, momentum=0.99, epsilon=1e-5):
@@ -24,8 +24,8 @@ def batchnorm_forward(x, params, state, *, train, momentum=0.99, epsilon=1e-5):
     xp = namespace(x)
     axes = tuple(range(x.ndim - 1))
     if train:
-        mean = xp.mean(x, axis=axes)
-        var = xp.mean((x - mean) ** 2, axis=axes)  # biased, two-pass: stable in float32
+        mean = average(x, axes)
+        var = average((x - mean) ** 2, axes)  # biased, two-pass: stable in float32
         new_state = {
             "mean": momentum * state["mean"] + (1 - momentum) * mean,
             "var": momentum * state["var"] + (1 - momentum) * var,
@@ -51,7 +51,7 @@ def batchnorm_backward(dout, cache):
     x_hat, inv_std, scale, train = cache
     xp = namespace(dout, x_hat)
     axes = tuple(range(dout.ndim - 1))
-    grads = {"scale": xp.sum(dout * x_hat, axis=axes), "bias": xp.sum(dout, axis=axes)}
+    grads = {"scale": total(dout * x_hat, axes), "bias": total(dout, axes)}
     dx_hat = dout * scale
     if train:
         dx_hat = dx_hat - xp.mean(dx_hat, axis=axes) - x_hat * xp.mean(dx_hat * x_hat, axis=axes)

@@ -17,7 +17,7 @@ from typing import NamedTuple
 import numpy as np
 
 from scratchcnn.errors import ShapeError
-from scratchcnn.ops._xp import namespace
+from scratchcnn.ops._xp import total
 from scratchcnn.ops.windows import (
     as_pair,
     crop_hw,
@@ -92,11 +92,10 @@ def conv2d_backward(dout, cache):
       plain stride-1 convolution with the kernel flipped in space and in/out swapped.
     """
     x_shape, rows, kernel, geo, has_bias = cache
-    xp = namespace(dout, kernel)
     c_out = kernel.shape[3]
     grads = {"kernel": (rows.T @ dout.reshape(-1, c_out)).reshape(kernel.shape)}
     if has_bias:
-        grads["bias"] = xp.sum(dout, axis=(0, 1, 2))
+        grads["bias"] = total(dout, (0, 1, 2))
     return _conv2d_input_grad(dout, kernel, geo, x_shape), grads
 
 

@@ -4,7 +4,7 @@ Shapes follow Flax's ``nnx.Linear``: ``x: (N, D_in)``, ``kernel: (D_in, D_out)``
 ``bias: (D_out,)``.
 """
 
-from scratchcnn.ops._xp import namespace
+from scratchcnn.ops._xp import total
 
 
 def dense_forward(x, kernel, bias=None):
@@ -30,5 +30,5 @@ def dense_backward(dout, cache):
     dx = dout @ kernel.T
     grads = {"kernel": x.T @ dout}
     if has_bias:
-        grads["bias"] = namespace(dout).sum(dout, axis=0)
+        grads["bias"] = total(dout, 0)
     return dx, grads

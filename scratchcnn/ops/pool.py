@@ -5,7 +5,7 @@ Padding follows Flax's ``nnx.max_pool`` / ``nnx.avg_pool``: max pooling pads wit
 window size (Flax's default ``count_include_pad=True``).
 """
 
-from scratchcnn.ops._xp import namespace
+from scratchcnn.ops._xp import average, namespace
 from scratchcnn.ops.windows import (
     as_pair,
     crop_hw,
@@ -78,8 +78,7 @@ def avg_pool_backward(dout, cache):
 
 def global_avg_pool_forward(x):
     """Mean over all pixels of each channel. x: (N, H, W, C) -> (N, C)."""
-    xp = namespace(x)
-    return xp.mean(x, axis=(1, 2)), x.shape
+    return average(x, (1, 2)), x.shape
 
 
 def global_avg_pool_backward(dout, cache):

@@ -1,0 +1,490 @@
+"""Find MNIST on disk (or download it), verify it, and load it as uint8 arrays.
+
+Where we look, first match wins:
+
+1. the folder passed as ``data_dir`` (the ``--data-dir`` flag of ``scratchcnn data``);
+2. the folder in the environment variable ``$SCRATCHCNN_DATA_DIR``;
+3. the per-user cache, ``platformdirs.user_cache_dir("scratchcnn")/mnist``, or
+   ``$SCRATCHCNN_CACHE_DIR/mnist`` when that variable is set;
+4. a download through tensorflow-datasets into that cache (only when 1-3 all fail).
+
+A folder that holds none of the MNIST files is skipped. A folder that holds some but not
+all of them is an error, not a reason to look elsewhere: silently using a different copy
+would hide the broken one.
+
+A folder can hold MNIST in one of two layouts:
+
+* ``original``: the four gzip files as published, checked against their published
+  SHA-256 digests (written below);
+* ``tfds``: the four files uncompressed (same names without ``.gz``) plus a
+  ``SHA256SUMS`` manifest, as :func:`download_mnist` writes them. They are checked
+  against the manifest. TFDS stores examples in its own order, so such a copy holds the
+  same 70,000 examples as the original files, but in a different order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import platformdirs
+
+from scratchcnn.data.idx import read_idx, write_atomically, write_idx
+from scratchcnn.errors import ChecksumError, DataError
+
+SPLITS = ("train", "test")
+IMAGE_SHAPE = (28, 28)
+NUM_CLASSES = 10
+
+# The four files of the MNIST database, by (split, kind). "t10k" is the test set.
+ORIGINAL_FILES: dict[tuple[str, str], str] = {
+    ("train", "images"): "train-images-idx3-ubyte.gz",
+    ("train", "labels"): "train-labels-idx1-ubyte.gz",
+    ("test", "images"): "t10k-images-idx3-ubyte.gz",
+    ("test", "labels"): "t10k-labels-idx1-ubyte.gz",
+}
+
+# Their published SHA-256 digests, written the way `sha256sum` prints them (so the text
+# can be compared with `sha256sum *.gz` by eye): any other bytes are not the original.
+ORIGINAL_SHA256SUMS = """\
+8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6  t10k-images-idx3-ubyte.gz
+f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6  t10k-labels-idx1-ubyte.gz
+440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609  train-images-idx3-ubyte.gz
+3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c  train-labels-idx1-ubyte.gz
+"""
+ORIGINAL_SHA256: dict[str, str] = {
+    name: digest for digest, name in (line.split() for line in ORIGINAL_SHA256SUMS.splitlines())
+}
+
+MANIFEST_NAME = "SHA256SUMS"
+DATA_DIR_ENV = "SCRATCHCNN_DATA_DIR"
+CACHE_DIR_ENV = "SCRATCHCNN_CACHE_DIR"
+
+# How each search rule is described to a person (error messages, `scratchcnn data`).
+SOURCE_DESCRIPTIONS: dict[str, str] = {
+    "argument": "the data_dir argument (--data-dir)",
+    "env": f"${DATA_DIR_ENV}",
+    "cache": "the per-user cache",
+    "download": "a download through tensorflow-datasets into the per-user cache",
+}
+# Shorter names for the same rules, used inside longer error sentences.
+SOURCE_LABELS: dict[str, str] = {
+    "argument": "data_dir argument",
+    "env": f"${DATA_DIR_ENV}",
+    "cache": "per-user cache",
+    "download": "download folder",
+}
+
+
+@dataclass(frozen=True)
+class MnistFile:
+    """One verified MNIST file: which split and kind it holds, its size and digest."""
+
+    split: str
+    kind: str
+    path: Path
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class MnistLocation:
+    """Where MNIST was found, by which rule, and the four files that were verified there.
+
+    ``source`` is one of ``"argument"``, ``"env"``, ``"cache"`` or ``"download"``;
+    ``layout`` is ``"original"`` (the four .gz files) or ``"tfds"`` (raw IDX + manifest).
+    """
+
+    directory: Path
+    source: str
+    layout: str
+    files: tuple[MnistFile, ...]
+
+    def path(self, split: str, kind: str) -> Path:
+        """The file holding the ``kind`` ("images" or "labels") of ``split``."""
+        for file in self.files:
+            if (file.split, file.kind) == (split, kind):
+                return file.path
+        raise KeyError((split, kind))
+
+    @property
+    def rule(self) -> str:
+        """The search rule that found this copy, in words."""
+        return SOURCE_DESCRIPTIONS[self.source]
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_mnist(
+    split: str, data_dir: str | os.PathLike | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Load one split of MNIST: ``images`` uint8 (N, 28, 28) and ``labels`` uint8 (N,).
+
+    ``split`` is "train" (60,000 examples) or "test" (10,000). See the module docstring
+    for where the files are looked for and how they are verified.
+    """
+    check_split(split)
+    return read_split(find_mnist(data_dir), split)
+
+
+def read_split(location: MnistLocation, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Read and validate the images and labels of ``split`` from a found location."""
+    check_split(split)
+    images_path = location.path(split, "images")
+    labels_path = location.path(split, "labels")
+    images = read_idx(images_path)
+    labels = read_idx(labels_path)
+    _check_images(images, images_path)
+    _check_labels(labels, labels_path)
+    if len(images) != len(labels):
+        raise DataError(
+            f"{images_path} holds {len(images)} images but {labels_path} holds "
+            f"{len(labels)} labels; the two files of a split must match one to one."
+        )
+    return images, labels
+
+
+def check_split(split: str) -> None:
+    """Reject any split name other than "train" and "test"."""
+    if split not in SPLITS:
+        allowed = " or ".join(repr(s) for s in SPLITS)
+        raise DataError(f"unknown MNIST split {split!r}: use {allowed}.")
+
+
+def _check_images(images: np.ndarray, path: Path) -> None:
+    """Images must be a stack of 28x28 uint8 pictures."""
+    if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != IMAGE_SHAPE:
+        raise DataError(
+            f"{path} holds a {images.dtype} array of shape {images.shape}, "
+            f"not MNIST images (uint8, shape (N, 28, 28))."
+        )
+
+
+def _check_labels(labels: np.ndarray, path: Path) -> None:
+    """Labels must be one uint8 digit 0..9 per image."""
+    if labels.dtype != np.uint8 or labels.ndim != 1:
+        raise DataError(
+            f"{path} holds a {labels.dtype} array of shape {labels.shape}, "
+            f"not MNIST labels (uint8, shape (N,))."
+        )
+    if labels.size and labels.max() >= NUM_CLASSES:
+        raise DataError(
+            f"{path} holds label {int(labels.max())}, but MNIST labels are the digits 0 to 9."
+        )
+
+
+# --------------------------------------------------------------------------- finding
+
+
+def find_mnist(
+    data_dir: str | os.PathLike | None = None, *, download: bool = True
+) -> MnistLocation:
+    """Search the locations in order and return the first that holds verified MNIST.
+
+    When none does and ``download`` is true, download MNIST into the cache first.
+    Raises :class:`DataError` (or :class:`ChecksumError`) with one sentence otherwise.
+    """
+    searched = []
+    for source, directory in candidate_locations(data_dir):
+        location = inspect_location(directory, source)
+        if location is not None:
+            return location
+        searched.append(f"{directory} ({SOURCE_LABELS[source]}: {_why_empty(directory)})")
+
+    where = _join_with_or(searched)
+    fix = f"set {DATA_DIR_ENV} to a folder holding the four files {', '.join(ORIGINAL_SHA256)}"
+    if not download:
+        raise DataError(f"no MNIST found in {where}; {fix}.")
+    try:
+        return download_mnist(cache_dir())
+    except _DownloadFailed as failure:
+        raise DataError(
+            f"no MNIST found in {where}, and the download through tensorflow-datasets "
+            f"failed ({failure.reason}); {fix}."
+        ) from failure.__cause__
+
+
+def candidate_locations(data_dir: str | os.PathLike | None = None) -> list[tuple[str, Path]]:
+    """The (source, folder) pairs to search, in order; unset ones are left out."""
+    candidates = []
+    if data_dir is not None:
+        candidates.append(("argument", _absolute(data_dir)))
+    if os.environ.get(DATA_DIR_ENV):
+        candidates.append(("env", _absolute(os.environ[DATA_DIR_ENV])))
+    candidates.append(("cache", cache_dir()))
+    return candidates
+
+
+def cache_dir() -> Path:
+    """The per-user MNIST cache: ``<$SCRATCHCNN_CACHE_DIR or user cache dir>/mnist``."""
+    root = os.environ.get(CACHE_DIR_ENV) or platformdirs.user_cache_dir("scratchcnn")
+    return _absolute(root) / "mnist"
+
+
+def inspect_location(directory: Path, source: str) -> MnistLocation | None:
+    """Verify the MNIST files in ``directory``; None when it holds none of them."""
+    if not directory.is_dir():
+        return None
+    original = [directory / name for name in ORIGINAL_FILES.values()]
+    if any(path.exists() for path in original):
+        _require_all(directory, original, source)
+        digests = ORIGINAL_SHA256
+        layout = "original"
+        reference = "the published MNIST digest"
+    else:
+        raw = [directory / _raw_name(name) for name in ORIGINAL_FILES.values()]
+        if not any(path.exists() for path in raw):
+            return None
+        manifest = directory / MANIFEST_NAME
+        _require_all(directory, [*raw, manifest], source)
+        digests = read_manifest(manifest)
+        layout = "tfds"
+        reference = f"the digest in {manifest}"
+
+    files = []
+    for (split, kind), name in ORIGINAL_FILES.items():
+        file_name = name if layout == "original" else _raw_name(name)
+        if file_name not in digests:
+            raise DataError(f"{directory / MANIFEST_NAME} has no digest for {file_name}.")
+        path = directory / file_name
+        digest = verify_sha256(path, digests[file_name], reference)
+        files.append(MnistFile(split, kind, path, path.stat().st_size, digest))
+    return MnistLocation(directory, source, layout, tuple(files))
+
+
+def _require_all(directory: Path, paths: Sequence[Path], source: str) -> None:
+    """A folder with some MNIST files must have all of them: name the missing ones."""
+    missing = [path.name for path in paths if not path.is_file()]
+    if not missing:
+        return
+    files = "file" if len(missing) == 1 else "files"
+    # Only the cache is ours to repair: deleting it makes the next run download again.
+    hint = "; delete the folder to download MNIST again" if source == "cache" else ""
+    raise DataError(
+        f"the MNIST folder {directory} ({SOURCE_LABELS[source]}) is incomplete: "
+        f"missing {files} {', '.join(missing)}{hint}."
+    )
+
+
+def _why_empty(directory: Path) -> str:
+    """Why a location was skipped, for the 'no MNIST found' message."""
+    if not directory.exists():
+        return "does not exist"
+    if not directory.is_dir():
+        return "not a folder"
+    return "no MNIST files"
+
+
+def _join_with_or(items: Sequence[str]) -> str:
+    """'a', 'a or b', 'a, b or c': a list in a sentence."""
+    if len(items) <= 1:
+        return "".join(items)
+    return f"{', '.join(items[:-1])} or {items[-1]}"
+
+
+def _raw_name(name: str) -> str:
+    """The name of the uncompressed copy: 'train-images-idx3-ubyte.gz' -> '...-ubyte'."""
+    return name.removesuffix(".gz")
+
+
+def _absolute(path: str | os.PathLike) -> Path:
+    """An absolute, normalised path, so messages say exactly which folder was used."""
+    return Path(path).expanduser().resolve()
+
+
+# --------------------------------------------------------------------------- verifying
+
+# Digests already computed in this process, by (path, size, modification time, inode):
+# hashing the 10 MB training images again on every load would waste time, and any
+# change to the file (or its atomic replacement) changes one of these, making a new key.
+_DIGEST_CACHE: dict[tuple[str, int, int, int], str] = {}
+
+
+def sha256_file(path: Path) -> str:
+    """The SHA-256 hex digest of a file's bytes, computed at most once per version."""
+    try:
+        stat = path.stat()
+        key = (str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+        if key not in _DIGEST_CACHE:
+            with path.open("rb") as file:
+                _DIGEST_CACHE[key] = hashlib.file_digest(file, "sha256").hexdigest()
+    except OSError as error:
+        raise DataError(f"cannot read {path}: {error.strerror or error}.") from error
+    return _DIGEST_CACHE[key]
+
+
+def verify_sha256(path: Path, expected: str, reference: str = "the expected digest") -> str:
+    """Check a file's SHA-256 against ``expected``; return the digest when they agree."""
+    actual = sha256_file(path)
+    if actual != expected:
+        raise ChecksumError(
+            f"{path} is not the expected file: its SHA-256 is {actual} but "
+            f"{reference} is {expected}."
+        )
+    return actual
+
+
+def clear_digest_cache() -> None:
+    """Forget every digest computed so far: the next load hashes its files again."""
+    _DIGEST_CACHE.clear()
+
+
+# A manifest line, as written by `sha256sum`: 64 hex digits, two spaces, a file name.
+_MANIFEST_LINE = re.compile(r"^([0-9a-f]{64}) [ *](.+)$")
+
+
+def read_manifest(path: Path) -> dict[str, str]:
+    """Read a ``SHA256SUMS`` file into {file name: hex digest}."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise DataError(f"cannot read the manifest {path}: {error}.") from error
+    return parse_manifest(text, path)
+
+
+def parse_manifest(text: str, path: str | os.PathLike = "<manifest>") -> dict[str, str]:
+    """Parse ``sha256sum``-style lines into {file name: hex digest}; blank lines are skipped."""
+    digests = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        match = _MANIFEST_LINE.match(line)
+        if match is None:
+            raise DataError(
+                f"{path} line {number} is not '<sha256 hex digest>  <file name>': {line!r}."
+            )
+        digest, name = match.groups()
+        digests[name] = digest
+    return digests
+
+
+def write_manifest(directory: Path, names: Sequence[str]) -> Path:
+    """Write ``directory/SHA256SUMS`` with the digests of the named files, atomically."""
+    lines = [f"{sha256_file(directory / name)}  {name}\n" for name in names]
+    manifest = directory / MANIFEST_NAME
+    write_atomically(manifest, lambda file: file.write("".join(lines).encode("utf-8")))
+    return manifest
+
+
+# --------------------------------------------------------------------------- downloading
+
+
+class _DownloadFailed(Exception):
+    """Internal: tensorflow-datasets could not deliver MNIST; ``reason`` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def download_mnist(directory: Path) -> MnistLocation:
+    """Download MNIST through tensorflow-datasets and save it in ``directory``.
+
+    The result is the ``tfds`` layout: four raw IDX files plus ``SHA256SUMS``. TFDS
+    stores examples in its own order, so this copy holds the same 70,000 examples as the
+    original files but in a different order (and its files have other digests).
+    """
+    splits = _download_with_tfds(directory / "tfds")
+    save_prepared(directory, splits)
+    location = inspect_location(directory, "download")
+    if location is None:  # only if something deleted the files we have just written
+        raise DataError(f"the MNIST files written to {directory} disappeared after the download.")
+    return location
+
+
+def _download_with_tfds(tfds_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Fetch both splits with ``tfds.data_source`` (no TensorFlow needed to read them).
+
+    Any failure (no network, no package, a bad download) becomes ``_DownloadFailed``.
+    """
+    try:
+        # Imported here, not at the top: importing tensorflow-datasets takes a while
+        # and is only needed on the rare run that downloads.
+        import tensorflow_datasets as tfds
+
+        sources = tfds.data_source(
+            "mnist",
+            split={"train": "train", "test": "test"},
+            data_dir=str(tfds_dir),
+            download=True,
+            # data_source reads by index, which needs the array_record format; TFDS
+            # only picks it by itself when no data_dir is given.
+            builder_kwargs={"file_format": "array_record"},
+        )
+        return {split: _examples_to_arrays(sources[split]) for split in SPLITS}
+    except Exception as error:  # any failure at all means "no download"
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        reason = f"{type(error).__name__}: {first_line}" if first_line else type(error).__name__
+        raise _DownloadFailed(reason) from error
+
+
+def _examples_to_arrays(source) -> tuple[np.ndarray, np.ndarray]:
+    """Copy a TFDS data source of {"image": (28, 28, 1), "label": int} into two arrays."""
+    count = len(source)
+    images = np.empty((count, *IMAGE_SHAPE), dtype=np.uint8)
+    labels = np.empty(count, dtype=np.uint8)
+    for index in range(count):
+        example = source[index]
+        images[index] = np.asarray(example["image"]).reshape(IMAGE_SHAPE)
+        labels[index] = example["label"]
+    return images, labels
+
+
+def save_prepared(directory: Path, splits: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> None:
+    """Write splits as raw IDX files with the canonical names, then the manifest.
+
+    The manifest goes last, so a folder whose writing was interrupted has no manifest
+    and is reported as incomplete instead of being trusted.
+    """
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DataError(f"cannot create the MNIST folder {directory}: {error.strerror}.") from error
+    (directory / MANIFEST_NAME).unlink(missing_ok=True)
+    names = []
+    for (split, kind), name in ORIGINAL_FILES.items():
+        images, labels = splits[split]
+        array = images if kind == "images" else labels
+        raw_name = _raw_name(name)
+        write_idx(directory / raw_name, array, compress=False)
+        names.append(raw_name)
+    write_manifest(directory, names)
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def summarize_mnist(location: MnistLocation) -> dict:
+    """A JSON-ready description of a found copy: files, sizes, digests, class counts."""
+    splits = {}
+    for split in SPLITS:
+        images, labels = read_split(location, split)
+        splits[split] = {
+            "images": int(len(images)),
+            "labels": int(len(labels)),
+            "class_counts": np.bincount(labels, minlength=NUM_CLASSES).tolist(),
+        }
+    return {
+        "directory": str(location.directory),
+        "source": location.source,
+        "rule": location.rule,
+        "layout": location.layout,
+        "files": [
+            {
+                "name": file.path.name,
+                "split": file.split,
+                "kind": file.kind,
+                "bytes": file.size,
+                "sha256": file.sha256,
+                "sha256_ok": True,
+            }
+            for file in location.files
+        ],
+        "splits": splits,
+    }

@@ -1,0 +1,70 @@
+"""Shared pytest fixtures.
+
+Data fixtures: where the real MNIST files are, the real arrays (loaded once per test
+session, so the 10 MB of training images are hashed and decompressed once), and an
+isolated search path so a test never stumbles on a copy of MNIST it did not create.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scratchcnn.data.mnist import CACHE_DIR_ENV, DATA_DIR_ENV, load_mnist
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# The shared data folder sits next to the repository: <root>/../shared/data/mnist.
+SHARED_MNIST_DIR = REPO_ROOT.parent / "shared" / "data" / "mnist"
+
+
+def _real_mnist_dir() -> Path | None:
+    """$SCRATCHCNN_DATA_DIR when it holds MNIST (CI sets it), else the shared folder."""
+    candidates = []
+    if os.environ.get(DATA_DIR_ENV):
+        configured = Path(os.environ[DATA_DIR_ENV])
+        # A relative value (CI uses ../shared/data/mnist) is meant from the repo root;
+        # try it from the current directory first, as the library itself does.
+        candidates += [configured, REPO_ROOT / configured]
+    candidates.append(SHARED_MNIST_DIR)
+    for candidate in candidates:
+        if (candidate / "train-images-idx3-ubyte.gz").is_file():
+            return candidate.resolve()
+    return None
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    """The folder with the four original MNIST files; the test is skipped without it."""
+    found = _real_mnist_dir()
+    if found is None:
+        pytest.skip(
+            f"real MNIST not found: set {DATA_DIR_ENV} to a folder with the four .gz files "
+            f"(looked at ${DATA_DIR_ENV} and {SHARED_MNIST_DIR})"
+        )
+    return found
+
+
+@pytest.fixture(scope="session")
+def mnist_train(mnist_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The real training split (images, labels), loaded once per session."""
+    return load_mnist("train", mnist_dir)
+
+
+@pytest.fixture(scope="session")
+def mnist_test(mnist_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The real test split (images, labels), loaded once per session."""
+    return load_mnist("test", mnist_dir)
+
+
+@pytest.fixture
+def isolated_mnist_search(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """Unset $SCRATCHCNN_DATA_DIR and point the cache at an empty temporary folder.
+
+    Returns the MNIST cache folder (``<tmp>/cache/mnist``, not yet created).
+    """
+    monkeypatch.delenv(DATA_DIR_ENV, raising=False)
+    monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path / "cache"))
+    return (tmp_path / "cache" / "mnist").resolve()
