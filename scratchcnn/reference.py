@@ -120,7 +120,8 @@ def twin(model: L.Sequential, in_shape=(28, 28, 1), param_dtype=jnp.float32) -> 
 
 def to_flax(model: L.Sequential, params, state, in_shape=(28, 28, 1)) -> FlaxSequential:
     """A Flax twin of ``model`` holding copies of our ``params`` and ``state``."""
-    dtype = next(iter(next(iter(params.values())).values())).dtype
+    leaves = jax.tree.leaves(params)
+    dtype = leaves[0].dtype if leaves else jnp.float32
     module = twin(model, in_shape, param_dtype=dtype)
     _load(module, nnx.Param, params)
     _load(module, nnx.BatchStat, state)
@@ -148,7 +149,7 @@ def _with_values(state, pure):
 
 
 def _pure(state) -> dict:
-    return jax.tree.map(np.asarray, state.to_pure_dict())
+    return jax.tree.map(np.asarray, nnx.to_pure_dict(state))
 
 
 def flax_softmax_cross_entropy(logits, labels, label_smoothing=0.0):
@@ -170,6 +171,6 @@ def functional(module: FlaxSequential):
     def apply(pure_params, x, train, key=None):
         m = nnx.merge(graphdef, _with_values(params, pure_params), rest, copy=True)
         out = m(x, train=train, dropout_key=key)
-        return out, nnx.state(m, nnx.BatchStat).to_pure_dict()
+        return out, nnx.to_pure_dict(nnx.state(m, nnx.BatchStat))
 
-    return apply, params.to_pure_dict()
+    return apply, nnx.to_pure_dict(params)

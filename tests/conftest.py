@@ -10,10 +10,22 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
+from hypothesis import settings
 
 from scratchcnn.data.mnist import CACHE_DIR_ENV, DATA_DIR_ENV, load_mnist
+
+# float64 on the JAX/Flax side too: the finite-difference and float64 parity checks need
+# it. float32 inputs stay float32, so the float32 checks are unaffected.
+jax.config.update("jax_enable_x64", True)
+
+# Flax/JAX compile each new shape, so single examples can be slow: no deadline. CI runs
+# the "ci" profile: a fixed seed, so a run is reproducible.
+settings.register_profile("default", deadline=None, max_examples=12)
+settings.register_profile("ci", deadline=None, max_examples=12, derandomize=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The shared data folder sits next to the repository: <root>/../shared/data/mnist.

@@ -1,0 +1,47 @@
+"""The fast convolution (im2col) equals the naive loop definition, forward and backward."""
+
+import numpy as np
+from hypothesis import assume, given
+from hypothesis import strategies as st
+from test_ops import fits, paddings, pairs
+
+from scratchcnn.gradcheck import relative_error
+from scratchcnn.ops.conv import (
+    conv2d_backward,
+    conv2d_forward,
+    conv2d_naive_backward,
+    conv2d_naive_forward,
+)
+
+
+@given(
+    h=st.integers(1, 9), w=st.integers(1, 9), c_in=st.integers(1, 4), c_out=st.integers(1, 4),
+    kernel=st.tuples(st.integers(1, 5), st.integers(1, 5)), strides=pairs, padding=paddings,
+    use_bias=st.booleans(), seed=st.integers(0, 99),
+)  # fmt: skip
+def test_fast_conv_equals_naive_loops(h, w, c_in, c_out, kernel, strides, padding, use_bias, seed):
+    assume(fits((h, w), kernel, strides, padding))
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((2, h, w, c_in))
+    k = rng.standard_normal((*kernel, c_in, c_out))
+    b = rng.standard_normal(c_out) if use_bias else None
+    fast, fast_cache = conv2d_forward(x, k, b, strides, padding)
+    naive, naive_cache = conv2d_naive_forward(x, k, b, strides, padding)
+    assert fast.shape == naive.shape
+    assert relative_error(fast, naive) <= 1e-12
+    dout = rng.standard_normal(fast.shape)
+    dx_fast, g_fast = conv2d_backward(dout, fast_cache)
+    dx_naive, g_naive = conv2d_naive_backward(dout, naive_cache)
+    assert dx_fast.shape == x.shape
+    assert relative_error(dx_fast, dx_naive) <= 1e-12
+    assert g_fast.keys() == g_naive.keys()
+    for name in g_fast:
+        assert relative_error(g_fast[name], g_naive[name]) <= 1e-12
+
+
+def test_conv_float32_stays_float32():
+    x = np.ones((1, 6, 6, 2), np.float32)
+    k = np.ones((3, 3, 2, 4), np.float32)
+    out, cache = conv2d_forward(x, k, np.zeros(4, np.float32))
+    dx, grads = conv2d_backward(np.ones_like(out), cache)
+    assert out.dtype == dx.dtype == grads["kernel"].dtype == grads["bias"].dtype == np.float32
