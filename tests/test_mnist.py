@@ -1,9 +1,11 @@
 """Finding, verifying and loading MNIST: the real files, the search order, bad folders,
-and the download through tensorflow-datasets (mocked: these machines are offline)."""
+and the two download routes through tensorflow-datasets (mocked: these machines are
+offline)."""
 
 from __future__ import annotations
 
 import hashlib
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -240,19 +242,77 @@ def test_images_must_be_28_by_28_uint8(tmp_path):
 # --------------------------------------------------------------------------- downloading
 
 
-def forbid_tfds(monkeypatch, tfds) -> None:
-    """Make any call of tfds.data_source fail the test."""
-
-    def data_source(*args, **kwargs):
-        raise AssertionError("tfds.data_source must not be called")
-
-    monkeypatch.setattr(tfds, "data_source", data_source)
+def offline(*args, **kwargs):
+    """A download that fails the way it does without a network."""
+    raise ConnectionError("Network is unreachable")
 
 
-def test_download_writes_raw_idx_and_manifest_then_reads_the_cache(
+def forbidden(*args, **kwargs):
+    raise AssertionError("no download expected here")
+
+
+@pytest.fixture
+def tfds(monkeypatch):
+    """tensorflow-datasets with both download routes forbidden until a test allows one."""
+    tfds = pytest.importorskip("tensorflow_datasets")
+    monkeypatch.setattr(tfds.download.DownloadManager, "download", forbidden)
+    monkeypatch.setattr(tfds, "data_source", forbidden)
+    return tfds
+
+
+def serve_files_from(monkeypatch, tfds, folder: Path) -> list[str]:
+    """Make DownloadManager.download copy the requested files from ``folder`` into its
+    download folder and return their paths, as the real one does. Returns the URLs asked
+    for, as they are asked for."""
+    requested = []
+
+    def download(self, urls):
+        requested.extend(urls.values())
+        paths = {}
+        for key, url in urls.items():
+            name = url.rsplit("/", 1)[-1]
+            paths[key] = self.download_dir / f"cvdf-datasets_mnist_{name}"  # a TFDS-like name
+            shutil.copyfile(folder / name, paths[key])
+        return paths
+
+    monkeypatch.setattr(tfds.download.DownloadManager, "download", download)
+    return requested
+
+
+def test_download_gets_the_original_files(
+    mnist_dir, mnist_test, isolated_mnist_search, tfds, monkeypatch
+):
+    requested = serve_files_from(monkeypatch, tfds, mnist_dir)
+    images, labels = load_mnist("test")
+    assert requested == [mnist.MNIST_URL + name for name in ORIGINAL_NAMES]
+    # The four published files under their own names, and nothing else (no TFDS folder).
+    assert sorted(p.name for p in isolated_mnist_search.iterdir()) == sorted(ORIGINAL_NAMES)
+    assert find_mnist().layout == "original"
+    # In the original order: the very arrays of the shared copy.
+    assert np.bincount(labels, minlength=10).tolist() == TEST_CLASS_COUNTS
+    np.testing.assert_array_equal(images, mnist_test[0])
+    np.testing.assert_array_equal(labels, mnist_test[1])
+
+    load_mnist("test")
+    assert find_mnist().source == "cache"
+    assert len(requested) == 4  # downloaded once
+
+
+def test_corrupt_download_is_rejected_and_not_kept(
+    tmp_path, isolated_mnist_search, tfds, monkeypatch
+):
+    serve_files_from(monkeypatch, tfds, make_fake_originals(tmp_path / "server"))
+    message = error_message(ChecksumError, load_mnist, "test")
+    assert "train-images-idx3-ubyte.gz" in message  # the first file checked
+    assert ORIGINAL_SHA256["train-images-idx3-ubyte.gz"] in message
+    assert list(isolated_mnist_search.iterdir()) == []
+
+
+def test_tfds_fallback_writes_raw_idx_and_manifest_then_reads_the_cache(
     isolated_mnist_search, monkeypatch
 ):
     tfds = pytest.importorskip("tensorflow_datasets")
+    monkeypatch.setattr(tfds.download.DownloadManager, "download", offline)
     with tfds.testing.mock_data(num_examples=6):
         location = find_mnist()
     assert (location.source, location.layout) == ("download", "tfds")
@@ -263,32 +323,33 @@ def test_download_writes_raw_idx_and_manifest_then_reads_the_cache(
     for name, digest in manifest.items():
         assert hashlib.sha256((isolated_mnist_search / name).read_bytes()).hexdigest() == digest
 
-    forbid_tfds(monkeypatch, tfds)
+    monkeypatch.setattr(tfds, "data_source", forbidden)
     assert find_mnist().source == "cache"
     images, labels = load_mnist("train")
     assert images.shape == (6, 28, 28) and images.dtype == np.uint8
     assert labels.shape == (6,) and labels.max() <= 9
 
 
-def test_offline_download_failure_explains_the_fix(isolated_mnist_search, monkeypatch, tmp_path):
-    tfds = pytest.importorskip("tensorflow_datasets")
+def test_offline_download_failure_explains_the_fix(
+    isolated_mnist_search, tfds, monkeypatch, tmp_path
+):
+    def no_tensorflow(*args, **kwargs):
+        raise ModuleNotFoundError("No module named 'tensorflow'")
 
-    def offline(*args, **kwargs):
-        raise ConnectionError("Network is unreachable")
-
-    monkeypatch.setattr(tfds, "data_source", offline)
+    monkeypatch.setattr(tfds.download.DownloadManager, "download", offline)
+    monkeypatch.setattr(tfds, "data_source", no_tensorflow)
     (tmp_path / "empty").mkdir()
     message = error_message(DataError, load_mnist, "test", tmp_path / "empty")
     assert message.startswith("no MNIST found in")
     assert str(tmp_path / "empty") in message and str(isolated_mnist_search) in message
-    assert "download through tensorflow-datasets failed" in message
-    assert "ConnectionError: Network is unreachable" in message
+    assert (
+        "download failed (ConnectionError: Network is unreachable; "
+        "TFDS fallback: ModuleNotFoundError: No module named 'tensorflow')" in message
+    )
     assert "set SCRATCHCNN_DATA_DIR" in message and "train-images-idx3-ubyte.gz" in message
     assert not (isolated_mnist_search / MANIFEST_NAME).exists()
 
 
-def test_no_download_when_told_not_to(isolated_mnist_search, monkeypatch):
-    tfds = pytest.importorskip("tensorflow_datasets")
-    forbid_tfds(monkeypatch, tfds)
+def test_no_download_when_told_not_to(isolated_mnist_search, tfds):
     message = error_message(DataError, find_mnist, download=False)
     assert "no MNIST found" in message and "per-user cache: does not exist" in message

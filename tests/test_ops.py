@@ -182,3 +182,20 @@ def test_same_padding_matches_lax(size, window, stride):
     theirs = jax.lax.padtype_to_pads((size, size), (window, window), (stride, stride), "SAME")
     assert [tuple(p) for p in theirs] == list(ours)
     assert output_size(size, window, stride, ours[0]) == -(-size // stride)
+
+
+def test_max_pool_ties_go_to_the_same_cell_as_in_flax_and_jax_grad():
+    """Flat regions tie exactly; all three gradients must pick the first maximum."""
+    from flax import nnx
+
+    from scratchcnn.ops.pool import max_pool_backward, max_pool_forward
+
+    x = np.zeros((2, 6, 6, 3))
+    x[0, 1:3, 1:3, 0] = 1.0  # a plateau of four tied maxima inside a 2x2 window... and more
+    dout = np.random.default_rng(0).standard_normal((2, 3, 3, 3))
+    out, cache = max_pool_forward(x, 2)
+    dx, _ = max_pool_backward(dout, cache)
+    _, vjp = jax.vjp(lambda xx: nnx.max_pool(xx, (2, 2), (2, 2), "VALID"), jnp.asarray(x))
+    np.testing.assert_array_equal(dx, vjp(jnp.asarray(dout))[0])
+    through_ours = jax.grad(lambda xx: jnp.sum(max_pool_forward(xx, 2)[0] * dout))(jnp.asarray(x))
+    np.testing.assert_array_equal(dx, through_ours)

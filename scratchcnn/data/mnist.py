@@ -6,7 +6,15 @@ Where we look, first match wins:
 2. the folder in the environment variable ``$SCRATCHCNN_DATA_DIR``;
 3. the per-user cache, ``platformdirs.user_cache_dir("scratchcnn")/mnist``, or
    ``$SCRATCHCNN_CACHE_DIR/mnist`` when that variable is set;
-4. a download through tensorflow-datasets into that cache (only when 1-3 all fail).
+4. a download into that cache (only when 1-3 all fail), by one of two routes:
+
+   a. the four original files from TFDS's own MNIST mirror, fetched with the
+      tensorflow-datasets download manager. This needs no TensorFlow, and gives the
+      published files: they are checked against the published digests, and their
+      examples come in the original order, so results match any other copy bit for bit;
+   b. only if (a) fails: ``tfds.data_source("mnist")``. Preparing the dataset that way
+      needs TensorFlow (the TFDS builder reads its downloads with ``tf.io.gfile``), so
+      this route only helps where TensorFlow is installed or TFDS has MNIST already.
 
 A folder that holds none of the MNIST files is skipped. A folder that holds some but not
 all of them is an error, not a reason to look elsewhere: silently using a different copy
@@ -15,11 +23,11 @@ would hide the broken one.
 A folder can hold MNIST in one of two layouts:
 
 * ``original``: the four gzip files as published, checked against their published
-  SHA-256 digests (written below);
+  SHA-256 digests (written below); route (a) writes this layout;
 * ``tfds``: the four files uncompressed (same names without ``.gz``) plus a
-  ``SHA256SUMS`` manifest, as :func:`download_mnist` writes them. They are checked
-  against the manifest. TFDS stores examples in its own order, so such a copy holds the
-  same 70,000 examples as the original files, but in a different order.
+  ``SHA256SUMS`` manifest, as route (b) writes them. They are checked against the
+  manifest. TFDS stores examples in its own order, so such a copy holds the same 70,000
+  examples as the original files, but in a different order.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,8 +214,7 @@ def find_mnist(
         return download_mnist(cache_dir())
     except _DownloadFailed as failure:
         raise DataError(
-            f"no MNIST found in {where}, and the download through tensorflow-datasets "
-            f"failed ({failure.reason}); {fix}."
+            f"no MNIST found in {where}; download failed ({failure.reason}); {fix}."
         ) from failure.__cause__
 
 
@@ -375,8 +383,12 @@ def write_manifest(directory: Path, names: Sequence[str]) -> Path:
 # --------------------------------------------------------------------------- downloading
 
 
+# TFDS's own copy of the original files: its MNIST builder downloads from here too.
+MNIST_URL = "https://storage.googleapis.com/cvdf-datasets/mnist/"
+
+
 class _DownloadFailed(Exception):
-    """Internal: tensorflow-datasets could not deliver MNIST; ``reason`` says why."""
+    """Internal: a download route could not deliver MNIST; ``reason`` says why."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -384,28 +396,72 @@ class _DownloadFailed(Exception):
 
 
 def download_mnist(directory: Path) -> MnistLocation:
-    """Download MNIST through tensorflow-datasets and save it in ``directory``.
+    """Download MNIST into ``directory``: the original files, else through ``tfds``.
 
-    The result is the ``tfds`` layout: four raw IDX files plus ``SHA256SUMS``. TFDS
-    stores examples in its own order, so this copy holds the same 70,000 examples as the
-    original files but in a different order (and its files have other digests).
+    See the module docstring for the two routes and the layout each one writes.
     """
-    splits = _download_with_tfds(directory / "tfds")
-    save_prepared(directory, splits)
+    try:
+        _download_original(directory)
+    except _DownloadFailed as failure:
+        try:
+            save_prepared(directory, _download_with_tfds(directory / "tfds"))
+        except _DownloadFailed as fallback:
+            reason = f"{failure.reason}; TFDS fallback: {fallback.reason}"
+            raise _DownloadFailed(reason) from fallback.__cause__
     location = inspect_location(directory, "download")
     if location is None:  # only if something deleted the files we have just written
         raise DataError(f"the MNIST files written to {directory} disappeared after the download.")
     return location
 
 
-def _download_with_tfds(tfds_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Fetch both splits with ``tfds.data_source`` (no TensorFlow needed to read them).
+def _download_original(directory: Path) -> None:
+    """Fetch the four original .gz files, verify them, then move them into ``directory``.
 
-    Any failure (no network, no package, a bad download) becomes ``_DownloadFailed``.
+    TFDS downloads into a temporary folder inside ``directory``, removed afterwards, so
+    a failed or corrupt download leaves nothing behind.
     """
     try:
-        # Imported here, not at the top: importing tensorflow-datasets takes a while
-        # and is only needed on the rare run that downloads.
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DataError(f"cannot create the MNIST folder {directory}: {error.strerror}.") from error
+    with tempfile.TemporaryDirectory(dir=directory, prefix=".download-") as download_dir:
+        paths = _fetch_original(Path(download_dir))
+        for name, path in paths.items():
+            verify_sha256(path, ORIGINAL_SHA256[name], f"the published digest of {name}")
+        for name in ORIGINAL_FILES.values():
+            os.replace(paths[name], directory / name)  # atomic: same file system
+
+
+def _fetch_original(download_dir: Path) -> dict[str, Path]:
+    """Download the four original files with TFDS's download manager: {name: path}.
+
+    Unlike ``tfds.data_source``, this needs no TensorFlow. Any failure becomes
+    ``_DownloadFailed``.
+    """
+    try:
+        import tensorflow_datasets as tfds  # imported here: slow, and rarely needed
+
+        try:
+            from tensorflow_datasets.image_classification.mnist import _MNIST_URL as url
+        except ImportError:  # a private name: it may move in a later release
+            url = MNIST_URL
+        # TFDS knows these URLs' checksums and checks them itself; with
+        # force_checksums_validation=False it would also accept a URL it does not know.
+        manager = tfds.download.DownloadManager(
+            download_dir=download_dir, force_checksums_validation=False
+        )
+        paths = manager.download({name: url + name for name in ORIGINAL_FILES.values()})
+    except Exception as error:  # any failure at all means "no download"
+        raise _DownloadFailed(_reason(error)) from error
+    return {name: Path(path) for name, path in paths.items()}
+
+
+def _download_with_tfds(tfds_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Fetch both splits with ``tfds.data_source`` (TensorFlow needed to prepare them).
+
+    Any failure (no network, no package, no TensorFlow) becomes ``_DownloadFailed``.
+    """
+    try:
         import tensorflow_datasets as tfds
 
         sources = tfds.data_source(
@@ -419,9 +475,13 @@ def _download_with_tfds(tfds_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarra
         )
         return {split: _examples_to_arrays(sources[split]) for split in SPLITS}
     except Exception as error:  # any failure at all means "no download"
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        reason = f"{type(error).__name__}: {first_line}" if first_line else type(error).__name__
-        raise _DownloadFailed(reason) from error
+        raise _DownloadFailed(_reason(error)) from error
+
+
+def _reason(error: Exception) -> str:
+    """An exception as 'TypeName: first line of its message', to fit in one sentence."""
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
 
 
 def _examples_to_arrays(source) -> tuple[np.ndarray, np.ndarray]:

@@ -4,9 +4,14 @@ from scratchcnn.ops._xp import namespace
 
 
 def relu_forward(x):
-    """``max(x, 0)`` element-wise. x: any shape -> out: same shape."""
+    """``max(x, 0)`` element-wise. x: any shape -> out: same shape.
+
+    Written as ``where(x > 0, x, 0)`` rather than ``maximum(x, 0)``: at exactly 0,
+    ``jax.grad`` of ``maximum`` splits the slope (0.5), while this form gives 0, the
+    slope our backward pass and Flax use. Exact zeros are common on [0, 1] images.
+    """
     xp = namespace(x)
-    return xp.maximum(x, 0), x
+    return xp.where(x > 0, x, 0), x
 
 
 def relu_backward(dout, cache):

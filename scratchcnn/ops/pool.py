@@ -39,25 +39,26 @@ def _unpool(dwindows, geometry):
 def max_pool_forward(x, window=2, strides=None, padding="VALID"):
     """Largest value in each window. x: (N, H, W, C) -> (N, Ho, Wo, C).
 
-    strides defaults to the window (non-overlapping windows).
+    strides defaults to the window (non-overlapping windows). We pick the winner with
+    ``argmax`` and read it out, instead of calling ``max``: on ties (common on flat image
+    background) ``argmax`` names the first maximum in row-major window order, the same
+    one XLA's gradient picks, and ``jax.grad`` of this forward pass then sends the whole
+    gradient to that one cell, exactly like ``max_pool_backward`` (``jax.grad`` of
+    ``max`` would split it between the tied cells).
     """
     windows, geometry = _pool_windows(x, window, strides, padding, pad_value=-float("inf"))
     xp = namespace(x)
-    return xp.max(windows, axis=3), (windows, geometry)
+    winner = xp.argmax(windows, axis=3)[:, :, :, None, :]  # (N, Ho, Wo, 1, C)
+    out = xp.take_along_axis(windows, winner, axis=3)[:, :, :, 0, :]
+    return out, (winner, windows.shape, geometry)
 
 
 def max_pool_backward(dout, cache):
-    """Only the winner of each window gets the gradient.
-
-    Ties go to the first maximum in row-major window order, as in XLA's reduce-window
-    gradient; after a ReLU, tied zeros get no gradient from the ReLU anyway.
-    """
-    windows, geometry = cache
-    xp = namespace(dout, windows)
-    winner = xp.argmax(windows, axis=3)  # (N, Ho, Wo, C)
-    taps = xp.arange(windows.shape[3]).reshape(1, 1, 1, -1, 1)
-    is_winner = winner[:, :, :, None, :] == taps  # one-hot over the window axis
-    dwindows = xp.where(is_winner, dout[:, :, :, None, :], 0)
+    """Only the winner of each window gets the gradient."""
+    winner, windows_shape, geometry = cache
+    xp = namespace(dout, winner)
+    taps = xp.arange(windows_shape[3]).reshape(1, 1, 1, -1, 1)
+    dwindows = xp.where(winner == taps, dout[:, :, :, None, :], 0)  # one-hot over taps
     return _unpool(dwindows, geometry), {}
 
 
