@@ -79,6 +79,7 @@ def test_data_fails_with_one_line_when_nothing_is_found(
         raise OSError("Temporary failure in name resolution")
 
     monkeypatch.setattr(tfds, "data_source", offline)
+    monkeypatch.setattr(tfds.download.DownloadManager, "download", offline)
     bad_dir = tmp_path / "not-here"
     result = run("data", "--data-dir", str(bad_dir))
     assert_one_line_error(
