@@ -16,6 +16,7 @@ import numpy as np
 from scratchcnn import reference
 from scratchcnn.gradcheck import numerical_gradient, relative_error
 from scratchcnn.layers import Sequential
+from scratchcnn.parity import randomized
 
 FD_TOLERANCE = 1e-7
 PARITY_TOLERANCE = {np.float32: 1e-5, np.float64: 1e-10}
@@ -32,25 +33,12 @@ def kink_free(rng, shape, dtype=np.float64):
     return values.reshape(shape).astype(dtype)
 
 
-def random_weights(tree, rng, dtype):
-    """Random params/state of the same structure: no trivial zero biases, positive var."""
-    return {
-        name: {
-            key: (
-                rng.uniform(0.5, 1.5, a.shape) if key == "var" else rng.standard_normal(a.shape)
-            ).astype(dtype)
-            for key, a in arrays.items()
-        }
-        for name, arrays in tree.items()
-    }
-
-
 def setup(layer, in_shape, batch, seed, dtype=np.float64):
     """A one-layer model with random weights, a kink-free input and an output cotangent."""
     rng = np.random.default_rng(seed)
     model = Sequential([layer])
     params, state = model.init(rng, in_shape, dtype)
-    params, state = random_weights(params, rng, dtype), random_weights(state, rng, dtype)
+    params, state = randomized(params, rng), randomized(state, rng)
     x = kink_free(rng, (batch, *in_shape), dtype)
     out_shape = model.forward(params, state, x, train=False)[0].shape
     dout = rng.standard_normal(out_shape).astype(dtype)
