@@ -12,9 +12,17 @@ import numpy as np
 def numerical_gradient(f, x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
     """Central-difference gradient of the scalar function ``f`` at ``x`` (any shape).
 
-    ``f`` is called 2 * x.size times; ``x`` is restored after each nudge.
+    ``f`` is called 2 * x.size times and must read the very array ``x`` (it is nudged in
+    place and restored after each nudge), so ``x`` must be a writeable, contiguous float64
+    NumPy array: in float32 a 1e-6 nudge is mostly lost to rounding.
     """
-    x = np.asarray(x)
+    if not (
+        isinstance(x, np.ndarray)
+        and x.dtype == np.float64
+        and x.flags.c_contiguous
+        and x.flags.writeable
+    ):
+        raise TypeError("numerical_gradient needs a writeable, C-contiguous float64 ndarray.")
     grad = np.zeros_like(x, dtype=np.float64)
     flat_x, flat_grad = x.reshape(-1), grad.reshape(-1)  # views: writes go into x / grad
     for i in range(flat_x.size):
@@ -31,8 +39,9 @@ def numerical_gradient(f, x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
 def relative_error(a, b) -> float:
     """Largest absolute difference, relative to the largest magnitude of either array.
 
-    Element-wise relative error blows up on entries that are zero in both; scaling by
-    the array's own size keeps the measure meaningful for every element.
+    Element-wise relative error blows up on entries that are zero in both; dividing by the
+    largest magnitude keeps the measure meaningful for every element (at the price of
+    judging small entries against the largest one).
     """
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     scale = max(np.abs(a).max(initial=0.0), np.abs(b).max(initial=0.0))

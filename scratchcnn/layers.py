@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from scratchcnn.errors import ShapeError
 from scratchcnn.ops import activations, batchnorm, conv, dense, dropout, pool
 from scratchcnn.ops.windows import as_pair, output_size, resolve_padding
 
@@ -223,6 +224,10 @@ class Dropout(Layer):
     rate: float = 0.5
     kind = "dropout"
     broadcast_dims = ()
+
+    def __post_init__(self):
+        if not 0.0 <= self.rate <= 1.0:
+            raise ShapeError(f"dropout rate must be in [0, 1], got {self.rate}.")
 
     def forward(self, params, state, x, *, train, rng=None):
         if not train or self.rate == 0.0:

@@ -78,6 +78,47 @@ def test_jax_grad_of_our_forward_equals_our_backward(name, train, scale, batch, 
     assert relative_error(ours, jax.grad(loss)(jnp.asarray(x))) <= 1e-10
 
 
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_model_gradients_match_finite_differences(name, train, batch):
+    """Whole-network check 1: directional derivatives along random directions (float64).
+
+    Nudging all of x and every parameter at once along a random direction v, the central
+    difference of the loss must equal <gradient, v>. The input is noise, not digits: on a
+    digit's flat background max-pool windows tie exactly, the loss has a kink there, and
+    a finite difference measures neither side's slope.
+    """
+    _, labels = batch
+    model = models.build(name)
+    params, state = model.init(0, dtype=np.float64)
+    key = jax.random.key(11)
+    x = np.random.default_rng(1).standard_normal((4, 28, 28, 1))
+    y = labels[:4]
+    logits, _, caches = model.forward(params, state, x, train=train, rng=key)
+    loss, cache = softmax_cross_entropy_forward(logits, y)
+    dx, grads = model.backward(softmax_cross_entropy_backward(1.0, cache)[0], caches)
+
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        vx = rng.standard_normal(x.shape)
+        vp = jax.tree.map(lambda a: rng.standard_normal(a.shape), params)
+        # A unit direction: every pre-activation moves ~1e-9, too little to cross a ReLU.
+        norm = np.sqrt(np.sum(vx**2) + sum(np.sum(v**2) for v in jax.tree.leaves(vp)))
+        vx, vp = vx / norm, jax.tree.map(lambda v, n=norm: v / n, vp)
+        along = jax.tree.map(lambda g, d: np.sum(g * d), grads, vp)
+        predicted = np.sum(dx * vx) + sum(jax.tree.leaves(along))
+
+        def loss_at(t, vx=vx, vp=vp):
+            p = jax.tree.map(lambda a, d: a + t * d, params, vp)
+            out = model.forward(p, state, x + t * vx, train=train, rng=key)[0]
+            return softmax_cross_entropy_forward(out, y)[0]
+
+        eps = 1e-6
+        numeric = (loss_at(eps) - loss_at(-eps)) / (2 * eps)
+        grad_norm = np.sqrt(np.sum(dx**2) + sum(np.sum(g**2) for g in jax.tree.leaves(grads)))
+        assert abs(numeric - predicted) <= 1e-7 * grad_norm  # |<g, v>| <= |g| for unit v
+
+
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_jitted_forward_and_backward_equal_numpy(name, batch):
     """The same op code compiles with jax.jit (the JAX backend of training builds on it)."""

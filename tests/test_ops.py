@@ -59,10 +59,12 @@ def test_dense(batch, d_in, d_out, use_bias):
 @given(
     kind=st.sampled_from([L.MaxPool, L.AvgPool]), h=sizes, w=sizes, c=channels,
     window=pairs, strides=st.one_of(st.none(), pairs),
-    padding=st.sampled_from(["SAME", "VALID"]),
+    padding=st.one_of(st.sampled_from(["SAME", "VALID"]), st.integers(0, 2)),
 )  # fmt: skip
 def test_pool(kind, h, w, c, window, strides, padding):
     assume(fits((h, w), window, strides or window, padding))
+    # A window made only of -inf padding has no maximum (Flax returns -inf there too).
+    assume(not isinstance(padding, int) or padding < min(window))
     check_all(kind(window, strides, padding), (h, w, c))
 
 
@@ -191,7 +193,7 @@ def test_max_pool_ties_go_to_the_same_cell_as_in_flax_and_jax_grad():
     from scratchcnn.ops.pool import max_pool_backward, max_pool_forward
 
     x = np.zeros((2, 6, 6, 3))
-    x[0, 1:3, 1:3, 0] = 1.0  # a plateau of four tied maxima inside a 2x2 window... and more
+    x[0, 0:2, 0:2, 0] = 1.0  # one window of four tied ones; every other window ties at 0
     dout = np.random.default_rng(0).standard_normal((2, 3, 3, 3))
     out, cache = max_pool_forward(x, 2)
     dx, _ = max_pool_backward(dout, cache)
@@ -199,3 +201,34 @@ def test_max_pool_ties_go_to_the_same_cell_as_in_flax_and_jax_grad():
     np.testing.assert_array_equal(dx, vjp(jnp.asarray(dout))[0])
     through_ours = jax.grad(lambda xx: jnp.sum(max_pool_forward(xx, 2)[0] * dout))(jnp.asarray(x))
     np.testing.assert_array_equal(dx, through_ours)
+
+
+def test_loss_rejects_labels_out_of_range_or_of_the_wrong_shape():
+    logits = np.zeros((2, 3))
+    with pytest.raises(ShapeError, match=r"labels must lie in \[0, 3\), got values from 0 to 10"):
+        softmax_cross_entropy_forward(logits, np.array([0, 10]))
+    with pytest.raises(ShapeError, match="labels must be 2 integers"):
+        softmax_cross_entropy_forward(logits, np.array([0.0, 1.0]))
+
+
+def test_numerical_gradient_refuses_arrays_it_cannot_nudge_in_place():
+    f = lambda a: float((a**2).sum())  # noqa: E731
+    for bad in (np.arange(6.0).reshape(2, 3).T, np.ones(3, np.float32), jnp.ones(3)):
+        with pytest.raises(TypeError, match="C-contiguous float64"):
+            numerical_gradient(f, bad)
+
+
+def test_numpy_integers_are_accepted_as_sizes_and_bools_are_not():
+    from scratchcnn.ops.windows import as_pair
+
+    assert as_pair(np.int64(3), "window") == (3, 3)
+    assert as_pair((np.int64(2), 2), "window") == (2, 2)
+    with pytest.raises(ShapeError):
+        as_pair(True, "window")
+
+
+def test_a_numpy_generator_cannot_drive_dropout_on_jax_arrays():
+    with pytest.raises(TypeError, match="needs a JAX key"):
+        dropout_forward(jnp.ones(4), 0.5, np.random.default_rng(0))
+    with pytest.raises(ShapeError, match="rate must be in"):
+        L.Dropout(1.5)

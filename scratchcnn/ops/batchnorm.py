@@ -49,10 +49,9 @@ def batchnorm_backward(dout, cache):
     In eval mode they are constants and dx is just ``dx_hat * inv_std``.
     """
     x_hat, inv_std, scale, train = cache
-    xp = namespace(dout, x_hat)
     axes = tuple(range(dout.ndim - 1))
     grads = {"scale": total(dout * x_hat, axes), "bias": total(dout, axes)}
     dx_hat = dout * scale
     if train:
-        dx_hat = dx_hat - xp.mean(dx_hat, axis=axes) - x_hat * xp.mean(dx_hat * x_hat, axis=axes)
+        dx_hat = dx_hat - average(dx_hat, axes) - x_hat * average(dx_hat * x_hat, axes)
     return dx_hat * inv_std, grads

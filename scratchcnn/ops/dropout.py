@@ -35,6 +35,9 @@ def dropout_forward(x, rate, rng, broadcast_dims=()):
     xp = namespace(x)
     if rate == 0.0:
         return x, None
+    if isinstance(rng, np.random.Generator) and xp is not np:
+        # Under jax.jit a NumPy draw would happen once, at trace time, and be frozen.
+        raise TypeError("dropout on JAX arrays needs a JAX key, not a numpy Generator.")
     keep = 1.0 - rate
     mask_shape = tuple(1 if d in broadcast_dims else n for d, n in enumerate(x.shape))
     mask = xp.broadcast_to(xp.asarray(dropout_mask(rng, keep, mask_shape)), x.shape)

@@ -1,6 +1,25 @@
 """Softmax cross-entropy from logits, numerically stable, with optional label smoothing."""
 
+import numpy as np
+
+from scratchcnn.errors import ShapeError
 from scratchcnn.ops._xp import namespace
+
+
+def check_labels(labels: np.ndarray, logits_shape) -> None:
+    """Labels must be integers, one per example, each a valid class index.
+
+    An out-of-range label would otherwise become an all-zero target row and silently
+    contribute nothing to the loss.
+    """
+    n, k = logits_shape
+    if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
+        raise ShapeError(f"labels must be {n} integers for logits of shape {logits_shape}, "
+                         f"got {labels.dtype} array of shape {labels.shape}.")  # fmt: skip
+    if labels.size and (labels.min() < 0 or labels.max() >= k):
+        raise ShapeError(
+            f"labels must lie in [0, {k}), got values from {labels.min()} to {labels.max()}."
+        )
 
 
 def log_softmax(logits):
@@ -28,6 +47,8 @@ def softmax_cross_entropy_forward(logits, labels, label_smoothing=0.0):
     logits: (N, K), labels: (N,) ints in [0, K) -> loss: scalar.
     """
     xp = namespace(logits)
+    if isinstance(labels, np.ndarray | list | tuple):  # concrete labels: check them here
+        check_labels(np.asarray(labels), logits.shape)
     log_probs = log_softmax(logits)
     targets = smooth_targets(xp.asarray(labels), logits.shape[1], label_smoothing, logits.dtype, xp)
     loss = -xp.sum(targets * log_probs) / logits.shape[0]

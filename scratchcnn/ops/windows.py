@@ -9,16 +9,26 @@ a stride over a (possibly padded) input. This file answers three questions once:
   to the pixels they came from (*col2im*). Overlapping windows add up.
 """
 
+import numbers
+
 from scratchcnn.errors import ShapeError
 from scratchcnn.ops._xp import namespace
 
 
 def as_pair(value, what: str) -> tuple[int, int]:
     """Turn ``3`` into ``(3, 3)`` and check ``(kh, kw)``-style pairs are positive ints."""
-    pair = (value, value) if isinstance(value, int) else tuple(value)
-    if len(pair) != 2 or not all(isinstance(v, int) and v >= 1 for v in pair):
+
+    def positive_int(v) -> bool:
+        return isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1
+
+    pair = (value, value) if isinstance(value, numbers.Integral) else value
+    try:
+        pair = tuple(pair)
+    except TypeError:
+        pair = ()
+    if len(pair) != 2 or not all(positive_int(v) for v in pair):
         raise ShapeError(f"{what} must be a positive int or a pair of them, got {value!r}.")
-    return pair
+    return tuple(int(v) for v in pair)
 
 
 def same_padding(size: int, window: int, stride: int) -> tuple[int, int]:
