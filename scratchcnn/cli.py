@@ -162,5 +162,265 @@ def parity(
         typer.echo(f"all {len(rows)} rows within tolerance (float32 <= 1e-5, float64 <= 1e-10)")
 
 
+# --------------------------------------------------------------------------- train
+
+
+def _option(help_text: str, *names: str, **kw):
+    """A typer option whose default (None) means "the recipe's value"."""
+    return typer.Option(*names, help=help_text, show_default=False, **kw)
+
+
+@app.command(
+    epilog=(
+        "Examples: scratchcnn train  (the default network, about 2 minutes)  |  "
+        "scratchcnn train --recipe best --seed 1 --output runs/best-1  |  "
+        "scratchcnn train --model lenet --epochs 10 --optimizer sgd --lr 0.01 "
+        "--schedule constant --backend jax --output runs/lenet  |  "
+        "scratchcnn train --output runs/lenet --resume ..."
+    )
+)
+@reports_errors
+def train(
+    recipe: Annotated[
+        str, typer.Option("--recipe", help="Start from a named recipe; flags override it.")
+    ] = "default",
+    model: Annotated[
+        str | None, _option("Architecture (see scratchcnn models).", "--model")
+    ] = None,
+    epochs: Annotated[
+        int | None, _option("Passes over the training set.", "--epochs", min=1)
+    ] = None,
+    batch_size: Annotated[int | None, _option("Images per step.", "--batch-size", min=1)] = None,
+    optimizer: Annotated[
+        str | None, _option("sgd, momentum, nesterov, adam or adamw.", "--optimizer")
+    ] = None,
+    learning_rate: Annotated[
+        float | None, _option("Peak learning rate.", "--lr", "--learning-rate")
+    ] = None,
+    schedule: Annotated[
+        str | None, _option("constant, milestones, cosine or one_cycle.", "--schedule")
+    ] = None,
+    warmup_epochs: Annotated[
+        float | None, _option("Linear warm-up length in epochs.", "--warmup-epochs", min=0)
+    ] = None,
+    milestones: Annotated[
+        str | None, _option("Epochs where lr is multiplied by gamma, e.g. 5,8.", "--milestones")
+    ] = None,
+    weight_decay: Annotated[
+        float | None, _option("Weight decay of the kernels.", "--weight-decay", min=0)
+    ] = None,
+    label_smoothing: Annotated[
+        float | None, _option("Label smoothing in [0, 1).", "--label-smoothing")
+    ] = None,
+    augment: Annotated[
+        str | None, _option("Augmentation: none, affine or elastic.", "--augment")
+    ] = None,
+    val_fraction: Annotated[
+        float | None, _option("Share of training images held out.", "--val-fraction")
+    ] = None,
+    early_stopping: Annotated[
+        int | None, _option("Stop after this many epochs without progress.", "--early-stopping")
+    ] = None,
+    plateau_patience: Annotated[
+        int | None, _option("Halve lr after this many epochs without progress.", "--plateau")
+    ] = None,
+    seed: Annotated[int | None, _option("Seed of every random choice.", "--seed")] = None,
+    backend: Annotated[
+        str | None, _option("numpy, or jax (the same step, compiled).", "--backend")
+    ] = None,
+    train_limit: Annotated[
+        int | None, _option("Train on the first N training images only.", "--train-limit")
+    ] = None,
+    output: Annotated[
+        Path | None, _option("Folder for checkpoints and history.", "--output", "-o")
+    ] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --output.")] = False,
+    data_dir: Annotated[
+        Path | None, _option("Folder holding the four MNIST .gz files.", "--data-dir")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
+) -> None:
+    """Train a network on MNIST and print its test accuracy.
+
+    Every option not given comes from --recipe ("default": about 2 minutes on two
+    cores; "best": the committed recipe of the results table). With --output, the
+    best and last checkpoints and the history are written there after every epoch;
+    --resume continues that run exactly where it stopped.
+    """
+    from scratchcnn.train import RECIPES, TrainConfig
+    from scratchcnn.train import train as run_training
+
+    if recipe not in RECIPES:
+        raise typer.BadParameter(f"unknown recipe {recipe!r}; choose one of: {', '.join(RECIPES)}.")
+    overrides = {
+        "model": model,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "optimizer": optimizer,
+        "learning_rate": learning_rate,
+        "schedule": schedule,
+        "warmup_epochs": warmup_epochs,
+        "milestones": _parse_milestones(milestones),
+        "weight_decay": weight_decay,
+        "label_smoothing": label_smoothing,
+        "augment": augment,
+        "val_fraction": val_fraction,
+        "early_stopping": early_stopping,
+        "plateau_patience": plateau_patience,
+        "seed": seed,
+        "backend": backend,
+        "train_limit": train_limit,
+    }
+    config = TrainConfig(**{**RECIPES[recipe].to_json(), **_given(overrides)})
+    result = run_training(
+        TrainConfig.from_json(config.to_json()).validate(),
+        data_dir=data_dir,
+        output_dir=output,
+        resume=resume,
+        progress=not (quiet or as_json),
+        log=(lambda text: None) if as_json else typer.echo,
+    )
+    if as_json:
+        typer.echo(json.dumps(result.summary(), indent=2))
+    else:
+        typer.echo(
+            f"test accuracy {result.test.accuracy:.2%} (loss {result.test.loss:.4f}) after "
+            f"{len(result.history)} epochs, {result.train_seconds:.0f} s of training"
+        )
+
+
+def _given(options: dict) -> dict:
+    return {name: value for name, value in options.items() if value is not None}
+
+
+def _parse_milestones(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise typer.BadParameter(
+            f"--milestones takes comma-separated epochs like 5,8; got {text!r}."
+        ) from None
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+@app.command(
+    epilog="Example: scratchcnn evaluate runs/default/best.npz  (or: --json, --misclassified 20)"
+)
+@reports_errors
+def evaluate(
+    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint written by train.")],
+    data_dir: Annotated[
+        Path | None, _option("Folder holding the four MNIST .gz files.", "--data-dir")
+    ] = None,
+    misclassified: Annotated[
+        int, typer.Option("--misclassified", min=0, help="List this many test mistakes.")
+    ] = 10,
+    model_name: Annotated[
+        str | None, _option("Refuse a checkpoint of any other architecture.", "--model")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
+) -> None:
+    """Evaluate a checkpoint on the 10,000 MNIST test images.
+
+    Prints accuracy, loss, expected calibration error, the confusion matrix, the
+    per-class precision/recall/F1 report and the most confident mistakes.
+    """
+    from scratchcnn.checkpoint import load_for_model
+    from scratchcnn.data.mnist import load_mnist
+    from scratchcnn.inference import predict_logits
+    from scratchcnn.metrics import evaluate_logits
+
+    model, ckpt = load_for_model(checkpoint, model_name)
+    images, labels = load_mnist("test", data_dir)
+    evaluation = evaluate_logits(predict_logits(model, ckpt.params, ckpt.state, images), labels)
+    if as_json:
+        typer.echo(json.dumps({"checkpoint": str(checkpoint), **evaluation.to_json()}, indent=2))
+        return
+    typer.echo(f"{checkpoint} ({ckpt.model_name}) on the MNIST test set")
+    typer.echo(evaluation.format())
+    if misclassified:
+        typer.echo(f"most confident mistakes (of {len(evaluation.misclassified)}):")
+        for item in evaluation.misclassified[:misclassified]:
+            typer.echo(
+                f"  test image {item['index']:>5}: label {item['label']}, "
+                f"predicted {item['prediction']} ({item['confidence']:.1%})"
+            )
+
+
+# --------------------------------------------------------------------------- predict
+
+
+@app.command(
+    epilog=(
+        "Examples: scratchcnn predict runs/default/best.npz my_digit.png  |  "
+        "scratchcnn predict best.npz a.jpg b.png --json  |  "
+        "scratchcnn predict best.npz --kaggle test.csv --output submission.csv"
+    )
+)
+@reports_errors
+def predict(
+    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint written by train.")],
+    images: Annotated[
+        list[Path] | None, typer.Argument(help="Image files (any format Pillow reads).")
+    ] = None,
+    kaggle: Annotated[
+        Path | None, _option("Kaggle Digit Recognizer test.csv to label.", "--kaggle")
+    ] = None,
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Where --kaggle writes the submission.")
+    ] = Path("submission.csv"),
+    model_name: Annotated[
+        str | None, _option("Refuse a checkpoint of any other architecture.", "--model")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print predictions as JSON.")] = False,
+) -> None:
+    """Read handwritten digits and print what the network sees.
+
+    Each image is made to look like MNIST first: grayscale, inverted if dark on light,
+    cropped to the ink, fitted in 20x20 and centred by centre of mass in 28x28.
+    """
+    from scratchcnn.checkpoint import load_for_model
+    from scratchcnn.inference import predict_probabilities
+
+    if not images and kaggle is None:
+        raise typer.BadParameter("give at least one IMAGE, or --kaggle test.csv.")
+    if images and kaggle is not None:
+        raise typer.BadParameter("give IMAGE files or --kaggle, not both.")
+    if kaggle is not None:
+        from scratchcnn.data.kaggle import read_kaggle_test_csv, write_submission
+
+        digits = read_kaggle_test_csv(kaggle)
+        model, ckpt = load_for_model(checkpoint, model_name)
+        probs = predict_probabilities(model, ckpt.params, ckpt.state, digits)
+        write_submission(output, probs.argmax(axis=1))
+        typer.echo(f"wrote {len(digits):,} predictions to {output}")
+        return
+    from scratchcnn.data.images import prepare_images
+
+    model, ckpt = load_for_model(checkpoint, model_name)
+    digits = prepare_images(images)
+    probs = predict_probabilities(model, ckpt.params, ckpt.state, digits)
+    rows = [
+        {
+            "image": str(path),
+            "digit": int(p.argmax()),
+            "probabilities": [round(float(v), 6) for v in p],
+        }
+        for path, p in zip(images, probs)
+    ]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        top = row["probabilities"][row["digit"]]
+        spread = "  ".join(f"{d}:{v:.2f}" for d, v in enumerate(row["probabilities"]))
+        typer.echo(f"{row['image']}: {row['digit']} ({top:.1%})   {spread}")
+
+
 if __name__ == "__main__":
     app()

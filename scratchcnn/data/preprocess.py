@@ -14,4 +14,14 @@ def to_unit_nhwc(images: np.ndarray, dtype=np.float32) -> np.ndarray:
 
 def standardize(images: np.ndarray, dtype=np.float32) -> np.ndarray:
     """uint8 (N, 28, 28) -> float (N, 28, 28, 1), zero mean and unit variance overall."""
-    return ((to_unit_nhwc(images, dtype) - MNIST_MEAN) / MNIST_STD).astype(dtype)
+    return standardize_unit(to_unit_nhwc(images, dtype))
+
+
+def standardize_unit(unit_images):
+    """Images in [0, 1], any shape (NumPy or JAX) -> the network's input scale.
+
+    Kept apart from the uint8 path because augmentation and attacks work on [0, 1]
+    images and only then hand them to the network.
+    """
+    dtype = unit_images.dtype
+    return ((unit_images - MNIST_MEAN) / MNIST_STD).astype(dtype)

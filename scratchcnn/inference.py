@@ -1,0 +1,59 @@
+"""Using a trained network: logits and probabilities for a stack of digit images."""
+
+from collections.abc import Callable
+
+import numpy as np
+
+from scratchcnn.data.preprocess import standardize_unit
+
+
+def as_unit_images(images) -> np.ndarray:
+    """uint8 (N, 28, 28) in 0..255, or floats already in [0, 1] -> float32 in [0, 1]."""
+    images = np.asarray(images)
+    if images.dtype == np.uint8:
+        return images.astype(np.float32) / np.float32(255)
+    return images.astype(np.float32)
+
+
+def predict_logits(
+    model,
+    params,
+    state,
+    images,
+    *,
+    batch_size: int = 1000,
+    eval_step: Callable | None = None,
+    to_device: Callable = np.asarray,
+) -> np.ndarray:
+    """images: (N, 28, 28) uint8 or [0, 1] floats -> logits (N, K) float32, in eval mode.
+
+    ``eval_step(params, state, x)`` defaults to our NumPy forward pass; the training loop
+    passes its jitted one. Batches keep memory flat whatever N is.
+    """
+    if eval_step is None:
+
+        def eval_step(params, state, x):
+            return model.forward(params, state, x, train=False)[0]
+
+    unit = as_unit_images(images)
+    out = [
+        np.asarray(
+            eval_step(
+                params, state, to_device(standardize_unit(unit[i : i + batch_size, ..., None]))
+            )
+        )
+        for i in range(0, len(unit), batch_size)
+    ]
+    return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 10), np.float32)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """(N, K) -> (N, K) probabilities; shifting by the max keeps exp from overflowing."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(shifted)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def predict_probabilities(model, params, state, images, **kw) -> np.ndarray:
+    """images: (N, 28, 28) -> class probabilities (N, K)."""
+    return softmax(predict_logits(model, params, state, images, **kw).astype(np.float64))

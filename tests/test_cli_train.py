@@ -1,0 +1,228 @@
+"""`scratchcnn train / evaluate / predict` end to end on a small subset, and their refusals.
+
+Every refusal must give one 'error: ...' line (or typer's usage message for a bad flag),
+a non-zero exit status, and leave existing files untouched.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from scratchcnn.cli import app
+from scratchcnn.data.mnist import CACHE_DIR_ENV, DATA_DIR_ENV
+
+runner = CliRunner()
+
+QUICK = ["--train-limit", "3000", "--val-fraction", "0.02", "--epochs", "1", "--quiet"]
+
+
+def run(*args) -> object:
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def assert_one_line_error(result, *phrases: str) -> None:
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for phrase in phrases:
+        assert phrase in lines[0], lines[0]
+    assert "Traceback" not in result.output
+
+
+def assert_usage_error(result, *phrases: str) -> None:
+    assert result.exit_code == 2, result.output
+    for phrase in phrases:
+        assert phrase in result.stderr, result.stderr
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, mnist_dir) -> tuple[Path, dict]:
+    """A run of the default network on 3,000 images (jax backend: a few seconds)."""
+    out = tmp_path_factory.mktemp("run")
+    result = run(
+        "train", *QUICK, "--backend", "jax", "--data-dir", mnist_dir, "--output", out, "--json"
+    )
+    assert result.exit_code == 0, result.output
+    return out, json.loads(result.stdout)
+
+
+def test_train_json_summary(trained):
+    out, summary = trained
+    assert 0.8 < summary["test_accuracy"] <= 1.0
+    assert summary["config"]["model"] == "default"
+    assert summary["epochs_run"] == 1
+    assert {p.name for p in out.iterdir()} >= {"best.npz", "last.npz", "history.json"}
+
+
+def test_evaluate_matches_the_training_run(trained, mnist_dir):
+    """evaluate (NumPy forward) reproduces the test accuracy train measured (jitted)."""
+    out, summary = trained
+    result = run("evaluate", out / "best.npz", "--data-dir", mnist_dir, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert abs(report["accuracy"] - summary["test_accuracy"]) <= 2e-4  # 2 images of 10,000
+    assert np.sum(report["confusion_matrix"]) == 10_000
+    text = run("evaluate", out / "best.npz", "--data-dir", mnist_dir)
+    assert text.exit_code == 0 and "confusion" in text.stdout.lower()
+
+
+def test_train_prints_the_test_accuracy(mnist_dir):
+    result = run("train", "--model", "lenet", "--train-limit", "256", "--val-fraction", "0.01",
+                 "--epochs", "1", "--quiet", "--data-dir", mnist_dir)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "test accuracy" in result.stdout and "epoch 1/1" in result.stdout
+
+
+# --------------------------------------------------------------------------- predict
+
+
+def digit_variants(digit: np.ndarray, tmp_path: Path) -> list[Path]:
+    """One MNIST digit (28x28 uint8, white on black) drawn the ways users photograph digits."""
+    white_on_black = Image.fromarray(digit)
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    paths = []
+
+    def save(image: Image.Image, name: str) -> None:
+        paths.append(tmp_path / name)
+        image.save(paths[-1])
+
+    big = white_on_black.resize((112, 112), Image.BICUBIC)
+    save(Image.fromarray(255 - np.asarray(big)), "dark_on_white.png")
+    save(big, "white_on_black.png")
+    canvas = Image.new("L", (600, 400), 255)
+    canvas.paste(Image.fromarray(255 - np.asarray(big)), (430, 40))
+    save(canvas, "large_off_centre.png")
+    rgba = Image.new("RGBA", big.size, (0, 0, 0, 0))
+    rgba.putalpha(big)  # black ink, opaque where the digit is, transparent elsewhere
+    save(rgba, "transparent.png")
+    save(Image.fromarray(255 - np.asarray(big)).convert("RGB"), "photo.jpg")
+    return paths
+
+
+def test_predict_reads_digits_however_they_are_drawn(trained, mnist_test, tmp_path):
+    out, _ = trained
+    images, labels = mnist_test
+    for index in (0, 1, 2):  # a 7, a 2 and a 1: clear digits the small net gets right
+        paths = digit_variants(images[index], tmp_path / str(index))
+        result = run("predict", out / "best.npz", *paths, "--json")
+        assert result.exit_code == 0, result.output
+        rows = json.loads(result.stdout)
+        assert [Path(r["image"]).name for r in rows] == [p.name for p in paths]
+        for row in rows:
+            assert row["digit"] == labels[index], row
+            assert abs(sum(row["probabilities"]) - 1) < 1e-4
+    text = run("predict", out / "best.npz", tmp_path / "0" / "photo.jpg")
+    assert text.exit_code == 0 and "photo.jpg: 7" in text.stdout
+
+
+def test_predict_kaggle_writes_a_submission(trained, mnist_test, tmp_path):
+    out, _ = trained
+    images, _ = mnist_test
+    csv = tmp_path / "test.csv"
+    header = ",".join(f"pixel{i}" for i in range(784))
+    rows = "\n".join(",".join(map(str, im.ravel())) for im in images[:50])
+    csv.write_text(header + "\n" + rows + "\n")
+    submission = tmp_path / "submission.csv"
+    result = run("predict", out / "best.npz", "--kaggle", csv, "--output", submission)
+    assert result.exit_code == 0, result.output
+    lines = submission.read_text().splitlines()
+    assert lines[0] == "ImageId,Label" and len(lines) == 51
+    assert lines[1].startswith("1,")
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+def test_predict_refusals_leave_files_alone(trained, tmp_path):
+    out, _ = trained
+    checkpoint = out / "best.npz"
+    before = checkpoint.read_bytes()
+    text_file = tmp_path / "notes.png"
+    text_file.write_text("not an image")
+    assert_one_line_error(run("predict", checkpoint, text_file), "notes.png")
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    assert_one_line_error(run("predict", checkpoint, empty), "empty.png")
+    tiny = tmp_path / "tiny.png"
+    Image.new("L", (1, 1), 0).save(tiny)
+    assert_one_line_error(run("predict", checkpoint, tiny), "tiny.png", "too small")
+    csv = tmp_path / "test.csv"
+    csv.write_text(",".join(f"pixel{i}" for i in range(784)) + "\n" + ",".join(["0"] * 783))
+    submission = tmp_path / "submission.csv"
+    submission.write_text("keep me")
+    result = run("predict", checkpoint, "--kaggle", csv, "--output", submission)
+    assert_one_line_error(result, "test.csv", "783")
+    assert submission.read_text() == "keep me"
+    assert checkpoint.read_bytes() == before
+
+
+def test_bad_checkpoints_are_refused(trained, tmp_path, mnist_dir):
+    out, _ = trained
+    good = (out / "best.npz").read_bytes()
+    truncated = tmp_path / "truncated.npz"
+    truncated.write_bytes(good[: len(good) // 2])
+    assert_one_line_error(run("evaluate", truncated, "--data-dir", mnist_dir), "truncated.npz")
+    garbage = tmp_path / "garbage.npz"
+    garbage.write_bytes(b"\x00" * 100)
+    assert_one_line_error(run("predict", garbage, tmp_path / "x.png"), "garbage.npz")
+    missing = tmp_path / "missing.npz"
+    assert_one_line_error(run("evaluate", missing, "--data-dir", mnist_dir), "missing.npz")
+    result = run("evaluate", out / "best.npz", "--model", "lenet", "--data-dir", mnist_dir)
+    assert_one_line_error(result, "lenet", "default")
+
+
+@pytest.mark.parametrize(
+    ("flags", "phrases"),
+    [
+        (["--epochs", "0"], ["--epochs"]),
+        (["--batch-size", "0"], ["--batch-size"]),
+        (["--milestones", "five"], ["--milestones"]),
+        (["--recipe", "fastest"], ["fastest"]),
+    ],
+)
+def test_bad_flags_are_usage_errors(flags, phrases):
+    assert_usage_error(run("train", *flags), *phrases)
+
+
+def test_unknown_architecture_is_one_line(mnist_dir):
+    result = run("train", "--model", "resnet9000", "--data-dir", mnist_dir)
+    assert_one_line_error(result, "resnet9000", "lenet")
+
+
+def test_resume_refusals_keep_the_run(trained, mnist_dir):
+    out, _ = trained
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    result = run("train", *QUICK, "--data-dir", mnist_dir, "--output", out)
+    assert_one_line_error(result, "already holds a run")
+    result = run("train", *QUICK, "--model", "lenet", "--data-dir", mnist_dir, "--output", out,
+                 "--resume", "--backend", "jax")  # fmt: skip
+    assert_one_line_error(result, "model", "lenet")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_missing_data_is_one_line(tmp_path, isolated_mnist_search, monkeypatch):
+    import tensorflow_datasets as tfds
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("no network in this test")
+
+    monkeypatch.setattr(tfds, "data_source", offline)
+    monkeypatch.setattr(tfds.download.DownloadManager, "download", offline)
+    monkeypatch.delenv(DATA_DIR_ENV, raising=False)
+    monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path / "cache"))
+    result = run("train", *QUICK, "--data-dir", tmp_path / "nowhere", "--output", tmp_path / "o")
+    assert_one_line_error(result, "nowhere")
+    assert not (tmp_path / "o" / "last.npz").exists()
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "predict"])
+def test_help_shows_examples(command):
+    result = run(command, "--help")
+    assert result.exit_code == 0
+    assert "Example" in result.stdout
