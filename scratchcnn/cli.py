@@ -162,6 +162,30 @@ def parity(
         typer.echo(f"all {len(rows)} rows within tolerance (float32 <= 1e-5, float64 <= 1e-10)")
 
 
+# --------------------------------------------------------------------------- models
+
+
+@app.command(name="models", epilog="Example: scratchcnn models --json")
+def list_models(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the list as JSON.")] = False,
+) -> None:
+    """List the registered architectures with their parameter counts."""
+    from scratchcnn import models as registry
+    from scratchcnn.layers import count_params
+
+    rows = []
+    for name in sorted(registry.MODELS):
+        model = registry.build(name)
+        params, _ = model.init(0)
+        summary = (registry.MODELS[name].__doc__ or "").strip().splitlines()[0]
+        rows.append({"name": name, "parameters": count_params(params), "summary": summary})
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        typer.echo(f"{row['name']:<10} {row['parameters']:>9,}  {row['summary']}")
+
+
 # --------------------------------------------------------------------------- train
 
 
@@ -208,6 +232,9 @@ def train(
     ] = None,
     weight_decay: Annotated[
         float | None, _option("Weight decay of the kernels.", "--weight-decay", min=0)
+    ] = None,
+    clip_norm: Annotated[
+        float | None, _option("Clip gradients to this global norm.", "--clip-norm")
     ] = None,
     label_smoothing: Annotated[
         float | None, _option("Label smoothing in [0, 1).", "--label-smoothing")
@@ -263,6 +290,7 @@ def train(
         "warmup_epochs": warmup_epochs,
         "milestones": _parse_milestones(milestones),
         "weight_decay": weight_decay,
+        "clip_norm": clip_norm,
         "label_smoothing": label_smoothing,
         "augment": augment,
         "val_fraction": val_fraction,

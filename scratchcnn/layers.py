@@ -76,8 +76,8 @@ class Conv(Layer):
         )
         return out, state, cache
 
-    def backward(self, dout, cache):
-        return conv.conv2d_backward(dout, cache)
+    def backward(self, dout, cache, input_grad=True):
+        return conv.conv2d_backward(dout, cache, input_grad)
 
 
 @dataclass(frozen=True)
@@ -311,11 +311,19 @@ class Sequential:
             caches.append(cache)
         return x, new_state, caches
 
-    def backward(self, dout, caches):
-        """Run every layer's backward in reverse. Returns (dx, grads shaped like params)."""
+    def backward(self, dout, caches, input_grad=True):
+        """Run every layer's backward in reverse. Returns (dx, grads shaped like params).
+
+        ``input_grad=False``: training needs no gradient for the images themselves, so a
+        first Conv layer skips it (dx is then None); attacks need it and keep the default.
+        """
         grads = {}
-        for name, layer, cache in reversed(list(zip(self.names, self.layers, caches))):
-            dout, g = layer.backward(dout, cache)
+        for i in reversed(range(len(self.layers))):
+            name, layer, cache = self.names[i], self.layers[i], caches[i]
+            if i == 0 and not input_grad and isinstance(layer, Conv):
+                dout, g = layer.backward(dout, cache, input_grad=False)
+            else:
+                dout, g = layer.backward(dout, cache)
             if g:
                 grads[name] = g
         return dout, grads

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from scratchcnn import models, optim
+from scratchcnn import __version__, models, optim
 from scratchcnn.checkpoint import load_checkpoint, save_checkpoint
 from scratchcnn.data.augment import AUGMENTATIONS, augment_batch
 from scratchcnn.data.idx import write_atomically
@@ -108,6 +110,8 @@ class TrainConfig:
             (self.warmup_epochs >= 0, f"warmup epochs must be >= 0, got {self.warmup_epochs}"),
             (self.train_limit is None or self.train_limit >= 1,
              f"train limit must be at least 1, got {self.train_limit}"),
+            (self.clip_norm is None or self.clip_norm > 0,
+             f"clip norm must be positive, got {self.clip_norm}"),
             (self.test_limit is None or self.test_limit >= 1,
              f"test limit must be at least 1, got {self.test_limit}"),
             (self.eval_batch_size >= 1,
@@ -256,7 +260,7 @@ def make_train_step(model, optimizer, label_smoothing: float = 0.0) -> Callable:
         logits, new_state, caches = model.forward(params, state, x, train=True, rng=rng)
         loss, loss_cache = softmax_cross_entropy_forward(logits, labels, label_smoothing)
         dlogits, _ = softmax_cross_entropy_backward(1.0, loss_cache)
-        _, grads = model.backward(dlogits, caches)
+        _, grads = model.backward(dlogits, caches, input_grad=False)
         params, opt_state = optimizer.update(grads, opt_state, params)
         correct = (logits.argmax(axis=1) == labels).sum()
         return params, new_state, opt_state, loss, correct
@@ -390,6 +394,8 @@ class TrainResult:
             "stopped_early": self.stopped_early,
             "history": self.history,
             "output_dir": str(self.output_dir) if self.output_dir else None,
+            "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+            "library_version": __version__,
         }
 
 
@@ -441,8 +447,9 @@ def train(
         run.train_seconds += time.perf_counter() - started
         record["seconds"] = round(time.perf_counter() - started, 3)
         run.epoch += 1
-        improved = _after_epoch(run, record, config, plateau)
-        if improved or not len(splits.val):
+        # Without validation data the latest epoch counts as the best one.
+        improved = _after_epoch(run, record, config, plateau) or not len(splits.val)
+        if improved:
             best = (run.params, run.state)
         run.history.append(record)
         if output_dir:

@@ -1,6 +1,7 @@
 """The fast convolution (im2col) equals the naive loop definition, forward and backward."""
 
 import numpy as np
+import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 from test_ops import fits, paddings, pairs
@@ -45,3 +46,23 @@ def test_conv_float32_stays_float32():
     out, cache = conv2d_forward(x, k, np.zeros(4, np.float32))
     dx, grads = conv2d_backward(np.ones_like(out), cache)
     assert out.dtype == dx.dtype == grads["kernel"].dtype == grads["bias"].dtype == np.float32
+
+
+@pytest.mark.parametrize(
+    ("c_in", "c_out", "strides", "padding"),
+    [(1, 8, 1, "SAME"), (2, 5, 2, ((1, 2), (0, 1))), (6, 3, 1, "SAME"), (4, 4, (2, 1), 1)],
+    ids=["col2im", "col2im strided", "flipped kernel", "flipped strided"],
+)
+def test_both_input_gradient_routes_equal_naive_loops(c_in, c_out, strides, padding):
+    """NumPy takes col2im when C_in < C_out, else the flipped-kernel convolution."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 9, 8, c_in))
+    k = rng.standard_normal((3, 3, c_in, c_out))
+    out, cache = conv2d_forward(x, k, None, strides, padding)
+    _, naive_cache = conv2d_naive_forward(x, k, None, strides, padding)
+    dout = rng.standard_normal(out.shape)
+    dx, _ = conv2d_backward(dout, cache)
+    dx_naive, _ = conv2d_naive_backward(dout, naive_cache)
+    assert relative_error(dx, dx_naive) <= 1e-12
+    skipped, grads = conv2d_backward(dout, cache, input_grad=False)
+    assert skipped is None and grads["kernel"].shape == k.shape

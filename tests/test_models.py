@@ -175,6 +175,6 @@ def test_every_model_maps_mnist_to_ten_logits():
 
 def test_unknown_model_names_the_choices():
     with pytest.raises(
-        ScratchCNNError, match="unknown architecture 'resnet'; choose one of: bn_cnn"
+        ScratchCNNError, match="unknown architecture 'resnet'; choose one of: best, bn_cnn"
     ):
         models.build("resnet")

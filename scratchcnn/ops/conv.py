@@ -26,6 +26,7 @@ from scratchcnn.ops.windows import (
     output_size,
     pad_hw,
     resolve_padding,
+    scatter_windows,
 )
 
 
@@ -81,7 +82,7 @@ def conv2d_forward(x, kernel, bias=None, strides=1, padding="SAME"):
     return out, (x.shape, rows, kernel, geo, bias is not None)
 
 
-def conv2d_backward(dout, cache):
+def conv2d_backward(dout, cache, input_grad=True):
     """Gradients of the convolution.
 
     dout: (N, Ho, Wo, O) -> dx: (N, H, W, C), grads {"kernel": (kh, kw, C, O), "bias": (O,)}.
@@ -90,13 +91,38 @@ def conv2d_backward(dout, cache):
     - input: pixel (a, b) touched output (i, j) through kernel tap (a - i*s, b - j*s).
       Spread dout back onto the stride-1 grid (dilate), pad by kh-1 / kw-1, and run a
       plain stride-1 convolution with the kernel flipped in space and in/out swapped.
+
+    ``input_grad=False`` skips dx (returned as None): the first layer's input is the
+    data, whose gradient training never uses, and it is the most expensive one.
     """
     x_shape, rows, kernel, geo, has_bias = cache
     c_out = kernel.shape[3]
     grads = {"kernel": (rows.T @ dout.reshape(-1, c_out)).reshape(kernel.shape)}
     if has_bias:
         grads["bias"] = total(dout, (0, 1, 2))
+    if not input_grad:
+        return None, grads
+    if isinstance(dout, np.ndarray) and kernel.shape[2] < c_out:
+        return _conv2d_input_grad_col2im(dout, kernel, geo, x_shape), grads
     return _conv2d_input_grad(dout, kernel, geo, x_shape), grads
+
+
+def _conv2d_input_grad_col2im(dout, kernel, geo, x_shape):
+    """dx the other way round: each output pixel's gradient times the kernel gives the
+    gradient of its window (one matrix multiply), and col2im adds the windows back.
+
+    Same numbers as the flipped-kernel convolution; cheaper when C_in < C_out, since the
+    windows then hold kh*kw*C_in values per pixel instead of kh*kw*C_out. NumPy only:
+    col2im adds in place.
+    """
+    n, (ho, wo), (kh, kw) = x_shape[0], geo.out_hw, geo.window
+    c_in, c_out = kernel.shape[2], kernel.shape[3]
+    dwindows = dout.reshape(-1, c_out) @ kernel.reshape(-1, c_out).T  # (N*Ho*Wo, kh*kw*C)
+    padded_hw = tuple(size + lo + hi for size, (lo, hi) in zip(x_shape[1:3], geo.pads))
+    dx_padded = scatter_windows(
+        dwindows.reshape(n, ho, wo, kh * kw, c_in), padded_hw, geo.window, geo.strides
+    )
+    return crop_hw(dx_padded, geo.pads)
 
 
 def _conv2d_input_grad(dout, kernel, geo, x_shape):

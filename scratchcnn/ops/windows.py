@@ -11,6 +11,8 @@ a stride over a (possibly padded) input. This file answers three questions once:
 
 import numbers
 
+import numpy as np
+
 from scratchcnn.errors import ShapeError
 from scratchcnn.ops._xp import namespace
 
@@ -124,8 +126,12 @@ def scatter_windows(dwindows, padded_hw, window, strides):
     """col2im, the adjoint of ``extract_windows``: add each window's values back in place.
 
     dwindows: (N, Ho, Wo, kh*kw, C) -> (N, Hp, Wp, C). Offset (di, dj) of every window
-    lands on the strided grid starting at (di, dj); dilating then padding puts it there.
+    lands on the strided grid starting at (di, dj). NumPy adds each offset's values into
+    one buffer; JAX arrays are immutable, so there we dilate and pad each offset's grid
+    to full size and sum (same result, more memory traffic).
     """
+    if isinstance(dwindows, np.ndarray):
+        return _scatter_windows_numpy(dwindows, padded_hw, window, strides)
     (kh, kw), (hp, wp) = window, padded_hw
     total = 0
     for k in range(kh * kw):
@@ -134,6 +140,19 @@ def scatter_windows(dwindows, padded_hw, window, strides):
         placed = pad_hw(grid, ((di, hp - di - grid.shape[1]), (dj, wp - dj - grid.shape[2])))
         total = total + placed
     return total
+
+
+def _scatter_windows_numpy(dwindows, padded_hw, window, strides):
+    """``scatter_windows`` with in-place adds into strided views (NumPy only)."""
+    (kh, kw), (sh, sw), (hp, wp) = window, strides, padded_hw
+    n, ho, wo, _, c = dwindows.shape
+    out = np.zeros((n, hp, wp, c), dtype=dwindows.dtype)
+    for k in range(kh * kw):
+        di, dj = divmod(k, kw)
+        out[:, di : di + sh * (ho - 1) + 1 : sh, dj : dj + sw * (wo - 1) + 1 : sw, :] += dwindows[
+            :, :, :, k, :
+        ]
+    return out
 
 
 def crop_hw(x, pads):

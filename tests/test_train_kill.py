@@ -1,0 +1,67 @@
+"""A training process killed with SIGKILL mid-epoch leaves a loadable, resumable run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from scratchcnn.checkpoint import load_checkpoint
+from scratchcnn.train import TrainConfig, train
+
+FLAGS = {
+    "--model": "lenet",
+    "--epochs": "3",
+    "--batch-size": "64",
+    "--train-limit": "3000",
+    "--val-fraction": "0.01",
+    "--seed": "5",
+    "--backend": "numpy",
+}
+CONFIG = TrainConfig(model="lenet", epochs=3, batch_size=64, train_limit=3000,
+                     val_fraction=0.01, seed=5, backend="numpy")  # fmt: skip
+
+
+def command(*extra: str) -> list[str]:
+    flags = [part for pair in FLAGS.items() for part in pair]
+    return [sys.executable, "-m", "scratchcnn.cli", "train", *flags, "--quiet", *extra]
+
+
+def wait_for(path, process, timeout=120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, "training ended before writing its first checkpoint"
+        assert time.monotonic() < deadline, f"no {path.name} after {timeout} s"
+        time.sleep(0.05)
+
+
+def test_sigkill_mid_epoch_then_resume(mnist_dir, tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "SCRATCHCNN_DATA_DIR": str(mnist_dir)}
+    process = subprocess.Popen(command("--output", str(out)), env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        wait_for(out / "last.npz", process)
+        time.sleep(0.5)  # well inside epoch 2 (an epoch takes seconds)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL
+
+    killed = load_checkpoint(out / "last.npz")  # complete, thanks to the atomic rename
+    assert killed.info["epoch"] == 1
+
+    resumed = subprocess.run(command("--output", str(out), "--resume", "--json"), env=env,
+                             capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    final = load_checkpoint(out / "last.npz")
+    assert final.info["epoch"] == 3
+
+    train(CONFIG, data_dir=mnist_dir, output_dir=tmp_path / "whole", progress=False,
+          log=lambda s: None)  # fmt: skip
+    whole = load_checkpoint(tmp_path / "whole" / "last.npz")
+    for layer in whole.params:
+        for name in whole.params[layer]:
+            assert (whole.params[layer][name] == final.params[layer][name]).all(), layer
