@@ -153,6 +153,27 @@ RECIPES: dict[str, TrainConfig] = {
         val_fraction=0.0,
         backend="jax",
     ),
+    # The seed networks, trained as their sources train them (as far as our optimizers go).
+    "flax_cnn": TrainConfig(  # Flax examples/mnist: SGD momentum 0.9, lr 0.1, 10 epochs
+        model="flax_cnn",
+        epochs=10,
+        optimizer="momentum",
+        learning_rate=0.1,
+        schedule="constant",
+        val_fraction=0.0,
+        backend="jax",
+    ),
+    "lenet": TrainConfig(  # PyTorch examples/mnist: 14 epochs, batch 64, lr x 0.7 per epoch
+        model="lenet",  # (PyTorch uses Adadelta, lr 1.0; we use Adam, lr 1e-3)
+        epochs=14,
+        batch_size=64,
+        learning_rate=1e-3,
+        schedule="milestones",
+        milestones=tuple(range(1, 14)),
+        gamma=0.7,
+        val_fraction=0.0,
+        backend="jax",
+    ),
 }
 
 
@@ -425,12 +446,12 @@ def train(
     plateau = _make_plateau(config)
 
     if resume:
-        run = _resume_run(output_dir, config, model, splits, plateau)
+        run = _resume_run(output_dir, config, splits, plateau)
         log(f"resuming {output_dir} after epoch {run.epoch} of {config.epochs}")
     else:
         params, state = model.init(config.seed)
         run = RunState(params, state, optimizer.init(params))
-    best = _load_best(output_dir, model) if resume and run.best_epoch else None
+    best = _load_best(output_dir) if resume and run.best_epoch else None
     best = best or (run.params, run.state)
 
     run.params, run.state = backend.to_device(run.params), backend.to_device(run.state)
@@ -597,7 +618,7 @@ def _save_run(output_dir, run, backend, model, config, splits, improved) -> None
     _write_json(output_dir / "history.json", {"config": config.to_json(), "history": run.history})
 
 
-def _resume_run(output_dir: Path, config: TrainConfig, model, splits, plateau) -> RunState:
+def _resume_run(output_dir: Path, config: TrainConfig, splits, plateau) -> RunState:
     checkpoint = load_checkpoint(output_dir / "last.npz")
     info = checkpoint.info
     saved = TrainConfig.from_json(info.get("config", {}))
@@ -632,7 +653,7 @@ def _resume_run(output_dir: Path, config: TrainConfig, model, splits, plateau) -
     )
 
 
-def _load_best(output_dir: Path, model):
+def _load_best(output_dir: Path):
     path = output_dir / "best.npz"
     if not path.is_file():
         return None
