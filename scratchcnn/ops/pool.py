@@ -17,14 +17,30 @@ from scratchcnn.ops.windows import (
 )
 
 
-def _pool_windows(x, window, strides, padding, pad_value):
-    """Gather the pooling windows. x: (N, H, W, C) -> (N, Ho, Wo, kh*kw, C), geometry."""
+def _pool_geometry(x, window, strides, padding):
+    """Window, strides, pads and output size of a pooling of x: (N, H, W, C)."""
     window = as_pair(window, "window")
     strides = window if strides is None else as_pair(strides, "strides")
     pads = resolve_padding(padding, x.shape[1:3], window, strides)
     out_hw = tuple(
         output_size(n, k, s, p) for n, k, s, p in zip(x.shape[1:3], window, strides, pads)
     )
+    return window, strides, pads, out_hw
+
+
+def _taps(x_pad, window, strides, out_hw):
+    """Tap (di, dj) of every window at once: kh*kw strided slices (N, Ho, Wo, C)."""
+    (kh, kw), (sh, sw), (ho, wo) = window, strides, out_hw
+    return [
+        x_pad[:, di : di + sh * (ho - 1) + 1 : sh, dj : dj + sw * (wo - 1) + 1 : sw, :]
+        for di in range(kh)
+        for dj in range(kw)
+    ]
+
+
+def _pool_windows(x, window, strides, padding, pad_value):
+    """Gather the pooling windows. x: (N, H, W, C) -> (N, Ho, Wo, kh*kw, C), geometry."""
+    window, strides, pads, out_hw = _pool_geometry(x, window, strides, padding)
     x_pad = pad_hw(x, pads, value=pad_value)
     geometry = (window, strides, pads, x_pad.shape[1:3])
     return extract_windows(x_pad, window, strides, out_hw), geometry
@@ -39,26 +55,33 @@ def _unpool(dwindows, geometry):
 def max_pool_forward(x, window=2, strides=None, padding="VALID"):
     """Largest value in each window. x: (N, H, W, C) -> (N, Ho, Wo, C).
 
-    strides defaults to the window (non-overlapping windows). We pick the winner with
-    ``argmax`` and read it out, instead of calling ``max``: on ties (common on flat image
-    background) ``argmax`` names the first maximum in row-major window order, the same
-    one XLA's gradient picks, and ``jax.grad`` of this forward pass then sends the whole
-    gradient to that one cell, exactly like ``max_pool_backward`` (``jax.grad`` of
-    ``max`` would split it between the tied cells).
+    strides defaults to the window (non-overlapping windows). We walk over the kh*kw
+    taps of the window (each tap is one strided slice of the padded input, for every
+    window at once), keep the largest value so far and remember which tap gave it. A
+    later tap wins only if it is strictly larger, so on ties (common on flat image
+    background) the first maximum in row-major window order wins: the same cell XLA's
+    gradient picks, and ``jax.grad`` of this forward pass sends the whole gradient
+    there too, exactly like ``max_pool_backward``.
     """
-    windows, geometry = _pool_windows(x, window, strides, padding, pad_value=-float("inf"))
+    window, strides, pads, out_hw = _pool_geometry(x, window, strides, padding)
     xp = namespace(x)
-    winner = xp.argmax(windows, axis=3)[:, :, :, None, :]  # (N, Ho, Wo, 1, C)
-    out = xp.take_along_axis(windows, winner, axis=3)[:, :, :, 0, :]
-    return out, (winner, windows.shape, geometry)
+    x_pad = pad_hw(x, pads, value=-float("inf"))
+    taps = _taps(x_pad, window, strides, out_hw)
+    best, winner = taps[0], xp.zeros(taps[0].shape, dtype=xp.int32)
+    for k, tap in enumerate(taps[1:], start=1):
+        better = tap > best
+        best = xp.where(better, tap, best)
+        winner = xp.where(better, k, winner)
+    return best, (winner, (window, strides, pads, x_pad.shape[1:3]))
 
 
 def max_pool_backward(dout, cache):
     """Only the winner of each window gets the gradient."""
-    winner, windows_shape, geometry = cache
+    winner, geometry = cache
     xp = namespace(dout, winner)
-    taps = xp.arange(windows_shape[3]).reshape(1, 1, 1, -1, 1)
-    dwindows = xp.where(winner == taps, dout[:, :, :, None, :], 0)  # one-hot over taps
+    (kh, kw) = geometry[0]
+    taps = xp.arange(kh * kw).reshape(1, 1, 1, -1, 1)
+    dwindows = xp.where(winner[:, :, :, None, :] == taps, dout[:, :, :, None, :], 0)
     return _unpool(dwindows, geometry), {}
 
 
