@@ -1,0 +1,218 @@
+"""Adversarial examples: FGSM and PGD (L-infinity and L2) against our own networks.
+
+Images are attacked in [0, 1] (the scale a perturbation budget ``eps`` is quoted in);
+the network reads them standardized, so the chain rule adds a factor ``1 / MNIST_STD``.
+The network is attacked in eval mode (BatchNorm running statistics, no dropout) and on
+its logits, through the cross-entropy of each example (never through softmax outputs,
+whose gradient vanishes once the network is confident).
+
+The input gradient comes from one of two places, and a test proves them equal:
+
+- ``grad="manual"``: our hand-written backward pass (``Sequential.backward``), on NumPy;
+- ``grad="jax"``: ``jax.grad`` through our own forward pass on JAX arrays, compiled
+  with ``jax.jit`` (the fast choice for many PGD steps).
+
+Each example's loss is added, not averaged, so an example's gradient does not depend
+on the rest of the batch: a batch gives the same adversarial examples as the examples
+one by one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from scratchcnn.data.preprocess import MNIST_STD, standardize_unit
+from scratchcnn.errors import ScratchCNNError
+from scratchcnn.ops._xp import namespace
+from scratchcnn.ops.losses import log_softmax
+
+GRADS = ("jax", "manual")
+NORMS = ("linf", "l2")
+
+
+class AttackError(ScratchCNNError, ValueError):
+    """An attack parameter is out of range."""
+
+
+# --------------------------------------------------------------------------- gradients
+
+
+def per_example_loss(logits, labels):
+    """Cross-entropy of each example. logits: (N, K), labels: (N,) -> (N,)."""
+    xp = namespace(logits)
+    picked = xp.take_along_axis(log_softmax(logits), labels[:, None].astype("int32"), axis=1)
+    return -picked[:, 0]
+
+
+def loss_and_gradient_manual(model, params, state, x, labels):
+    """(per-example losses (N,), d sum(losses) / dx (N, H, W, C)) by our backward pass."""
+    logits, _, caches = model.forward(params, state, standardize_unit(x), train=False)
+    log_probs = log_softmax(logits)
+    one_hot = labels[:, None] == np.arange(logits.shape[1])[None, :]
+    dlogits = np.exp(log_probs) - one_hot  # softmax - target, for each example's own loss
+    dx_standardized, _ = model.backward(dlogits.astype(logits.dtype), caches)
+    losses = -log_probs[np.arange(len(labels)), labels]
+    return losses, dx_standardized / np.asarray(MNIST_STD, dtype=x.dtype)
+
+
+_JITTED: dict[tuple, Callable] = {}
+
+
+def _jax_loss_and_gradient(model) -> Callable:
+    """``jax.jit(jax.value_and_grad(...))`` of our forward pass, compiled once per network."""
+    key = tuple(model.layers)  # layers are frozen dataclasses: a network's identity
+    if key not in _JITTED:
+        import jax
+
+        def total_loss(x, params, state, labels):
+            logits, _, _ = model.forward(params, state, standardize_unit(x), train=False)
+            losses = per_example_loss(logits, labels)
+            return losses.sum(), losses
+
+        _JITTED[key] = jax.jit(jax.value_and_grad(total_loss, has_aux=True))
+    return _JITTED[key]
+
+
+def loss_and_gradient(model, params, state, x, labels, grad: str = "jax"):
+    """Per-example losses (N,) and the input gradient (N, H, W, C), as NumPy arrays."""
+    if grad == "manual":
+        return loss_and_gradient_manual(model, params, state, np.asarray(x), np.asarray(labels))
+    if grad != "jax":
+        raise AttackError(f"grad must be 'jax' or 'manual', got {grad!r}.")
+    (_, losses), dx = _jax_loss_and_gradient(model)(
+        np.asarray(x), params, state, np.asarray(labels).astype(np.int32)
+    )
+    return np.asarray(losses), np.asarray(dx)
+
+
+def predict(model, params, state, x) -> np.ndarray:
+    """Predicted labels (N,) of images x in [0, 1], in eval mode."""
+    logits, _, _ = model.forward(params, state, standardize_unit(np.asarray(x)), train=False)
+    return np.asarray(logits).argmax(axis=1)
+
+
+# --------------------------------------------------------------------------- FGSM
+
+
+def fgsm(
+    model,
+    params,
+    state,
+    x,
+    y=None,
+    eps: float = 0.1,
+    *,
+    grad: str = "jax",
+    targeted: bool = False,
+    clip: tuple[float, float] = (0.0, 1.0),
+) -> np.ndarray:
+    """Fast gradient sign method (Goodfellow et al. 2015): one step of size eps.
+
+    x: (N, H, W, C) in [0, 1]; y: (N,) labels, or None to attack the network's own
+    predictions (so the true label cannot leak into the attack). Untargeted: move up
+    the loss of y; targeted: y are the targets, move down their loss.
+    """
+    _check_eps(eps)
+    x = np.asarray(x)
+    labels = predict(model, params, state, x) if y is None else np.asarray(y)
+    _, g = loss_and_gradient(model, params, state, x, labels, grad)
+    direction = -np.sign(g) if targeted else np.sign(g)
+    return np.clip(x + eps * direction, *clip).astype(x.dtype)
+
+
+# --------------------------------------------------------------------------- PGD
+
+
+def pgd(
+    model,
+    params,
+    state,
+    x,
+    y=None,
+    eps: float = 0.3,
+    *,
+    steps: int = 40,
+    step_size: float = 0.01,
+    norm: str = "linf",
+    random_start: bool = True,
+    restarts: int = 1,
+    rng: np.random.Generator | int | None = 0,
+    grad: str = "jax",
+    targeted: bool = False,
+    clip: tuple[float, float] = (0.0, 1.0),
+) -> np.ndarray:
+    """Projected gradient descent (Madry et al. 2018): many small steps, each projected
+    back onto the eps-ball around x (L-infinity or L2) and into the image range.
+
+    With ``restarts > 1`` every restart begins at a new random point, and each example
+    keeps its worst case: an example the attack fooled beats one it did not, and among
+    equals the higher loss (lower, for a targeted attack) wins.
+    """
+    if norm not in NORMS:
+        raise AttackError(f"norm must be 'linf' or 'l2', got {norm!r}.")
+    _check_eps(eps, norm)
+    if steps < 1 or restarts < 1 or step_size <= 0:
+        raise AttackError(
+            f"PGD needs steps >= 1, restarts >= 1 and step size > 0; got steps={steps}, "
+            f"restarts={restarts}, step size={step_size}."
+        )
+    x = np.asarray(x)
+    labels = predict(model, params, state, x) if y is None else np.asarray(y)
+    rng = np.random.default_rng(rng)
+    best, best_success, best_loss = x.copy(), None, None
+    for _ in range(restarts):
+        x_adv = _start(x, eps, norm, rng, clip) if random_start else x.copy()
+        for _ in range(steps):
+            _, g = loss_and_gradient(model, params, state, x_adv, labels, grad)
+            x_adv = _ascend(x_adv, -g if targeted else g, step_size, norm)
+            x_adv = np.clip(_project(x_adv, x, eps, norm), *clip).astype(x.dtype)
+        loss, _ = loss_and_gradient(model, params, state, x_adv, labels, grad)
+        success = (predict(model, params, state, x_adv) == labels) == targeted
+        score = -loss if targeted else loss
+        if best_success is None:
+            best, best_success, best_loss = x_adv, success, score
+            continue
+        better = (success & ~best_success) | ((success == best_success) & (score > best_loss))
+        best = np.where(better[:, None, None, None], x_adv, best)
+        best_success, best_loss = best_success | success, np.where(better, score, best_loss)
+    return best
+
+
+def _check_eps(eps: float, norm: str = "linf") -> None:
+    """L-infinity budgets are pixel changes in [0, 1]; an L2 budget is any length >= 0."""
+    if eps < 0 or (norm == "linf" and eps > 1):
+        raise AttackError(f"eps must be in [0, 1] for pixels in [0, 1] (L-infinity); got {eps}.")
+
+
+def _l2(v: np.ndarray) -> np.ndarray:
+    """Per-example L2 norm of (N, H, W, C), shaped (N, 1, 1, 1) for broadcasting."""
+    return np.sqrt((v.astype(np.float64) ** 2).sum(axis=(1, 2, 3), keepdims=True))
+
+
+def _ascend(x_adv, g, step_size, norm):
+    """One step uphill: the sign of g (L-infinity) or g scaled to length step_size (L2)."""
+    if norm == "linf":
+        return x_adv + step_size * np.sign(g)
+    return x_adv + step_size * g / np.maximum(_l2(g), 1e-12)
+
+
+def _project(x_adv, x, eps, norm):
+    """The closest point to x_adv inside the eps-ball around x."""
+    delta = x_adv - x
+    if norm == "linf":
+        return x + np.clip(delta, -eps, eps)
+    return x + delta * np.minimum(1.0, eps / np.maximum(_l2(delta), 1e-12))
+
+
+def _start(x, eps, norm, rng, clip):
+    """A random point of the eps-ball (uniform per pixel for L-inf; in the L2 ball)."""
+    if norm == "linf":
+        delta = rng.uniform(-eps, eps, size=x.shape)
+    else:
+        direction = rng.standard_normal(x.shape)
+        direction /= _l2(direction)
+        radius = eps * rng.random((len(x), 1, 1, 1)) ** (1.0 / x[0].size)
+        delta = direction * radius
+    return np.clip(x + delta, *clip).astype(x.dtype)
