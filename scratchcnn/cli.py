@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
+import numpy as np
 import typer
 
 from scratchcnn.data.mnist import find_mnist, summarize_mnist
@@ -454,6 +455,112 @@ def predict(
         top = row["probabilities"][row["digit"]]
         spread = "  ".join(f"{d}:{v:.2f}" for d, v in enumerate(row["probabilities"]))
         typer.echo(f"{row['image']}: {row['digit']} ({top:.1%})   {spread}")
+
+
+# --------------------------------------------------------------------------- attack
+
+
+@app.command(
+    epilog=(
+        "Examples: scratchcnn attack runs/default/best.npz --attack fgsm  |  "
+        "scratchcnn attack best.npz --attack pgd --eps 0,0.1,0.2,0.3 --steps 40 "
+        "--figure acc.png --save-examples grid.png  |  "
+        "scratchcnn attack best.npz --sanity --limit 1000 --transfer-from other.npz"
+    )
+)
+@reports_errors
+def attack(
+    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint written by train.")],
+    method: Annotated[str, typer.Option("--attack", help="fgsm or pgd.")] = "fgsm",
+    eps: Annotated[
+        str, typer.Option("--eps", help="Comma-separated L-infinity budgets.")
+    ] = "0,0.05,0.1,0.15,0.2,0.25,0.3",
+    steps: Annotated[int, typer.Option("--steps", min=1, help="PGD steps.")] = 40,
+    step_size: Annotated[float, typer.Option("--step-size", help="PGD step size.")] = 0.01,
+    restarts: Annotated[int, typer.Option("--restarts", min=1, help="PGD restarts.")] = 1,
+    grad: Annotated[
+        str, typer.Option("--grad", help="jax (jax.grad, jitted) or manual (our backward).")
+    ] = "jax",
+    limit: Annotated[
+        int | None, _option("Attack the first N test images only.", "--limit", min=1)
+    ] = None,
+    sanity: Annotated[
+        bool, typer.Option("--sanity", help="Run the checks against gradient masking.")
+    ] = False,
+    transfer_from: Annotated[
+        Path | None, _option("Another checkpoint, for the transfer check.", "--transfer-from")
+    ] = None,
+    figure: Annotated[Path | None, _option("Write the accuracy-vs-eps plot.", "--figure")] = None,
+    save_examples: Annotated[
+        Path | None, _option("Write a grid of clean/perturbation/adversarial.", "--save-examples")
+    ] = None,
+    data_dir: Annotated[
+        Path | None, _option("Folder holding the four MNIST .gz files.", "--data-dir")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+) -> None:
+    """Accuracy of a checkpoint under FGSM or PGD, eps by eps (L-infinity, pixels in [0, 1]).
+
+    The network is attacked in eval mode, on its logits, with labels from the test set.
+    --sanity adds the checks that tell robustness from gradient masking and exits with
+    status 1 if one fails.
+    """
+    from scratchcnn import robustness, viz
+    from scratchcnn.checkpoint import load_for_model
+    from scratchcnn.data.mnist import load_mnist
+
+    eps_values = _parse_floats(eps, "--eps")
+    config = robustness.AttackConfig(
+        attack=method, steps=steps, step_size=step_size, restarts=restarts, grad=grad
+    ).validate()
+    model, ckpt = load_for_model(checkpoint)
+    source = None
+    if transfer_from is not None:
+        other, other_ckpt = load_for_model(transfer_from)
+        source = (other, other_ckpt.params, other_ckpt.state)
+    images, labels = load_mnist("test", data_dir)
+    x = (images[:limit] / np.float32(255))[..., None].astype(np.float32)
+    y = labels[:limit].astype(np.int64)
+    params, state = ckpt.params, ckpt.state
+    if sanity:
+        report, curves = robustness.sanity_checks(
+            model, params, state, x, y, eps_values, config, transfer_from=source
+        )
+    else:
+        report = None
+        curves = {method: robustness.accuracy_curve(model, params, state, x, y, eps_values, config)}
+    result = {"checkpoint": str(checkpoint), "images": len(y), "config": config.__dict__,
+              "curves": curves, "sanity": report.checks if report else None}  # fmt: skip
+    if figure is not None:
+        viz.accuracy_vs_eps(curves, figure, title=f"{ckpt.model_name}, {len(y):,} test images")
+    if save_examples is not None:
+        worst = max(eps_values)
+        adv = robustness.adversarial_examples(model, params, state, x[:8], y[:8], worst, config)
+        viz.adversarial_grid(
+            x[:8], adv, robustness.attacks.predict(model, params, state, x[:8]),
+            robustness.attacks.predict(model, params, state, adv), save_examples,
+        )  # fmt: skip
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+    else:
+        for name, rows in curves.items():
+            typer.echo(f"{name.upper()} on {len(y):,} test images ({ckpt.model_name})")
+            for row in rows:
+                typer.echo(f"  eps {row['eps']:<5g} accuracy {row['accuracy']:.2%}")
+        if report:
+            typer.echo(report.format())
+    if report and not report.ok:
+        raise typer.Exit(code=1)
+
+
+def _parse_floats(text: str, flag: str) -> list[float]:
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"{flag} takes comma-separated numbers; got {text!r}.") from None
+    if not values:
+        raise typer.BadParameter(f"{flag} needs at least one value.")
+    return values
 
 
 if __name__ == "__main__":

@@ -1,0 +1,147 @@
+"""Accuracy under attack, and the checks that tell real robustness from a masked gradient.
+
+A "defence" that only hides the gradient (saturated softmax, non-differentiable
+preprocessing, randomness) makes gradient attacks weak without making the network
+robust. Athalye, Carlini & Wagner (2018) list the symptoms; ``sanity_checks`` tests them:
+
+1. iterative PGD is at least as strong as one-step FGSM, at every eps;
+2. accuracy does not rise as eps grows;
+3. at eps = 1 any image can be turned into any other: accuracy is (almost) 0;
+4. more PGD steps and restarts do not raise accuracy (beyond noise);
+5. a transfer attack (examples crafted on another network) is weaker than the white-box one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from scratchcnn import attacks
+
+ATTACKS = ("fgsm", "pgd")
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """Which attack and how hard: PGD uses steps, step_size, restarts, random_start."""
+
+    attack: str = "pgd"
+    steps: int = 40
+    step_size: float = 0.01
+    restarts: int = 1
+    random_start: bool = True
+    grad: str = "jax"
+    seed: int = 0
+    batch_size: int = 500
+
+    def validate(self) -> AttackConfig:
+        if self.attack not in ATTACKS:
+            raise attacks.AttackError(f"unknown attack {self.attack!r}; choose fgsm or pgd.")
+        if self.batch_size < 1:
+            raise attacks.AttackError(f"batch size must be at least 1, got {self.batch_size}.")
+        return self
+
+
+def adversarial_examples(model, params, state, x, y, eps: float, config: AttackConfig):
+    """Attack x (N, H, W, C) in [0, 1] with labels y, batch by batch."""
+    out = []
+    for start in range(0, len(x), config.batch_size):
+        xb, yb = x[start : start + config.batch_size], y[start : start + config.batch_size]
+        if config.attack == "fgsm" or eps == 0:
+            out.append(attacks.fgsm(model, params, state, xb, yb, eps, grad=config.grad))
+        else:
+            out.append(attacks.pgd(
+                model, params, state, xb, yb, eps, steps=config.steps,
+                step_size=config.step_size, restarts=config.restarts,
+                random_start=config.random_start, rng=[config.seed, start], grad=config.grad,
+            ))  # fmt: skip
+    return np.concatenate(out)
+
+
+def accuracy(model, params, state, x, y) -> float:
+    predictions = [
+        attacks.predict(model, params, state, x[i : i + 1000]) for i in range(0, len(x), 1000)
+    ]
+    return float(np.mean(np.concatenate(predictions) == y))
+
+
+def accuracy_curve(model, params, state, x, y, eps_values, config: AttackConfig) -> list[dict]:
+    """[{eps, accuracy}] for each eps (eps = 0 is the clean accuracy)."""
+    rows = []
+    for eps in eps_values:
+        adv = adversarial_examples(model, params, state, x, y, eps, config)
+        rows.append({"eps": float(eps), "accuracy": accuracy(model, params, state, adv, y)})
+    return rows
+
+
+@dataclass
+class SanityReport:
+    checks: list[dict] = field(default_factory=list)
+
+    def add(self, name: str, ok: bool, detail: str) -> None:
+        self.checks.append({"check": name, "ok": bool(ok), "detail": detail})
+
+    @property
+    def ok(self) -> bool:
+        return all(c["ok"] for c in self.checks)
+
+    def format(self) -> str:
+        width = max(len(c["check"]) for c in self.checks)
+        return "\n".join(
+            f"{'pass' if c['ok'] else 'FAIL'}  {c['check']:<{width}}  {c['detail']}"
+            for c in self.checks
+        )
+
+
+def sanity_checks(
+    model, params, state, x, y, eps_values, config: AttackConfig, *,
+    tolerance: float = 0.01, transfer_from=None,
+) -> tuple[SanityReport, dict]:  # fmt: skip
+    """Run the five checks of the module docstring. Returns the report and the curves.
+
+    ``transfer_from``: (model, params, state) of an independently trained network whose
+    adversarial examples are replayed against this one (check 5; skipped without it).
+    """
+    report = SanityReport()
+    fgsm_cfg = AttackConfig(**{**config.__dict__, "attack": "fgsm"})
+    pgd_cfg = AttackConfig(**{**config.__dict__, "attack": "pgd"})
+    fgsm_curve = accuracy_curve(model, params, state, x, y, eps_values, fgsm_cfg)
+    pgd_curve = accuracy_curve(model, params, state, x, y, eps_values, pgd_cfg)
+    pairs = [(f["eps"], f["accuracy"], p["accuracy"]) for f, p in zip(fgsm_curve, pgd_curve)]
+    report.add(
+        "PGD <= FGSM at every eps",
+        all(p <= f + tolerance for _, f, p in pairs),
+        ", ".join(f"{e:g}: {p:.1%} vs {f:.1%}" for e, f, p in pairs),
+    )
+    accs = [p for _, _, p in pairs]
+    report.add(
+        "accuracy falls as eps grows",
+        all(b <= a + tolerance for a, b in zip(accs, accs[1:])),
+        " -> ".join(f"{a:.1%}" for a in accs),
+    )
+    # Steps must be able to cross the whole budget: 2.5 * eps / steps (Madry et al.).
+    reach = AttackConfig(**{**pgd_cfg.__dict__, "step_size": 2.5 / config.steps})
+    at_one = accuracy_curve(model, params, state, x, y, [1.0], reach)[0]["accuracy"]
+    report.add("eps = 1 leaves (almost) nothing", at_one <= tolerance, f"{at_one:.1%}")
+    eps = max(eps_values)
+    stronger = AttackConfig(**{**pgd_cfg.__dict__, "steps": 2 * config.steps,
+                               "restarts": config.restarts + 2})  # fmt: skip
+    base = next(row["accuracy"] for row in pgd_curve if row["eps"] == eps)
+    strong = accuracy_curve(model, params, state, x, y, [eps], stronger)[0]["accuracy"]
+    report.add(
+        "more steps and restarts do not help the network",
+        strong <= base + tolerance,
+        f"eps {eps:g}: {base:.1%} with {config.steps} steps x {config.restarts}, "
+        f"{strong:.1%} with {stronger.steps} x {stronger.restarts}",
+    )
+    if transfer_from is not None:
+        source = transfer_from
+        adv = adversarial_examples(*source, x, y, eps, pgd_cfg)
+        transfer = accuracy(model, params, state, adv, y)
+        report.add(
+            "transfer attack is weaker than white-box",
+            transfer >= base - tolerance,
+            f"eps {eps:g}: {transfer:.1%} (transfer) vs {base:.1%} (white-box)",
+        )
+    return report, {"fgsm": fgsm_curve, "pgd": pgd_curve}

@@ -1,0 +1,65 @@
+"""`scratchcnn attack`: accuracy per eps, figures, sanity checks, refusals (small and quick)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from scratchcnn.cli import app
+from scratchcnn.train import TrainConfig, train
+
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory, mnist_dir):
+    """Two small default networks trained independently (seeds 0 and 1) on 3,000 images."""
+    paths = []
+    for seed in (0, 1):
+        out = tmp_path_factory.mktemp(f"net{seed}")
+        config = TrainConfig(model="default", epochs=2, train_limit=3000, val_fraction=0.01,
+                             test_limit=100, seed=seed, backend="jax")  # fmt: skip
+        train(config, data_dir=mnist_dir, output_dir=out, progress=False, log=lambda s: None)
+        paths.append(out / "best.npz")
+    return paths
+
+
+def test_attack_table_json_and_figures(checkpoints, mnist_dir, tmp_path):
+    figure, grid = tmp_path / "acc.png", tmp_path / "grid.png"
+    result = run("attack", checkpoints[0], "--attack", "pgd", "--eps", "0,0.1,0.3",
+                 "--steps", "5", "--step-size", "0.1", "--limit", "100", "--json",
+                 "--figure", figure, "--save-examples", grid, "--data-dir", mnist_dir)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    curve = json.loads(result.stdout)["curves"]["pgd"]
+    accs = [row["accuracy"] for row in curve]
+    assert [row["eps"] for row in curve] == [0.0, 0.1, 0.3]
+    assert accs[0] > 0.5 and accs[2] < accs[0]
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert grid.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_sanity_checks_run_and_report(checkpoints, mnist_dir):
+    result = run("attack", checkpoints[0], "--sanity", "--eps", "0,0.1,0.2", "--steps", "5",
+                 "--step-size", "0.05", "--limit", "100", "--transfer-from", checkpoints[1],
+                 "--data-dir", mnist_dir, "--json")  # fmt: skip
+    assert result.exit_code in (0, 1), result.output
+    checks = {c["check"]: c for c in json.loads(result.stdout)["sanity"]}
+    assert len(checks) == 5
+    assert checks["eps = 1 leaves (almost) nothing"]["ok"]
+    assert checks["PGD <= FGSM at every eps"]["ok"]
+
+
+@pytest.mark.parametrize(
+    ("flags", "phrase"),
+    [(["--attack", "cw"], "unknown attack"), (["--eps", "0,1.5"], "eps")],
+)
+def test_bad_attack_flags(checkpoints, mnist_dir, flags, phrase):
+    result = run("attack", checkpoints[0], *flags, "--limit", "10", "--data-dir", mnist_dir)
+    assert result.exit_code == 1
+    assert phrase in result.stderr and "Traceback" not in result.output
