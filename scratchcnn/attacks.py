@@ -20,6 +20,7 @@ one by one.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -47,14 +48,19 @@ def per_example_loss(logits, labels):
 
 
 def loss_and_gradient_manual(model, params, state, x, labels):
-    """(per-example losses (N,), d sum(losses) / dx (N, H, W, C)) by our backward pass."""
+    """(per-example losses (N,), d sum(losses) / dx (N, H, W, C)) by our backward pass.
+
+    Written against the array namespace of x, so it also runs on JAX arrays under
+    ``jax.jit`` (adversarial training compiles it into the training step).
+    """
+    xp = namespace(x)
     logits, _, caches = model.forward(params, state, standardize_unit(x), train=False)
     log_probs = log_softmax(logits)
-    one_hot = labels[:, None] == np.arange(logits.shape[1])[None, :]
-    dlogits = np.exp(log_probs) - one_hot  # softmax - target, for each example's own loss
-    dx_standardized, _ = model.backward(dlogits.astype(logits.dtype), caches)
-    losses = -log_probs[np.arange(len(labels)), labels]
-    return losses, dx_standardized / np.asarray(MNIST_STD, dtype=x.dtype)
+    one_hot = (labels[:, None] == xp.arange(logits.shape[1])[None, :]).astype(logits.dtype)
+    # d loss_i / d logits_i = softmax_i - target_i: each example's own loss, not the mean.
+    dx_standardized, _ = model.backward(xp.exp(log_probs) - one_hot, caches)
+    losses = -(log_probs * one_hot).sum(axis=1)
+    return losses, dx_standardized / xp.asarray(MNIST_STD, dtype=x.dtype)
 
 
 _JITTED: dict[tuple, Callable] = {}
@@ -216,3 +222,65 @@ def _start(x, eps, norm, rng, clip):
         radius = eps * rng.random((len(x), 1, 1, 1)) ** (1.0 / x[0].size)
         delta = direction * radius
     return np.clip(x + delta, *clip).astype(x.dtype)
+
+
+# --------------------------------------------------------------------------- training
+
+
+ADVERSARIAL = ("none", "fgsm", "pgd", "mixed")
+
+
+@dataclass(frozen=True)
+class AdversarialTraining:
+    """How training batches are attacked.
+
+    - ``fgsm``: FGSM from a random start, step 1.25 * eps ("fast is better than free",
+      Wong, Rice & Kolter 2020);
+    - ``pgd``: ``steps`` PGD steps of 2.5 * eps / steps from a random start (Madry et al.
+      2018);
+    - ``mixed``: each batch twice, clean and FGSM-attacked (what the seed projects did).
+    """
+
+    method: str
+    eps: float = 0.3
+    steps: int = 7
+
+    @property
+    def attack_steps(self) -> int:
+        return self.steps if self.method == "pgd" else 1
+
+    @property
+    def step_size(self) -> float:
+        return 2.5 * self.eps / self.steps if self.method == "pgd" else 1.25 * self.eps
+
+
+def uniform_noise(rng, shape, eps: float, dtype):
+    """Uniform(-eps, eps) noise from a NumPy Generator or a JAX key."""
+    if isinstance(rng, np.random.Generator):
+        return rng.uniform(-eps, eps, shape).astype(dtype)
+    import jax
+
+    return jax.random.uniform(rng, shape, dtype, -eps, eps)
+
+
+def attack_batch(model, params, state, x, labels, rng, config: AdversarialTraining):
+    """Adversarial versions of a training batch x (N, H, W, C) in [0, 1].
+
+    Uses our backward pass for the input gradient, so it runs on NumPy and inside the
+    jitted JAX training step alike. The network is attacked in eval mode.
+    """
+    xp = namespace(x)
+    delta = uniform_noise(rng, x.shape, config.eps, x.dtype)
+    for _ in range(config.attack_steps):
+        _, g = loss_and_gradient_manual(model, params, state, xp.clip(x + delta, 0, 1), labels)
+        delta = xp.clip(delta + config.step_size * xp.sign(g), -config.eps, config.eps)
+    return xp.clip(x + delta, 0, 1).astype(x.dtype)
+
+
+def training_batch(model, params, state, x, labels, rng, config: AdversarialTraining):
+    """The batch the optimizer sees: adversarial, or clean + adversarial for "mixed"."""
+    adversarial = attack_batch(model, params, state, x, labels, rng, config)
+    if config.method != "mixed":
+        return adversarial, labels
+    xp = namespace(x)
+    return xp.concatenate([x, adversarial]), xp.concatenate([labels, labels])

@@ -258,6 +258,16 @@ def train(
     plateau_patience: Annotated[
         int | None, _option("Halve lr after this many epochs without progress.", "--plateau")
     ] = None,
+    adversarial: Annotated[
+        str | None,
+        _option("Adversarial training: none, fgsm, pgd or mixed.", "--adversarial"),
+    ] = None,
+    adversarial_eps: Annotated[
+        float | None, _option("L-infinity budget of the training attack.", "--adversarial-eps")
+    ] = None,
+    adversarial_steps: Annotated[
+        int | None, _option("PGD steps per batch (--adversarial pgd).", "--adversarial-steps")
+    ] = None,
     seed: Annotated[int | None, _option("Seed of every random choice.", "--seed")] = None,
     backend: Annotated[
         str | None, _option("numpy, or jax (the same step, compiled).", "--backend")
@@ -303,6 +313,9 @@ def train(
         "val_fraction": val_fraction,
         "early_stopping": early_stopping,
         "plateau_patience": plateau_patience,
+        "adversarial": adversarial,
+        "adversarial_eps": adversarial_eps,
+        "adversarial_steps": adversarial_steps,
         "seed": seed,
         "backend": backend,
         "train_limit": train_limit,

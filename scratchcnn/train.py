@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from scratchcnn import __version__, models, optim
+from scratchcnn import __version__, attacks, models, optim
 from scratchcnn.checkpoint import load_checkpoint, save_checkpoint
 from scratchcnn.data.augment import AUGMENTATIONS, augment_batch
 from scratchcnn.data.idx import write_atomically
@@ -79,6 +79,9 @@ class TrainConfig:
     early_stopping: int | None = None  # patience in epochs without a better val loss
     plateau_patience: int | None = None  # epochs before reduce-on-plateau halves lr
     plateau_factor: float = 0.5
+    adversarial: str = "none"  # none, fgsm, pgd or mixed (see attacks.AdversarialTraining)
+    adversarial_eps: float = 0.3
+    adversarial_steps: int = 7  # PGD steps per batch (adversarial="pgd")
     seed: int = 0
     backend: str = "numpy"
     train_limit: int | None = None  # use only this many training images (quick runs)
@@ -100,6 +103,12 @@ class TrainConfig:
              f"{', '.join(SCHEDULES)}"),
             (self.optimizer in optim.OPTIMIZERS, f"unknown optimizer {self.optimizer!r}; "
              f"choose one of: {', '.join(optim.OPTIMIZERS)}"),
+            (self.adversarial in attacks.ADVERSARIAL, f"unknown adversarial training "
+             f"{self.adversarial!r}; choose one of: {', '.join(attacks.ADVERSARIAL)}"),
+            (0 < self.adversarial_eps <= 1,
+             f"adversarial eps must be in (0, 1], got {self.adversarial_eps}"),
+            (self.adversarial_steps >= 1,
+             f"adversarial steps must be at least 1, got {self.adversarial_steps}"),
             (self.backend in BACKENDS, f"unknown backend {self.backend!r}; choose numpy or jax"),
             (self.augment in AUGMENTATIONS, f"unknown augmentation {self.augment!r}; choose "
              f"one of: {', '.join(AUGMENTATIONS)}"),
@@ -131,6 +140,13 @@ class TrainConfig:
             if not ok:
                 raise ConfigError(message + ".")
         return self
+
+    def adversarial_training(self) -> attacks.AdversarialTraining | None:
+        if self.adversarial == "none":
+            return None
+        return attacks.AdversarialTraining(
+            self.adversarial, self.adversarial_eps, self.adversarial_steps
+        )
 
     def to_json(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
@@ -273,24 +289,41 @@ def make_run_optimizer(config: TrainConfig, schedule: optim.Schedule):
 # --------------------------------------------------------------------------- the step
 
 
-def make_train_step(model, optimizer, label_smoothing: float = 0.0) -> Callable:
+def make_train_step(model, optimizer, label_smoothing: float = 0.0, adversarial=None) -> Callable:
     """One training step, written once for NumPy and for ``jax.jit``.
 
     (params, state, opt_state, x: (N, H, W, C), labels: (N,), rng)
-        -> (params, state, opt_state, loss, number correct)
-    rng drives dropout: a NumPy Generator, or a JAX key under jit.
+        -> (params, state, opt_state, loss, accuracy on the batch)
+    x is standardized; with ``adversarial`` (an ``attacks.AdversarialTraining``) it is in
+    [0, 1] instead, attacked first and standardized here. rng drives dropout (and the
+    attack's random start): a NumPy Generator, or a JAX key under jit.
     """
 
     def train_step(params, state, opt_state, x, labels, rng):
+        if adversarial is not None:
+            x, labels = attacks.training_batch(
+                model, params, state, x, labels, _attack_rng(rng), adversarial
+            )
+            x = standardize_unit(x)
         logits, new_state, caches = model.forward(params, state, x, train=True, rng=rng)
         loss, loss_cache = softmax_cross_entropy_forward(logits, labels, label_smoothing)
         dlogits, _ = softmax_cross_entropy_backward(1.0, loss_cache)
         _, grads = model.backward(dlogits, caches, input_grad=False)
         params, opt_state = optimizer.update(grads, opt_state, params)
-        correct = (logits.argmax(axis=1) == labels).sum()
-        return params, new_state, opt_state, loss, correct
+        accuracy = (logits.argmax(axis=1) == labels).mean()
+        return params, new_state, opt_state, loss, accuracy
 
     return train_step
+
+
+def _attack_rng(rng):
+    """The attack's own random stream: the Generator itself, or a key folded apart from
+    the ones dropout layers fold in (their layer index)."""
+    if rng is None or isinstance(rng, np.random.Generator):
+        return rng
+    import jax
+
+    return jax.random.fold_in(rng, 1_000_003)
 
 
 def make_eval_step(model) -> Callable:
@@ -351,7 +384,7 @@ class JaxBackend:
 def make_backend(name: str, model, optimizer, config: TrainConfig):
     backend = JaxBackend if name == "jax" else NumpyBackend
     return backend(
-        make_train_step(model, optimizer, config.label_smoothing),
+        make_train_step(model, optimizer, config.label_smoothing, config.adversarial_training()),
         make_eval_step(model),
         config.seed,
     )
@@ -510,14 +543,18 @@ def _train_one_epoch(run: RunState, backend, split: Split, config: TrainConfig, 
     with _progress_bar(progress, len(split), run.epoch + 1, config.epochs) as bar:
         for batch_index, idx in enumerate(batches(len(split), config.batch_size, shuffle)):
             images = augment_batch(split.images[idx], augment_rng, augmentation)
-            x = backend.to_device(standardize_unit(images[..., None]))
+            x = (
+                images[..., None]
+                if config.adversarial != "none"
+                else standardize_unit(images[..., None])
+            )  # adversarial steps attack the [0, 1] images and standardize themselves
             y = backend.to_device(split.labels[idx].astype(np.int32))
-            run.params, run.state, run.opt_state, loss, correct = backend.train_step(
-                run.params, run.state, run.opt_state, x, y, dropout(batch_index)
+            run.params, run.state, run.opt_state, loss, accuracy = backend.train_step(
+                run.params, run.state, run.opt_state, backend.to_device(x), y, dropout(batch_index)
             )
             run.step += 1
             total_loss += float(loss) * len(idx)
-            total_correct += int(correct)
+            total_correct += float(accuracy) * len(idx)
             seen += len(idx)
             elapsed = time.perf_counter() - started
             bar.advance(len(idx), total_loss / seen, total_correct / seen, seen / elapsed)

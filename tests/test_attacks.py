@@ -113,3 +113,43 @@ def test_bad_attack_parameters(network, kwargs, phrase):
     model, params, state, x, y = network
     with pytest.raises(AttackError, match=phrase):
         pgd(model, params, state, x, y, **{"eps": 0.1, "steps": 1, **kwargs})
+
+
+# --------------------------------------------------------------------------- training
+
+
+def test_training_attack_is_the_same_on_numpy_and_under_jit(network, monkeypatch):
+    """With the random start fixed, the NumPy and jitted attacks give the same batch."""
+    import jax
+
+    monkeypatch.setattr(
+        attacks, "uniform_noise", lambda rng, shape, eps, dtype: np.zeros(shape, dtype)
+    )
+    model, params, state, x, y = network
+    config = attacks.AdversarialTraining("pgd", eps=0.3, steps=3)
+    ours = attacks.attack_batch(model, params, state, x, y, None, config)
+    jitted = jax.jit(lambda xx: attacks.attack_batch(model, params, state, xx, y, None, config))
+    assert np.mean(np.asarray(jitted(x)) != ours) < 1e-3  # a sign may flip at ~0 gradient
+    assert np.abs(ours - x).max() <= 0.3 + 1e-6 and ours.min() >= 0 and ours.max() <= 1
+
+
+def test_mixed_training_batch_is_clean_plus_adversarial(network):
+    model, params, state, x, y = network
+    config = attacks.AdversarialTraining("mixed", eps=0.1)
+    xb, yb = attacks.training_batch(model, params, state, x, y, np.random.default_rng(0), config)
+    assert len(xb) == 2 * len(x)
+    np.testing.assert_array_equal(xb[: len(x)], x)
+    np.testing.assert_array_equal(yb, np.concatenate([y, y]))
+
+
+@pytest.mark.parametrize("backend", ["numpy", "jax"])
+@pytest.mark.parametrize("method", ["fgsm", "pgd", "mixed"])
+def test_adversarial_training_runs_on_both_backends(mnist_dir, backend, method):
+    from scratchcnn.train import TrainConfig, train
+
+    config = TrainConfig(model="lenet", epochs=1, train_limit=256, val_fraction=0.01,
+                         test_limit=100, adversarial=method, adversarial_steps=2,
+                         backend=backend)  # fmt: skip
+    result = train(config, data_dir=mnist_dir, progress=False, log=lambda s: None)
+    assert np.isfinite(result.history[0]["train_loss"])
+    assert 0 <= result.history[0]["train_accuracy"] <= 1

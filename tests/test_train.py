@@ -90,10 +90,10 @@ def test_jitted_step_equals_numpy_step(mnist_train):
         x = ((images[i * 32 : (i + 1) * 32] / 255.0 - 0.1307) / 0.3081)[..., None]
         x = x.astype(np.float32)
         y = labels[i * 32 : (i + 1) * 32].astype(np.int32)
-        params, state, opt_state, loss, correct = step(params, state, opt_state, x, y, None)
-        jp, js, jo, jloss, jcorrect = jitted(jp, js, jo, jnp.asarray(x), jnp.asarray(y), None)
+        params, state, opt_state, loss, accuracy = step(params, state, opt_state, x, y, None)
+        jp, js, jo, jloss, jaccuracy = jitted(jp, js, jo, jnp.asarray(x), jnp.asarray(y), None)
         assert abs(float(loss) - float(jloss)) <= 1e-5 * abs(float(loss))
-        assert int(correct) == int(jcorrect)
+        assert float(accuracy) == float(jaccuracy)
     for name in params:
         for key in params[name]:
             assert params[name][key].dtype == np.float32
@@ -203,6 +203,8 @@ def test_reduce_on_plateau_lowers_the_learning_rate(mnist_dir):
         ({"val_fraction": 1.0}, "validation fraction"),
         ({"val_fraction": 0.0, "early_stopping": 2}, "need a validation fraction"),
         ({"optimizer": "adagrad"}, "adagrad"),
+        ({"adversarial": "trades"}, "unknown adversarial training"),
+        ({"adversarial": "pgd", "adversarial_eps": 0.0}, "adversarial eps"),
     ],
 )
 def test_bad_options_are_refused(mnist_dir, change, phrase):
