@@ -10,6 +10,8 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+from scratchcnn.train import TrainConfig
+
 HERE = Path(__file__).parent
 
 
@@ -18,7 +20,9 @@ def load_runs() -> list[dict]:
 
 
 def group_key(run: dict) -> tuple:
-    config = dict(run["config"])
+    """Runs that differ only in their seed share a row. Options added after a run was
+    made are filled in with their defaults (which is what that run used)."""
+    config = TrainConfig.from_json(run["config"]).to_json()
     config.pop("seed")
     return tuple(sorted((k, str(v)) for k, v in config.items()))
 
