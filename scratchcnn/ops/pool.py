@@ -14,6 +14,7 @@ from scratchcnn.ops.windows import (
     pad_hw,
     resolve_padding,
     scatter_windows,
+    window_taps,
 )
 
 
@@ -26,16 +27,6 @@ def _pool_geometry(x, window, strides, padding):
         output_size(n, k, s, p) for n, k, s, p in zip(x.shape[1:3], window, strides, pads)
     )
     return window, strides, pads, out_hw
-
-
-def _taps(x_pad, window, strides, out_hw):
-    """Tap (di, dj) of every window at once: kh*kw strided slices (N, Ho, Wo, C)."""
-    (kh, kw), (sh, sw), (ho, wo) = window, strides, out_hw
-    return [
-        x_pad[:, di : di + sh * (ho - 1) + 1 : sh, dj : dj + sw * (wo - 1) + 1 : sw, :]
-        for di in range(kh)
-        for dj in range(kw)
-    ]
 
 
 def _pool_windows(x, window, strides, padding, pad_value):
@@ -66,7 +57,7 @@ def max_pool_forward(x, window=2, strides=None, padding="VALID"):
     window, strides, pads, out_hw = _pool_geometry(x, window, strides, padding)
     xp = namespace(x)
     x_pad = pad_hw(x, pads, value=-float("inf"))
-    taps = _taps(x_pad, window, strides, out_hw)
+    taps = window_taps(x_pad, window, strides, out_hw)
     best, winner = taps[0], xp.zeros(taps[0].shape, dtype=xp.int32)
     for k, tap in enumerate(taps[1:], start=1):
         better = tap > best

@@ -88,21 +88,28 @@ def pad_hw(x, pads, value=0.0):
     return xp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)), constant_values=value)
 
 
+def window_taps(x_padded, window, strides, out_hw):
+    """Tap (di, dj) of every window at once: kh*kw strided slices, each (N, Ho, Wo, C).
+
+    ``taps[di*kw + dj][n, i, j, c] == x_padded[n, i*sh + di, j*sw + dj, c]``: one strided
+    slice per offset instead of Ho*Wo window copies.
+    """
+    (kh, kw), (sh, sw), (ho, wo) = window, strides, out_hw
+    return [
+        x_padded[:, di : di + sh * (ho - 1) + 1 : sh, dj : dj + sw * (wo - 1) + 1 : sw, :]
+        for di in range(kh)
+        for dj in range(kw)
+    ]
+
+
 def extract_windows(x_padded, window, strides, out_hw):
     """im2col: every window of x, stacked.
 
     x_padded: (N, Hp, Wp, C) -> windows: (N, Ho, Wo, kh*kw, C), where
     ``windows[n, i, j, di*kw + dj, c] == x_padded[n, i*sh + di, j*sw + dj, c]``.
-    One strided slice per offset (di, dj): kh*kw slices instead of Ho*Wo window copies.
     """
     xp = namespace(x_padded)
-    (kh, kw), (sh, sw), (ho, wo) = window, strides, out_hw
-    slices = [
-        x_padded[:, di : di + sh * (ho - 1) + 1 : sh, dj : dj + sw * (wo - 1) + 1 : sw, :]
-        for di in range(kh)
-        for dj in range(kw)
-    ]
-    return xp.stack(slices, axis=3)
+    return xp.stack(window_taps(x_padded, window, strides, out_hw), axis=3)
 
 
 def dilate_hw(x, strides):
