@@ -97,7 +97,8 @@ def batch():
 def scratch_steps(model, backend: str):
     """(train, infer) closures of our step on NumPy or jitted on JAX."""
     from scratchcnn import optim
-    from scratchcnn.train import make_eval_step, make_train_step
+    from scratchcnn.inference import make_eval_step
+    from scratchcnn.train import make_train_step
 
     optimizer = optim.Adam(1e-3)
     params, state = model.init(0)

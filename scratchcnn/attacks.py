@@ -26,6 +26,7 @@ import numpy as np
 
 from scratchcnn.data.preprocess import MNIST_STD, standardize_unit
 from scratchcnn.errors import ScratchCNNError
+from scratchcnn.inference import predict_logits
 from scratchcnn.ops._xp import namespace
 from scratchcnn.ops.losses import log_softmax
 
@@ -94,9 +95,8 @@ def loss_and_gradient(model, params, state, x, labels, grad: str = "jax"):
 
 
 def predict(model, params, state, x) -> np.ndarray:
-    """Predicted labels (N,) of images x in [0, 1], in eval mode."""
-    logits, _, _ = model.forward(params, state, standardize_unit(np.asarray(x)), train=False)
-    return np.asarray(logits).argmax(axis=1)
+    """Predicted labels (N,) of images x (N, H, W, 1) in [0, 1], in eval mode."""
+    return predict_logits(model, params, state, np.asarray(x)[..., 0]).argmax(axis=1)
 
 
 # --------------------------------------------------------------------------- FGSM

@@ -521,6 +521,7 @@ def attack(
     from scratchcnn import robustness, viz
     from scratchcnn.checkpoint import load_for_model
     from scratchcnn.data.mnist import load_mnist
+    from scratchcnn.data.preprocess import to_unit_nhwc
 
     eps_values = _parse_floats(eps, "--eps")
     config = robustness.AttackConfig(
@@ -532,7 +533,7 @@ def attack(
         other, other_ckpt = load_for_model(transfer_from)
         source = (other, other_ckpt.params, other_ckpt.state)
     images, labels = load_mnist("test", data_dir)
-    x = (images[:limit] / np.float32(255))[..., None].astype(np.float32)
+    x = to_unit_nhwc(images[:limit])
     y = labels[:limit].astype(np.int64)
     params, state = ckpt.params, ckpt.state
     if sanity:

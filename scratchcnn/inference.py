@@ -5,6 +5,7 @@ from collections.abc import Callable
 import numpy as np
 
 from scratchcnn.data.preprocess import standardize_unit
+from scratchcnn.metrics import softmax
 
 
 def as_unit_images(images) -> np.ndarray:
@@ -13,6 +14,16 @@ def as_unit_images(images) -> np.ndarray:
     if images.dtype == np.uint8:
         return images.astype(np.float32) / np.float32(255)
     return images.astype(np.float32)
+
+
+def make_eval_step(model) -> Callable:
+    """(params, state, x) -> logits, in eval mode (running BatchNorm statistics, no dropout)."""
+
+    def eval_step(params, state, x):
+        logits, _, _ = model.forward(params, state, x, train=False)
+        return logits
+
+    return eval_step
 
 
 def predict_logits(
@@ -30,11 +41,7 @@ def predict_logits(
     ``eval_step(params, state, x)`` defaults to our NumPy forward pass; the training loop
     passes its jitted one. Batches keep memory flat whatever N is.
     """
-    if eval_step is None:
-
-        def eval_step(params, state, x):
-            return model.forward(params, state, x, train=False)[0]
-
+    eval_step = eval_step or make_eval_step(model)
     unit = as_unit_images(images)
     out = [
         np.asarray(
@@ -45,13 +52,6 @@ def predict_logits(
         for i in range(0, len(unit), batch_size)
     ]
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 10), np.float32)
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """(N, K) -> (N, K) probabilities; shifting by the max keeps exp from overflowing."""
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(shifted)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def predict_probabilities(model, params, state, images, **kw) -> np.ndarray:

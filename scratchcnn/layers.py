@@ -19,7 +19,7 @@ import numpy as np
 
 from scratchcnn.errors import ShapeError
 from scratchcnn.ops import activations, batchnorm, conv, dense, dropout, pool
-from scratchcnn.ops.windows import as_pair, output_size, resolve_padding
+from scratchcnn.ops.windows import as_pair
 
 
 def lecun_normal(rng: np.random.Generator, shape, fan_in: int, dtype) -> np.ndarray:
@@ -138,10 +138,7 @@ class _Pool(Layer):
 
     def init(self, rng, in_shape, dtype=np.float32):
         h, w, c = in_shape
-        window = as_pair(self.window, "window")
-        strides = window if self.strides is None else as_pair(self.strides, "strides")
-        pads = resolve_padding(self.padding, (h, w), window, strides)
-        out_hw = (output_size(n, k, s, p) for n, k, s, p in zip((h, w), window, strides, pads))
+        *_, out_hw = pool.pool_geometry((h, w), self.window, self.strides, self.padding)
         return {}, {}, (*out_hw, c)
 
 

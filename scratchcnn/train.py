@@ -38,7 +38,7 @@ from scratchcnn.data.idx import write_atomically
 from scratchcnn.data.mnist import find_mnist, read_split
 from scratchcnn.data.preprocess import standardize_unit
 from scratchcnn.errors import ScratchCNNError
-from scratchcnn.inference import predict_logits
+from scratchcnn.inference import make_eval_step, predict_logits
 from scratchcnn.metrics import Evaluation, evaluate_logits
 from scratchcnn.ops.losses import softmax_cross_entropy_backward, softmax_cross_entropy_forward
 from scratchcnn.optim import ConfigError
@@ -326,16 +326,6 @@ def _attack_rng(rng):
     return jax.random.fold_in(rng, 1_000_003)
 
 
-def make_eval_step(model) -> Callable:
-    """(params, state, x) -> logits, in eval mode (running BatchNorm statistics, no dropout)."""
-
-    def eval_step(params, state, x):
-        logits, _, _ = model.forward(params, state, x, train=False)
-        return logits
-
-    return eval_step
-
-
 class NumpyBackend:
     """Run the steps as they are, on NumPy arrays."""
 
@@ -381,8 +371,8 @@ class JaxBackend:
         return lambda batch_index: self.jax.random.fold_in(epoch_key, batch_index)
 
 
-def make_backend(name: str, model, optimizer, config: TrainConfig):
-    backend = JaxBackend if name == "jax" else NumpyBackend
+def make_backend(model, optimizer, config: TrainConfig):
+    backend = JaxBackend if config.backend == "jax" else NumpyBackend
     return backend(
         make_train_step(model, optimizer, config.label_smoothing, config.adversarial_training()),
         make_eval_step(model),
@@ -425,7 +415,6 @@ class RunState:
     bad_epochs: int = 0
     stopped_early: bool = False
     train_seconds: float = 0.0
-    plateau: dict | None = None
 
 
 @dataclass
@@ -479,7 +468,7 @@ def train(
     steps_per_epoch = -(-len(splits.train) // config.batch_size)
     schedule = make_schedule(config, steps_per_epoch)
     optimizer = make_run_optimizer(config, schedule)
-    backend = make_backend(config.backend, model, optimizer, config)
+    backend = make_backend(model, optimizer, config)
     plateau = _make_plateau(config)
 
     if resume:
@@ -511,7 +500,7 @@ def train(
             best = (run.params, run.state)
         run.history.append(record)
         if output_dir:
-            _save_run(output_dir, run, backend, model, config, splits, improved)
+            _save_run(output_dir, run, backend, model, config, splits, plateau, improved)
         log(_format_epoch(record, config.epochs))
 
     params, state = best
@@ -540,7 +529,7 @@ def _train_one_epoch(run: RunState, backend, split: Split, config: TrainConfig, 
     dropout = backend.dropout_source(run.epoch)
     total_loss, total_correct, seen = 0.0, 0, 0
     started = time.perf_counter()
-    with _progress_bar(progress, len(split), run.epoch + 1, config.epochs) as bar:
+    with _ProgressBar(progress, len(split), run.epoch + 1, config.epochs) as bar:
         for batch_index, idx in enumerate(batches(len(split), config.batch_size, shuffle)):
             images = augment_batch(split.images[idx], augment_rng, augmentation)
             x = (
@@ -580,7 +569,6 @@ def _after_epoch(run: RunState, record: dict, config: TrainConfig, plateau) -> b
     if plateau is not None:
         scale = plateau.step(record["val_loss"])
         run.opt_state = optim.set_lr_scale(run.opt_state, scale)
-        run.plateau = plateau.state_dict()
     return improved
 
 
@@ -625,7 +613,7 @@ def _prepare_output_dir(output_dir, resume: bool) -> Path | None:
     return output_dir
 
 
-def _run_info(run: RunState, config: TrainConfig, splits: MnistSplits) -> dict:
+def _run_info(run: RunState, config: TrainConfig, splits: MnistSplits, plateau) -> dict:
     return {
         "config": config.to_json(),
         "epoch": run.epoch,
@@ -636,14 +624,14 @@ def _run_info(run: RunState, config: TrainConfig, splits: MnistSplits) -> dict:
         "bad_epochs": run.bad_epochs,
         "stopped_early": run.stopped_early,
         "train_seconds": run.train_seconds,
-        "plateau": run.plateau,
+        "plateau": plateau.state_dict() if plateau is not None else None,
         "rng": {"seed": config.seed, "streams": "numpy default_rng([seed, epoch, stream])"},
         "data_sha256": splits.checksums,
         "metrics": run.history[-1] if run.history else {},
     }
 
 
-def _save_run(output_dir, run, backend, model, config, splits, improved) -> None:
+def _save_run(output_dir, run, backend, model, config, splits, plateau, improved) -> None:
     """Write last.npz (and best.npz when this epoch is the best so far)."""
     names = ["last.npz", "best.npz"] if improved else ["last.npz"]
     for name in names:
@@ -654,7 +642,7 @@ def _save_run(output_dir, run, backend, model, config, splits, improved) -> None
             params=backend.to_host(run.params),
             state=backend.to_host(run.state),
             opt_state=backend.to_host(run.opt_state),
-            info=_run_info(run, config, splits),
+            info=_run_info(run, config, splits, plateau),
         )
     _write_json(output_dir / "history.json", {"config": config.to_json(), "history": run.history})
 
@@ -690,7 +678,6 @@ def _resume_run(output_dir: Path, config: TrainConfig, splits, plateau) -> RunSt
         bad_epochs=info["bad_epochs"],
         stopped_early=info["stopped_early"],
         train_seconds=info["train_seconds"],
-        plateau=info.get("plateau"),
     )
 
 
@@ -750,7 +737,3 @@ class _ProgressBar:
     def advance(self, n: int, loss: float, accuracy: float, speed: float) -> None:
         if self.enabled:
             self.progress.update(self.task, advance=n, loss=loss, acc=accuracy, speed=speed)
-
-
-def _progress_bar(enabled: bool, total: int, epoch: int, epochs: int) -> _ProgressBar:
-    return _ProgressBar(enabled, total, epoch, epochs)

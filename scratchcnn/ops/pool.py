@@ -18,20 +18,18 @@ from scratchcnn.ops.windows import (
 )
 
 
-def _pool_geometry(x, window, strides, padding):
-    """Window, strides, pads and output size of a pooling of x: (N, H, W, C)."""
+def pool_geometry(in_hw, window, strides, padding):
+    """Window, strides, pads and output size (Ho, Wo) of a pooling of an (H, W) image."""
     window = as_pair(window, "window")
     strides = window if strides is None else as_pair(strides, "strides")
-    pads = resolve_padding(padding, x.shape[1:3], window, strides)
-    out_hw = tuple(
-        output_size(n, k, s, p) for n, k, s, p in zip(x.shape[1:3], window, strides, pads)
-    )
+    pads = resolve_padding(padding, in_hw, window, strides)
+    out_hw = tuple(output_size(n, k, s, p) for n, k, s, p in zip(in_hw, window, strides, pads))
     return window, strides, pads, out_hw
 
 
 def _pool_windows(x, window, strides, padding, pad_value):
     """Gather the pooling windows. x: (N, H, W, C) -> (N, Ho, Wo, kh*kw, C), geometry."""
-    window, strides, pads, out_hw = _pool_geometry(x, window, strides, padding)
+    window, strides, pads, out_hw = pool_geometry(x.shape[1:3], window, strides, padding)
     x_pad = pad_hw(x, pads, value=pad_value)
     geometry = (window, strides, pads, x_pad.shape[1:3])
     return extract_windows(x_pad, window, strides, out_hw), geometry
@@ -54,7 +52,7 @@ def max_pool_forward(x, window=2, strides=None, padding="VALID"):
     gradient picks, and ``jax.grad`` of this forward pass sends the whole gradient
     there too, exactly like ``max_pool_backward``.
     """
-    window, strides, pads, out_hw = _pool_geometry(x, window, strides, padding)
+    window, strides, pads, out_hw = pool_geometry(x.shape[1:3], window, strides, padding)
     xp = namespace(x)
     x_pad = pad_hw(x, pads, value=-float("inf"))
     taps = window_taps(x_pad, window, strides, out_hw)
