@@ -19,6 +19,7 @@ import numpy as np
 
 from scratchcnn.errors import ShapeError
 from scratchcnn.ops import activations, batchnorm, conv, dense, dropout, pool
+from scratchcnn.ops.cores import on_all_cores
 from scratchcnn.ops.windows import as_pair
 
 
@@ -299,13 +300,14 @@ class Sequential:
     def forward(self, params, state, x, *, train, rng=None):
         """x: (N, H, W, C) -> (out, new_state, caches). rng is needed for dropout in train."""
         new_state, caches = {}, []
-        for i, (name, layer) in enumerate(zip(self.names, self.layers)):
-            x, s, cache = layer.forward(
-                params.get(name, {}), state.get(name, {}), x, train=train, rng=layer_rng(rng, i)
-            )
-            if s:
-                new_state[name] = s
-            caches.append(cache)
+        with on_all_cores():
+            for i, (name, layer) in enumerate(zip(self.names, self.layers)):
+                x, s, cache = layer.forward(
+                    params.get(name, {}), state.get(name, {}), x, train=train, rng=layer_rng(rng, i)
+                )
+                if s:
+                    new_state[name] = s
+                caches.append(cache)
         return x, new_state, caches
 
     def backward(self, dout, caches, input_grad=True):
@@ -315,14 +317,15 @@ class Sequential:
         first Conv layer skips it (dx is then None); attacks need it and keep the default.
         """
         grads = {}
-        for i in reversed(range(len(self.layers))):
-            name, layer, cache = self.names[i], self.layers[i], caches[i]
-            if i == 0 and not input_grad and isinstance(layer, Conv):
-                dout, g = layer.backward(dout, cache, input_grad=False)
-            else:
-                dout, g = layer.backward(dout, cache)
-            if g:
-                grads[name] = g
+        with on_all_cores():
+            for i in reversed(range(len(self.layers))):
+                name, layer, cache = self.names[i], self.layers[i], caches[i]
+                if i == 0 and not input_grad and isinstance(layer, Conv):
+                    dout, g = layer.backward(dout, cache, input_grad=False)
+                else:
+                    dout, g = layer.backward(dout, cache)
+                if g:
+                    grads[name] = g
         return dout, grads
 
 

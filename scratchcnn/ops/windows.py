@@ -12,6 +12,7 @@ a stride over a (possibly padded) input. This file answers three questions once:
 import numbers
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from scratchcnn.errors import ShapeError
 from scratchcnn.ops._xp import namespace
@@ -108,8 +109,24 @@ def extract_windows(x_padded, window, strides, out_hw):
     x_padded: (N, Hp, Wp, C) -> windows: (N, Ho, Wo, kh*kw, C), where
     ``windows[n, i, j, di*kw + dj, c] == x_padded[n, i*sh + di, j*sw + dj, c]``.
     """
+    if isinstance(x_padded, np.ndarray) and window[1] * x_padded.shape[3] >= 16:
+        return _extract_windows_numpy(x_padded, window, strides, out_hw)
     xp = namespace(x_padded)
     return xp.stack(window_taps(x_padded, window, strides, out_hw), axis=3)
+
+
+def _extract_windows_numpy(x_padded, window, strides, out_hw):
+    """``extract_windows`` as one copy of a strided view of every window (NumPy only).
+
+    In the view, one window row (kw pixels x C channels) is kw*C adjacent values, so the
+    copy moves long contiguous runs: about twice as fast as stacking the kh*kw taps when
+    kw*C >= 16, slower for shorter rows (one-channel images).
+    """
+    (kh, kw), (sh, sw), (ho, wo) = window, strides, out_hw
+    n, c = x_padded.shape[0], x_padded.shape[3]
+    view = sliding_window_view(x_padded, window, axis=(1, 2))  # (N, H', W', C, kh, kw)
+    view = view[:, : sh * (ho - 1) + 1 : sh, : sw * (wo - 1) + 1 : sw]
+    return view.transpose(0, 1, 2, 4, 5, 3).reshape(n, ho, wo, kh * kw, c)
 
 
 def dilate_hw(x, strides):
@@ -153,6 +170,11 @@ def _scatter_windows_numpy(dwindows, padded_hw, window, strides):
     """``scatter_windows`` with in-place adds into strided views (NumPy only)."""
     (kh, kw), (sh, sw), (hp, wp) = window, strides, padded_hw
     n, ho, wo, _, c = dwindows.shape
+    if (sh, sw) == (kh, kw) and (hp, wp) == (ho * kh, wo * kw):
+        # The windows tile the image without overlap (2x2 pooling): nothing adds up,
+        # scattering is only a reordering of the values.
+        tiles = dwindows.reshape(n, ho, wo, kh, kw, c).transpose(0, 1, 3, 2, 4, 5)
+        return tiles.reshape(n, hp, wp, c)
     out = np.zeros((n, hp, wp, c), dtype=dwindows.dtype)
     for k in range(kh * kw):
         di, dj = divmod(k, kw)
