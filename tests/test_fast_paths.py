@@ -17,6 +17,8 @@ from scratchcnn.gradcheck import relative_error
 from scratchcnn.ops import activations, conv, cores, pool, windows
 from scratchcnn.ops.conv import conv2d_naive_backward, conv2d_naive_forward
 
+pytestmark = pytest.mark.lesson13
+
 BATCH = 13
 
 

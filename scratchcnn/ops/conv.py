@@ -77,6 +77,7 @@ class ConvCache(NamedTuple):
     has_bias: bool
 
 
+# --8<-- [start:conv_forward]
 def conv2d_forward(x, kernel, bias=None, strides=1, padding="SAME"):
     """Convolution as one matrix multiply.
 
@@ -102,6 +103,7 @@ def conv2d_forward(x, kernel, bias=None, strides=1, padding="SAME"):
 
     for_each_chunk(chunk, x.shape[0], images_per_chunk(geo.out_hw[0] * geo.out_hw[1]))
     return out, cache
+# --8<-- [end:conv_forward]
 
 
 def _conv_windows(x_pad, kernel, bias, geo):

@@ -39,6 +39,7 @@ def images_per_chunk(pixels_per_image: int) -> int:
     return max(1, WINDOW_ROWS_PER_CHUNK // pixels_per_image)
 
 
+# --8<-- [start:for_each_chunk]
 def for_each_chunk(work, n: int, chunk: int) -> list:
     """Call ``work(batch_slice)`` for consecutive slices of ``range(n)``, on every core.
 
@@ -49,6 +50,7 @@ def for_each_chunk(work, n: int, chunk: int) -> list:
         return [work(slices[0])]
     with nullcontext() if _blas_limited else _blas.limit(limits=1, user_api="blas"):
         return list(_threads.map(work, slices))
+# --8<-- [end:for_each_chunk]
 
 
 def on_halves(work, array) -> None:

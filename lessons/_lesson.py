@@ -1,0 +1,74 @@
+"""What every lesson script shares: its command line, its output folder, its results file.
+
+    python lessons/NN_slug.py            # the full run: figures + results.json for the site
+    python lessons/NN_slug.py --quick    # a small run in seconds (the tests run this)
+    python lessons/NN_slug.py --out DIR  # write somewhere else than the site's assets
+
+The full run writes into ``site/assets/lessons/NN-slug/``; the lesson's page reads its
+numbers from ``results.json`` there (``site_macros.py``), so the page and the figures
+always come from the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a window
+
+from scratchcnn.data.idx import write_atomically  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+ASSETS = ROOT / "site" / "assets" / "lessons"
+
+
+class Lesson:
+    """A lesson run: ``lesson = Lesson(__file__, "what it does")``, then ``lesson.path(...)``
+    for each figure and ``lesson.finish(results)`` at the end."""
+
+    def __init__(self, script: str, description: str):
+        self.slug = Path(script).stem.replace("_", "-", 1)  # 13_speed -> 13-speed
+        parser = argparse.ArgumentParser(description=description)
+        parser.add_argument("--quick", action="store_true", help="a small run, in seconds")
+        parser.add_argument("--out", type=Path, default=ASSETS / self.slug,
+                            help="output folder (default: the site's assets)")  # fmt: skip
+        parser.add_argument("--seed", type=int, default=0)
+        self.args = parser.parse_args()
+        self.quick, self.seed = self.args.quick, self.args.seed
+        self.out = self.args.out
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.started = time.perf_counter()
+
+    def path(self, name: str) -> Path:
+        """Where to write one output file (a figure) of this lesson."""
+        return self.out / name
+
+    def finish(self, results: dict) -> Path:
+        """Write results.json (atomically) with how and where this run was made."""
+        results = {
+            **results,
+            "run": {
+                "quick": self.quick,
+                "seed": self.seed,
+                "seconds": round(time.perf_counter() - self.started, 1),
+                "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+                "machine": f"{platform.machine()}, {_cores()} cores",
+            },
+        }
+        path = self.path("results.json")
+        text = json.dumps(results, indent=2) + "\n"
+        write_atomically(path, lambda file: file.write(text.encode()))
+        print(f"wrote {path} ({results['run']['seconds']} s)")
+        return path
+
+
+def _cores() -> int:
+    import os
+
+    return os.cpu_count() or 1

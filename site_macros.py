@@ -1,0 +1,78 @@
+"""Macros for the MkDocs site (mkdocs-macros-plugin): pages read their numbers from the
+results files the lesson scripts and benchmarks write, so no number is typed by hand.
+
+In a page: ``{{ results("13-speed").conv_layer.naive_ms }}``, ``{{ speed_table() }}``.
+"""
+
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).parent
+LESSON_ASSETS = ROOT / "site" / "assets" / "lessons"
+BENCHMARK = ROOT / "benchmarks" / "results" / "step_speed.json"
+TRAINING_RUNS = ROOT / "results"  # history.json of the runs in RESULTS.md
+
+IMPLEMENTATION_NAMES = {
+    "scratch-numpy": "scratchcnn, NumPy",
+    "scratch-jax": "scratchcnn, jax.jit",
+    "flax-optax": "Flax + optax, jax.jit",
+    "torch": "PyTorch (CPU)",
+}
+
+
+def load(path: Path) -> dict:
+    """A results file; a missing one stops the build (strict) with its path."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run the lesson script that writes it.")
+    return json.loads(path.read_text())
+
+
+def define_env(env):
+    @env.macro
+    def results(lesson: str) -> dict:
+        """The results JSON of one lesson, e.g. results("13-speed")."""
+        return load(LESSON_ASSETS / lesson / "results.json")
+
+    @env.macro
+    def benchmark() -> dict:
+        """benchmarks/results/step_speed.json (python benchmarks/step_speed.py)."""
+        return load(BENCHMARK)
+
+    @env.macro
+    def run(name: str) -> dict:
+        """The summary of a training run in RESULTS.md, e.g. run("default-s0")."""
+        return load(TRAINING_RUNS / f"{name}.json")
+
+    @env.macro
+    def percent(fraction: float, digits: int = 2) -> str:
+        """0.99184 -> "99.18%"."""
+        return f"{100 * fraction:.{digits}f}%"
+
+    @env.macro
+    def speed_table(network: str = "reference") -> str:
+        """The benchmark rows of one network as a Markdown table."""
+        bench = benchmark()
+        lines = [
+            "| implementation | train img/s | × Flax | GFLOP/s | % of matmul rate "
+            "| inference img/s | × Flax | peak MB |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for row in bench["rows"]:
+            if row["network"] != network:
+                continue
+            lines.append(
+                f"| {IMPLEMENTATION_NAMES[row['implementation']]} "
+                f"| {row['train_images_per_second']:,.0f} | {row['train_ratio_to_flax']:.2f} "
+                f"| {row['train_gflops']:.1f} | {100 * row['fraction_of_matmul_rate']:.1f}% "
+                f"| {row['infer_images_per_second']:,.0f} | {row['infer_ratio_to_flax']:.2f} "
+                f"| {row['peak_rss_mb']:,.0f} |"
+            )
+        return "\n".join(lines)
+
+    @env.macro
+    def speed_row(network: str, implementation: str) -> dict:
+        """One benchmark row, e.g. speed_row("reference", "scratch-numpy")."""
+        for row in benchmark()["rows"]:
+            if (row["network"], row["implementation"]) == (network, implementation):
+                return row
+        raise KeyError(f"no benchmark row for {implementation} on {network}")
