@@ -103,6 +103,8 @@ def conv2d_forward(x, kernel, bias=None, strides=1, padding="SAME"):
 
     for_each_chunk(chunk, x.shape[0], images_per_chunk(geo.out_hw[0] * geo.out_hw[1]))
     return out, cache
+
+
 # --8<-- [end:conv_forward]
 
 

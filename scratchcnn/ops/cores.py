@@ -50,6 +50,8 @@ def for_each_chunk(work, n: int, chunk: int) -> list:
         return [work(slices[0])]
     with nullcontext() if _blas_limited else _blas.limit(limits=1, user_api="blas"):
         return list(_threads.map(work, slices))
+
+
 # --8<-- [end:for_each_chunk]
 
 
