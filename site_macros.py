@@ -44,6 +44,16 @@ def define_env(env):
         return load(TRAINING_RUNS / f"{name}.json")
 
     @env.macro
+    def lesson_table() -> str:
+        """Every lesson page with its title and script, as a Markdown table."""
+        lines = ["| lesson | page | script |", "|---|---|---|"]
+        for page in sorted((ROOT / "site" / "lessons").glob("[0-9][0-9]-*.md")):
+            title = page.read_text().splitlines()[0].lstrip("# ").strip()
+            script = "lessons/" + page.stem.replace("-", "_", 1) + ".py"
+            lines.append(f"| {page.stem[:2]} | [{title}]({page.name}) | `{script}` |")
+        return "\n".join(lines)
+
+    @env.macro
     def percent(fraction: float, digits: int = 2) -> str:
         """0.99184 -> "99.18%"."""
         return f"{100 * fraction:.{digits}f}%"

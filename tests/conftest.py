@@ -80,3 +80,34 @@ def isolated_mnist_search(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Pa
     monkeypatch.delenv(DATA_DIR_ENV, raising=False)
     monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path / "cache"))
     return (tmp_path / "cache" / "mnist").resolve()
+
+
+# --------------------------------------------------------------------------- lessons
+# Each lesson page's "check yourself" box says ``python -m pytest -m lessonNN``. The
+# tests that check a lesson's code are marked here, by file and (optionally) by a word
+# in the test's name, so the tests themselves stay organised by module.
+LESSON_TESTS = {
+    "lesson01": [("test_idx.py", ""), ("test_mnist.py", ""), ("test_cli_data.py", "")],
+    "lesson02": [("test_ops.py", "dense"), ("test_ops.py", "softmax"), ("test_ops.py", "loss"),
+                 ("test_ops.py", "numerical_gradient"), ("test_ops.py", "relu")],
+    "lesson03": [("test_conv.py", ""), ("test_ops.py", "conv"), ("test_ops.py", "padding"),
+                 ("test_fast_paths.py", "conv"), ("test_fast_paths.py", "im2col")],
+    "lesson04": [("test_ops.py", "pool"), ("test_ops.py", "batchnorm"),
+                 ("test_ops.py", "dropout"), ("test_fast_paths.py", "pool")],
+    "lesson05": [("test_optim.py", ""), ("test_train.py", ""), ("test_checkpoint.py", ""),
+                 ("test_train_kill.py", ""), ("test_cli_train.py", "train"),
+                 ("test_cli_train.py", "resume")],
+    "lesson06": [("test_metrics.py", ""), ("test_cli_train.py", "evaluate")],
+    "lesson07": [("test_augment.py", ""), ("test_models.py", "")],
+    "lesson09": [("test_attacks.py", "grad"), ("test_attacks.py", "fgsm")],
+    "lesson10": [("test_attacks.py", "pgd"), ("test_cli_attack.py", "")],
+    "lesson11": [("test_attacks.py", "training"), ("test_attacks.py", "mixed")],
+    "lesson12": [("test_images.py", ""), ("test_kaggle.py", ""), ("test_cli_train.py", "predict")],
+}  # fmt: skip
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        for marker, rules in LESSON_TESTS.items():
+            if any(item.path.name == file and word in item.name for file, word in rules):
+                item.add_marker(getattr(pytest.mark, marker))
