@@ -58,8 +58,9 @@ def max_pool_forward(x, window=2, strides=None, padding="VALID"):
     x_pad = pad_hw(x, pads, value=-float("inf"))
     geometry = (window, strides, pads, x_pad.shape[1:3])
     if not isinstance(x, np.ndarray):
-        best = window_taps(x_pad, window, strides, out_hw)[0]
-        for tap in window_taps(x_pad, window, strides, out_hw)[1:]:
+        taps = window_taps(x_pad, window, strides, out_hw)
+        best = taps[0]
+        for tap in taps[1:]:
             # jax.grad of ``maximum`` would split a tie between both arguments.
             best = namespace(x).where(tap > best, tap, best)
         return best, (x_pad, best, geometry)
