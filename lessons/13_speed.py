@@ -12,6 +12,7 @@ benchmark of benchmarks/step_speed.py drawn as a figure.
 """
 
 import json
+import sys
 import time
 
 import jax
@@ -27,6 +28,9 @@ from scratchcnn.ops.losses import softmax_cross_entropy_backward, softmax_cross_
 from scratchcnn.ops.windows import pad_hw
 from scratchcnn.viz import save_figure
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from step_speed import median_seconds, reference_cnn  # noqa: E402
+
 BENCHMARK = ROOT / "benchmarks" / "results" / "step_speed.json"
 NAMES = {"scratch-numpy": "scratchcnn NumPy", "scratch-jax": "scratchcnn jax.jit",
          "flax-optax": "Flax + optax", "torch": "PyTorch CPU"}  # fmt: skip
@@ -34,13 +38,7 @@ NAMES = {"scratch-numpy": "scratchcnn NumPy", "scratch-jax": "scratchcnn jax.jit
 
 def median_ms(fn, repeats: int) -> float:
     """Median wall time of fn() in milliseconds, after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * float(np.median(times))
+    return 1e3 * median_seconds(fn, repeats, warmup=1)
 
 
 def pure_python_ms(x, kernel, samples: int = 24) -> float:
@@ -107,11 +105,6 @@ def on_all_cores_forward(x, kernel):
 
 def step_profile(batch: int, repeats: int, seed: int) -> list[dict]:
     """Milliseconds per layer, forward and backward, of one NumPy step of the reference CNN."""
-    import sys
-
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from step_speed import reference_cnn
-
     model = reference_cnn()
     params, state = model.init(seed)
     rng = np.random.default_rng(seed)
