@@ -49,7 +49,7 @@ def define_env(env):
         lines = ["| lesson | page | script |", "|---|---|---|"]
         for page in sorted((ROOT / "site" / "lessons").glob("[0-9][0-9]-*.md")):
             title = page.read_text().splitlines()[0].lstrip("# ").strip()
-            script = "lessons/" + page.stem.replace("-", "_", 1) + ".py"
+            script = "lessons/" + page.stem.replace("-", "_") + ".py"
             lines.append(f"| {page.stem[:2]} | [{title}]({page.name}) | `{script}` |")
         return "\n".join(lines)
 

@@ -33,7 +33,7 @@ class Lesson:
     for each figure and ``lesson.finish(results)`` at the end."""
 
     def __init__(self, script: str, description: str):
-        self.slug = Path(script).stem.replace("_", "-", 1)  # 13_speed -> 13-speed
+        self.slug = Path(script).stem.replace("_", "-")  # 01_mnist_bytes -> 01-mnist-bytes
         parser = argparse.ArgumentParser(description=description)
         parser.add_argument("--quick", action="store_true", help="a small run, in seconds")
         parser.add_argument("--out", type=Path, default=ASSETS / self.slug,

@@ -9,6 +9,7 @@ in float32 the rounding error of f swamps the difference.
 import numpy as np
 
 
+# --8<-- [start:numerical_gradient]
 def numerical_gradient(f, x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
     """Central-difference gradient of the scalar function ``f`` at ``x`` (any shape).
 
@@ -36,6 +37,10 @@ def numerical_gradient(f, x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
     return grad
 
 
+# --8<-- [end:numerical_gradient]
+
+
+# --8<-- [start:relative_error]
 def relative_error(a, b) -> float:
     """Largest absolute difference, relative to the largest magnitude of either array.
 
@@ -46,3 +51,6 @@ def relative_error(a, b) -> float:
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     scale = max(np.abs(a).max(initial=0.0), np.abs(b).max(initial=0.0))
     return float(np.abs(a - b).max(initial=0.0) / scale) if scale > 0 else 0.0
+
+
+# --8<-- [end:relative_error]

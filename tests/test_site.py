@@ -45,7 +45,7 @@ def test_lesson_script_quick_run_writes_its_figures_and_results(script, tmp_path
     for figure in figures:
         assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # The same figures as the committed full run (the page links to each of them).
-    committed = ROOT / "site" / "assets" / "lessons" / script.stem.replace("_", "-", 1)
+    committed = ROOT / "site" / "assets" / "lessons" / script.stem.replace("_", "-")
     assert {f.name for f in figures} == {f.name for f in committed.glob("*.png")}
 
 
@@ -121,6 +121,6 @@ def test_page_renders_in_chromium(served_site, page):
 
 def test_every_lesson_script_has_a_page_on_the_built_site(built_site):
     for script in LESSON_SCRIPTS:
-        slug = script.stem.replace("_", "-", 1)
+        slug = script.stem.replace("_", "-")
         assert (ROOT / "site" / "lessons" / f"{slug}.md").is_file(), slug
         assert (built_site / "lessons" / slug / "index.html").is_file(), slug

@@ -35,6 +35,7 @@ import numpy as np
 
 from scratchcnn.errors import DataError
 
+# --8<-- [start:dtype_codes]
 # The dtype each code stands for. ">" means big-endian: IDX stores multi-byte numbers
 # most significant byte first, whatever the machine that wrote them.
 DTYPE_BY_CODE: dict[int, np.dtype] = {
@@ -45,6 +46,7 @@ DTYPE_BY_CODE: dict[int, np.dtype] = {
     0x0D: np.dtype(">f4"),
     0x0E: np.dtype(">f8"),
 }
+# --8<-- [end:dtype_codes]
 
 # The reverse table, keyed by the native-endian dtype a caller hands to write_idx.
 CODE_BY_DTYPE: dict[np.dtype, int] = {
@@ -82,6 +84,7 @@ class IdxHeader:
 # --------------------------------------------------------------------------- reading
 
 
+# --8<-- [start:parse_idx_header]
 def parse_idx_header(data: bytes, path: str | os.PathLike = "<bytes>") -> IdxHeader:
     """Decode the header at the start of ``data`` (the decompressed file contents).
 
@@ -112,6 +115,10 @@ def parse_idx_header(data: bytes, path: str | os.PathLike = "<bytes>") -> IdxHea
     return IdxHeader(dtype=DTYPE_BY_CODE[code], shape=tuple(shape))
 
 
+# --8<-- [end:parse_idx_header]
+
+
+# --8<-- [start:decode_idx]
 def decode_idx(data: bytes, path: str | os.PathLike = "<bytes>") -> np.ndarray:
     """Turn the (decompressed) bytes of an IDX file into a native-endian NumPy array."""
     header = parse_idx_header(data, path)
@@ -131,6 +138,9 @@ def decode_idx(data: bytes, path: str | os.PathLike = "<bytes>") -> np.ndarray:
     # astype copies into a fresh, writable array in the machine's own byte order, so
     # callers never meet big-endian dtypes or read-only views of the file's bytes.
     return stored.astype(header.dtype.newbyteorder("="))
+
+
+# --8<-- [end:decode_idx]
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
@@ -232,6 +242,7 @@ def _write_payload(file: BinaryIO, header: bytes, array: np.ndarray) -> None:
     file.write(encode_idx_payload(array))
 
 
+# --8<-- [start:write_atomically]
 def write_atomically(path: str | os.PathLike, write_body: Callable[[BinaryIO], None]) -> None:
     """Create ``path`` with the bytes ``write_body(file)`` writes, all or nothing.
 
@@ -261,6 +272,9 @@ def write_atomically(path: str | os.PathLike, write_body: Callable[[BinaryIO], N
             raise DataError(f"cannot write {path}: {_os_reason(error)}.") from error
         raise
     _fsync_directory(path.parent)
+
+
+# --8<-- [end:write_atomically]
 
 
 def _fsync_directory(directory: Path) -> None:

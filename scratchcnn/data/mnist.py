@@ -130,6 +130,7 @@ class MnistLocation:
 # --------------------------------------------------------------------------- loading
 
 
+# --8<-- [start:load_mnist]
 def load_mnist(
     split: str, data_dir: str | os.PathLike | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -157,6 +158,9 @@ def read_split(location: MnistLocation, split: str) -> tuple[np.ndarray, np.ndar
             f"{len(labels)} labels; the two files of a split must match one to one."
         )
     return images, labels
+
+
+# --8<-- [end:load_mnist]
 
 
 def check_split(split: str) -> None:

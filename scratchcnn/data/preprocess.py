@@ -7,6 +7,7 @@ MNIST_MEAN = 0.1307
 MNIST_STD = 0.3081
 
 
+# --8<-- [start:preprocess]
 def to_unit_nhwc(images: np.ndarray, dtype=np.float32) -> np.ndarray:
     """uint8 (N, 28, 28) -> float (N, 28, 28, 1) in [0, 1], the scale attacks work in."""
     return (images.astype(dtype) / 255)[..., None]
@@ -25,3 +26,6 @@ def standardize_unit(unit_images):
     """
     dtype = unit_images.dtype
     return ((unit_images - MNIST_MEAN) / MNIST_STD).astype(dtype)
+
+
+# --8<-- [end:preprocess]

@@ -5,6 +5,7 @@ import numpy as np
 from scratchcnn.ops.cores import on_halves
 
 
+# --8<-- [start:relu]
 def relu_forward(x):
     """``max(x, 0)`` element-wise. x: any shape -> out: same shape.
 
@@ -32,6 +33,9 @@ def relu_backward(dout, cache):
         on_halves(lambda part: np.multiply(dout[part], x[part] > 0, out=dx[part]), dout)
         return dx, {}
     return dout * (x > 0), {}
+
+
+# --8<-- [end:relu]
 
 
 def flatten_forward(x):

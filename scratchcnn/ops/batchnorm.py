@@ -15,6 +15,7 @@ Because it carries state, the forward pass returns ``(out, new_state, cache)``.
 from scratchcnn.ops._xp import average, namespace, total
 
 
+# --8<-- [start:batchnorm_forward]
 def batchnorm_forward(x, params, state, *, train, momentum=0.99, epsilon=1e-5):
     """Normalise each channel, then scale and shift it.
 
@@ -39,6 +40,10 @@ def batchnorm_forward(x, params, state, *, train, momentum=0.99, epsilon=1e-5):
     return out, new_state, (x_hat, inv_std, params["scale"], train)
 
 
+# --8<-- [end:batchnorm_forward]
+
+
+# --8<-- [start:batchnorm_backward]
 def batchnorm_backward(dout, cache):
     """Gradients of batch norm.
 
@@ -55,3 +60,6 @@ def batchnorm_backward(dout, cache):
     if train:
         dx_hat = dx_hat - average(dx_hat, axes) - x_hat * average(dx_hat * x_hat, axes)
     return dx_hat * inv_std, grads
+
+
+# --8<-- [end:batchnorm_backward]

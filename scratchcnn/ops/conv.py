@@ -174,6 +174,7 @@ def _padded_hw(x, geo):
     return tuple(size + lo + hi for size, (lo, hi) in zip(x.shape[1:3], geo.pads))
 
 
+# --8<-- [start:kernel_grad]
 def _kernel_grad(x_pad, dout, geo):
     """rows.T @ dout: (kh*kw*C, n*Ho*Wo) @ (n*Ho*Wo, O) -> (kh, kw, C, O).
 
@@ -195,6 +196,9 @@ def _kernel_grad(x_pad, dout, geo):
     return (rows.T @ dout).reshape(shape)
 
 
+# --8<-- [end:kernel_grad]
+
+
 def _input_grad_col2im(dout, kernel, geo, padded_hw):
     """dx by col2im: dout (n, Ho, Wo, O) -> dx (n, H, W, C). NumPy only (adds in place).
 
@@ -207,6 +211,7 @@ def _input_grad_col2im(dout, kernel, geo, padded_hw):
     return crop_hw(scatter_windows(dwindows, padded_hw, geo.window, geo.strides), geo.pads)
 
 
+# --8<-- [start:input_grad_flipped_kernel]
 def _input_grad_flipped_kernel(dout, kernel, geo, padded_hw):
     """dx as a 'full' convolution of the dilated output gradient with the flipped kernel."""
     (kh, kw), (sh, sw), pads, (ho, wo) = geo
@@ -224,11 +229,15 @@ def _input_grad_flipped_kernel(dout, kernel, geo, padded_hw):
     return crop_hw(_conv_windows(spread, flipped, None, stride_1_valid), pads)
 
 
+# --8<-- [end:input_grad_flipped_kernel]
+
+
 # ----------------------------------------------------------------------------------------
 # Naive version: the definition, one output pixel at a time (NumPy only).
 # ----------------------------------------------------------------------------------------
 
 
+# --8<-- [start:conv_naive_forward]
 def conv2d_naive_forward(x, kernel, bias=None, strides=1, padding="SAME"):
     """The definition: one output pixel at a time.
 
@@ -250,6 +259,10 @@ def conv2d_naive_forward(x, kernel, bias=None, strides=1, padding="SAME"):
     return out, (x_pad, kernel, geo, bias is not None)
 
 
+# --8<-- [end:conv_naive_forward]
+
+
+# --8<-- [start:conv_naive_backward]
 def conv2d_naive_backward(dout, cache):
     """Each output pixel sends its gradient back to the window it was computed from."""
     x_pad, kernel, geo, has_bias = cache
@@ -267,3 +280,6 @@ def conv2d_naive_backward(dout, cache):
     if has_bias:
         grads["bias"] = dout.sum(axis=(0, 1, 2))
     return crop_hw(dx_pad, geo.pads), grads
+
+
+# --8<-- [end:conv_naive_backward]

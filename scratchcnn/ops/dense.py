@@ -7,6 +7,7 @@ Shapes follow Flax's ``nnx.Linear``: ``x: (N, D_in)``, ``kernel: (D_in, D_out)``
 from scratchcnn.ops._xp import total
 
 
+# --8<-- [start:dense]
 def dense_forward(x, kernel, bias=None):
     """Affine map of a batch of vectors.
 
@@ -32,3 +33,6 @@ def dense_backward(dout, cache):
     if has_bias:
         grads["bias"] = total(dout, 0)
     return dx, grads
+
+
+# --8<-- [end:dense]

@@ -15,6 +15,7 @@ from scratchcnn.errors import ShapeError
 from scratchcnn.ops._xp import namespace
 
 
+# --8<-- [start:dropout]
 def dropout_mask(rng, keep, shape):
     """Boolean keep-mask of ``shape`` drawn from a NumPy Generator or a JAX key."""
     if isinstance(rng, np.random.Generator):
@@ -55,6 +56,9 @@ def dropout_backward(dout, cache):
     if keep == 0.0:
         return xp.zeros_like(dout), {}
     return xp.where(mask, dout / keep, 0), {}
+
+
+# --8<-- [end:dropout]
 
 
 def channel_dropout_forward(x, rate, rng):

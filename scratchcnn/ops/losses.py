@@ -22,6 +22,7 @@ def check_labels(labels: np.ndarray, logits_shape) -> None:
         )
 
 
+# --8<-- [start:log_softmax]
 def log_softmax(logits):
     """log p = z - logsumexp(z), with the max subtracted first so exp never overflows.
 
@@ -32,6 +33,10 @@ def log_softmax(logits):
     return shifted - xp.log(xp.sum(xp.exp(shifted), axis=1, keepdims=True))
 
 
+# --8<-- [end:log_softmax]
+
+
+# --8<-- [start:smooth_targets]
 def smooth_targets(labels, num_classes, label_smoothing, dtype, xp):
     """One-hot targets mixed with the uniform distribution (optax's ``smooth_labels``).
 
@@ -41,6 +46,10 @@ def smooth_targets(labels, num_classes, label_smoothing, dtype, xp):
     return (1 - label_smoothing) * one_hot + label_smoothing / num_classes
 
 
+# --8<-- [end:smooth_targets]
+
+
+# --8<-- [start:softmax_cross_entropy]
 def softmax_cross_entropy_forward(logits, labels, label_smoothing=0.0):
     """Mean cross-entropy between softmax(logits) and the (smoothed) labels.
 
@@ -60,3 +69,6 @@ def softmax_cross_entropy_backward(dloss, cache):
     log_probs, targets = cache
     xp = namespace(log_probs)
     return dloss * (xp.exp(log_probs) - targets) / log_probs.shape[0], {}
+
+
+# --8<-- [end:softmax_cross_entropy]

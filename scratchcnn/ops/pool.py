@@ -44,6 +44,7 @@ def _unpool(dwindows, geometry):
     return crop_hw(scatter_windows(dwindows, padded_hw, window, strides), pads)
 
 
+# --8<-- [start:max_pool]
 def max_pool_forward(x, window=2, strides=None, padding="VALID"):
     """Largest value in each window. x: (N, H, W, C) -> (N, Ho, Wo, C).
 
@@ -116,6 +117,10 @@ def _max_pool_grad(dout, x_pad, best, geometry):
     return crop_hw(dx_pad, pads)
 
 
+# --8<-- [end:max_pool]
+
+
+# --8<-- [start:avg_pool]
 def avg_pool_forward(x, window=2, strides=None, padding="VALID"):
     """Mean of each window (padded cells count as zeros). x: (N, H, W, C) -> (N, Ho, Wo, C)."""
     windows, geometry = _pool_windows(x, window, strides, padding, pad_value=0.0)
@@ -129,6 +134,9 @@ def avg_pool_backward(dout, cache):
     xp = namespace(dout)
     share = dout[:, :, :, None, :] / windows_shape[3]
     return _unpool(xp.broadcast_to(share, windows_shape), geometry), {}
+
+
+# --8<-- [end:avg_pool]
 
 
 def global_avg_pool_forward(x):

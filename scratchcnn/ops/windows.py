@@ -71,6 +71,7 @@ def resolve_padding(padding, in_hw, window, strides) -> tuple[tuple[int, int], .
     return pads
 
 
+# --8<-- [start:output_size]
 def output_size(size: int, window: int, stride: int, pad: tuple[int, int]) -> int:
     """Number of window positions along one axis: ``(size + pads - window) // stride + 1``."""
     span = size + pad[0] + pad[1] - window
@@ -79,6 +80,9 @@ def output_size(size: int, window: int, stride: int, pad: tuple[int, int]) -> in
             f"window {window} is larger than the padded input ({size} + {pad[0]} + {pad[1]})."
         )
     return span // stride + 1
+
+
+# --8<-- [end:output_size]
 
 
 def pad_hw(x, pads, value=0.0):
@@ -103,6 +107,7 @@ def window_taps(x_padded, window, strides, out_hw):
     ]
 
 
+# --8<-- [start:extract_windows]
 def extract_windows(x_padded, window, strides, out_hw):
     """im2col: every window of x, stacked.
 
@@ -113,6 +118,9 @@ def extract_windows(x_padded, window, strides, out_hw):
         return _extract_windows_numpy(x_padded, window, strides, out_hw)
     xp = namespace(x_padded)
     return xp.stack(window_taps(x_padded, window, strides, out_hw), axis=3)
+
+
+# --8<-- [end:extract_windows]
 
 
 def _extract_windows_numpy(x_padded, window, strides, out_hw):
@@ -129,6 +137,7 @@ def _extract_windows_numpy(x_padded, window, strides, out_hw):
     return view.transpose(0, 1, 2, 4, 5, 3).reshape(n, ho, wo, kh * kw, c)
 
 
+# --8<-- [start:dilate_hw]
 def dilate_hw(x, strides):
     """Insert ``stride - 1`` zeros between neighbouring pixels.
 
@@ -144,6 +153,9 @@ def dilate_hw(x, strides):
         x[:, :, None, :, None, :], ((0, 0), (0, 0), (0, sh - 1), (0, 0), (0, sw - 1), (0, 0))
     )
     return spread.reshape(n, h * sh, w * sw, c)[:, : (h - 1) * sh + 1, : (w - 1) * sw + 1, :]
+
+
+# --8<-- [end:dilate_hw]
 
 
 def scatter_windows(dwindows, padded_hw, window, strides):
