@@ -48,6 +48,7 @@ def per_example_loss(logits, labels):
     return -picked[:, 0]
 
 
+# --8<-- [start:loss_and_gradient_manual]
 def loss_and_gradient_manual(model, params, state, x, labels):
     """(per-example losses (N,), d sum(losses) / dx (N, H, W, C)) by our backward pass.
 
@@ -64,9 +65,13 @@ def loss_and_gradient_manual(model, params, state, x, labels):
     return losses, dx_standardized / xp.asarray(MNIST_STD, dtype=x.dtype)
 
 
+# --8<-- [end:loss_and_gradient_manual]
+
+
 _JITTED: dict[tuple, Callable] = {}
 
 
+# --8<-- [start:jax_grad]
 def _jax_loss_and_gradient(model) -> Callable:
     """``jax.jit(jax.value_and_grad(...))`` of our forward pass, compiled once per network."""
     key = tuple(model.layers)  # layers are frozen dataclasses: a network's identity
@@ -80,6 +85,9 @@ def _jax_loss_and_gradient(model) -> Callable:
 
         _JITTED[key] = jax.jit(jax.value_and_grad(total_loss, has_aux=True))
     return _JITTED[key]
+
+
+# --8<-- [end:jax_grad]
 
 
 def loss_and_gradient(model, params, state, x, labels, grad: str = "jax"):
@@ -102,6 +110,7 @@ def predict(model, params, state, x) -> np.ndarray:
 # --------------------------------------------------------------------------- FGSM
 
 
+# --8<-- [start:fgsm]
 def fgsm(
     model,
     params,
@@ -128,9 +137,13 @@ def fgsm(
     return np.clip(x + eps * direction, *clip).astype(x.dtype)
 
 
+# --8<-- [end:fgsm]
+
+
 # --------------------------------------------------------------------------- PGD
 
 
+# --8<-- [start:pgd]
 def pgd(
     model,
     params,
@@ -186,6 +199,9 @@ def pgd(
     return best
 
 
+# --8<-- [end:pgd]
+
+
 def _check_eps(eps: float, norm: str = "linf") -> None:
     """L-infinity budgets are pixel changes in [0, 1]; an L2 budget is any length >= 0."""
     if eps < 0 or (norm == "linf" and eps > 1):
@@ -197,6 +213,7 @@ def _l2(v: np.ndarray) -> np.ndarray:
     return np.sqrt((v.astype(np.float64) ** 2).sum(axis=(1, 2, 3), keepdims=True))
 
 
+# --8<-- [start:ascend_project]
 def _ascend(x_adv, g, step_size, norm):
     """One step uphill: the sign of g (L-infinity) or g scaled to length step_size (L2)."""
     if norm == "linf":
@@ -212,6 +229,10 @@ def _project(x_adv, x, eps, norm):
     return x + delta * np.minimum(1.0, eps / np.maximum(_l2(delta), 1e-12))
 
 
+# --8<-- [end:ascend_project]
+
+
+# --8<-- [start:start]
 def _start(x, eps, norm, rng, clip):
     """A random point of the eps-ball (uniform per pixel for L-inf; in the L2 ball)."""
     if norm == "linf":
@@ -224,12 +245,16 @@ def _start(x, eps, norm, rng, clip):
     return np.clip(x + delta, *clip).astype(x.dtype)
 
 
+# --8<-- [end:start]
+
+
 # --------------------------------------------------------------------------- training
 
 
 ADVERSARIAL = ("none", "fgsm", "pgd", "mixed")
 
 
+# --8<-- [start:adversarial_training]
 @dataclass(frozen=True)
 class AdversarialTraining:
     """How training batches are attacked.
@@ -254,6 +279,9 @@ class AdversarialTraining:
         return 2.5 * self.eps / self.steps if self.method == "pgd" else 1.25 * self.eps
 
 
+# --8<-- [end:adversarial_training]
+
+
 def uniform_noise(rng, shape, eps: float, dtype):
     """Uniform(-eps, eps) noise from a NumPy Generator or a JAX key."""
     if isinstance(rng, np.random.Generator):
@@ -263,6 +291,7 @@ def uniform_noise(rng, shape, eps: float, dtype):
     return jax.random.uniform(rng, shape, dtype, -eps, eps)
 
 
+# --8<-- [start:attack_batch]
 def attack_batch(model, params, state, x, labels, rng, config: AdversarialTraining):
     """Adversarial versions of a training batch x (N, H, W, C) in [0, 1].
 
@@ -277,6 +306,10 @@ def attack_batch(model, params, state, x, labels, rng, config: AdversarialTraini
     return xp.clip(x + delta, 0, 1).astype(x.dtype)
 
 
+# --8<-- [end:attack_batch]
+
+
+# --8<-- [start:training_batch]
 def training_batch(model, params, state, x, labels, rng, config: AdversarialTraining):
     """The batch the optimizer sees: adversarial, or clean + adversarial for "mixed"."""
     adversarial = attack_batch(model, params, state, x, labels, rng, config)
@@ -284,3 +317,6 @@ def training_batch(model, params, state, x, labels, rng, config: AdversarialTrai
         return adversarial, labels
     xp = namespace(x)
     return xp.concatenate([x, adversarial]), xp.concatenate([labels, labels])
+
+
+# --8<-- [end:training_batch]

@@ -170,6 +170,7 @@ def accuracy(logits_or_preds, labels) -> float:
 # ---------------------------------------------------------------------------------------
 
 
+# --8<-- [start:confusion_matrix]
 def confusion_matrix(labels, preds, num_classes: int = 10) -> np.ndarray:
     """Counts of (true class, predicted class) pairs.
 
@@ -181,6 +182,9 @@ def confusion_matrix(labels, preds, num_classes: int = 10) -> np.ndarray:
     # the counts into K rows of K is the whole confusion matrix, without a Python loop.
     pair_ids = labels.astype(np.int64) * k + preds.astype(np.int64)
     return np.bincount(pair_ids, minlength=k * k).reshape(k, k).astype(np.int64)
+
+
+# --8<-- [end:confusion_matrix]
 
 
 def _ratio(numerator: np.ndarray, denominator: np.ndarray, if_zero: float) -> np.ndarray:
@@ -201,6 +205,7 @@ def per_class_accuracy(labels, preds, num_classes: int = 10) -> np.ndarray:
     return _ratio(np.diag(counts), counts.sum(axis=1), if_zero=np.nan)
 
 
+# --8<-- [start:precision_recall_f1]
 def _precision_recall_f1(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-class precision, recall and F1 from a (K, K) confusion matrix; 0 for 0/0.
 
@@ -215,6 +220,9 @@ def _precision_recall_f1(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np
     recall = _ratio(true_pos, actual, if_zero=0.0)
     f1 = _ratio(2 * true_pos, predicted + actual, if_zero=0.0)
     return precision, recall, f1
+
+
+# --8<-- [end:precision_recall_f1]
 
 
 def _report_row(precision: float, recall: float, f1: float, support: int) -> dict:
@@ -316,6 +324,7 @@ def _bin_index(confidences: np.ndarray, edges: np.ndarray) -> np.ndarray:
     return np.searchsorted(edges[1:-1], confidences, side="left")
 
 
+# --8<-- [start:reliability_bins]
 def reliability_bins(probs, labels, n_bins: int = 15) -> ReliabilityBins:
     """Group predictions by confidence into equal-width bins; accuracy and mean confidence per bin.
 
@@ -338,12 +347,19 @@ def reliability_bins(probs, labels, n_bins: int = 15) -> ReliabilityBins:
     return ReliabilityBins(edges[:-1], edges[1:], count, accuracy_per_bin, confidence_per_bin)
 
 
+# --8<-- [end:reliability_bins]
+
+
+# --8<-- [start:ece]
 def _ece_from_bins(bins: ReliabilityBins) -> float:
     """ECE = sum over non-empty bins of |B_b| / N * |accuracy(B_b) - confidence(B_b)|."""
     filled = bins.count > 0
     weights = bins.count[filled] / bins.count.sum()
     gaps = np.abs(bins.accuracy[filled] - bins.confidence[filled])
     return float(np.sum(weights * gaps))
+
+
+# --8<-- [end:ece]
 
 
 def expected_calibration_error(probs, labels, n_bins: int = 15) -> float:

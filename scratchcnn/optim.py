@@ -219,6 +219,7 @@ def _cosine_between(start, end, fraction, xp):
     return end + (start - end) / 2.0 * (xp.cos(xp.pi * fraction) + 1)
 
 
+# --8<-- [start:one_cycle]
 def one_cycle(
     total_steps: int,
     peak_lr: float,
@@ -249,6 +250,9 @@ def one_cycle(
         return xp.where(step < rise, rising, xp.where(step < total_steps, falling, end))
 
     return schedule
+
+
+# --8<-- [end:one_cycle]
 
 
 def as_schedule(learning_rate: float | Schedule) -> Schedule:
@@ -388,6 +392,7 @@ class SGD:
             state["momentum"] = zeros_like_tree(params)
         return state
 
+    # --8<-- [start:sgd_update]
     def update(self, grads: Any, opt_state: dict, params: Any) -> tuple[Any, dict]:
         """One step: ``(grads, opt_state, params) -> (new_params, new_opt_state)``."""
         if self.clip_norm is not None:
@@ -406,6 +411,8 @@ class SGD:
             directions = velocity
         new_state["momentum"] = velocity
         return descend(params, directions, lr), new_state
+
+    # --8<-- [end:sgd_update]
 
 
 @dataclass(frozen=True)
@@ -444,6 +451,7 @@ class Adam:
             "nu": zeros_like_tree(params),
         }
 
+    # --8<-- [start:adam_update]
     def adam_directions(self, grads: Any, opt_state: dict) -> tuple[Any, Any, Any]:
         """The new moments ``mu``, ``nu`` and the step ``m_hat / (sqrt(v_hat) + eps)``."""
         b1, b2 = self.b1, self.b2
@@ -470,6 +478,8 @@ class Adam:
         lr = current_lr(as_schedule(self.learning_rate), opt_state)
         new_state = {**next_counters(opt_state), "mu": mu, "nu": nu}
         return descend(params, directions, lr), new_state
+
+    # --8<-- [end:adam_update]
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ class AttackConfig:
         return self
 
 
+# --8<-- [start:adversarial_examples]
 def adversarial_examples(model, params, state, x, y, eps: float, config: AttackConfig):
     """Attack x (N, H, W, C) in [0, 1] with labels y, batch by batch."""
     out = []
@@ -58,6 +59,9 @@ def adversarial_examples(model, params, state, x, y, eps: float, config: AttackC
                 random_start=config.random_start, rng=[config.seed, start], grad=config.grad,
             ))  # fmt: skip
     return np.concatenate(out)
+
+
+# --8<-- [end:adversarial_examples]
 
 
 def accuracy(model, params, state, x, y) -> float:
@@ -93,6 +97,7 @@ class SanityReport:
         )
 
 
+# --8<-- [start:sanity_checks]
 def sanity_checks(
     model, params, state, x, y, eps_values, config: AttackConfig, *,
     tolerance: float = 0.01, transfer_from=None,
@@ -146,3 +151,6 @@ def sanity_checks(
             f"eps {eps:g}: {transfer:.1%} (transfer) vs {base:.1%} (white-box)",
         )
     return report, {"fgsm": fgsm_curve, "pgd": pgd_curve}
+
+
+# --8<-- [end:sanity_checks]

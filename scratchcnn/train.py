@@ -289,6 +289,7 @@ def make_run_optimizer(config: TrainConfig, schedule: optim.Schedule):
 # --------------------------------------------------------------------------- the step
 
 
+# --8<-- [start:train_step]
 def make_train_step(model, optimizer, label_smoothing: float = 0.0, adversarial=None) -> Callable:
     """One training step, written once for NumPy and for ``jax.jit``.
 
@@ -314,6 +315,9 @@ def make_train_step(model, optimizer, label_smoothing: float = 0.0, adversarial=
         return params, new_state, opt_state, loss, accuracy
 
     return train_step
+
+
+# --8<-- [end:train_step]
 
 
 def _attack_rng(rng):
@@ -555,6 +559,7 @@ def _train_one_epoch(run: RunState, backend, split: Split, config: TrainConfig, 
     }
 
 
+# --8<-- [start:early_stopping]
 def _after_epoch(run: RunState, record: dict, config: TrainConfig, plateau) -> bool:
     """Early stopping and reduce-on-plateau bookkeeping. Returns: is this the best epoch?"""
     if "val_loss" not in record:
@@ -570,6 +575,9 @@ def _after_epoch(run: RunState, record: dict, config: TrainConfig, plateau) -> b
         scale = plateau.step(record["val_loss"])
         run.opt_state = optim.set_lr_scale(run.opt_state, scale)
     return improved
+
+
+# --8<-- [end:early_stopping]
 
 
 def _make_plateau(config: TrainConfig):

@@ -104,6 +104,7 @@ def rotation_scale_matrices(angles_deg: np.ndarray, scales: np.ndarray) -> np.nd
     return np.asarray(scales, dtype=np.float64)[:, None, None] * rotation
 
 
+# --8<-- [start:affine_source_coords]
 def affine_source_coords(
     coords_y: np.ndarray,
     coords_x: np.ndarray,
@@ -125,6 +126,9 @@ def affine_source_coords(
     py = inverse[:, 0, 0, None, None] * qy + inverse[:, 0, 1, None, None] * qx + center[0]
     px = inverse[:, 1, 0, None, None] * qy + inverse[:, 1, 1, None, None] * qx + center[1]
     return py, px
+
+
+# --8<-- [end:affine_source_coords]
 
 
 def affine_transform(images: np.ndarray, matrices: np.ndarray, offsets: np.ndarray) -> np.ndarray:
@@ -235,6 +239,7 @@ def gaussian_blur(fields: np.ndarray, sigma: float) -> np.ndarray:
     return along_y @ fields @ along_x.T
 
 
+# --8<-- [start:elastic_displacements]
 def elastic_displacements(
     rng: np.random.Generator,
     shape: tuple[int, int, int],
@@ -255,6 +260,9 @@ def elastic_displacements(
     noise = rng.uniform(-1.0, 1.0, size=(2, *shape))
     dy, dx = alpha * gaussian_blur(noise, sigma)
     return dy, dx
+
+
+# --8<-- [end:elastic_displacements]
 
 
 def elastic_distortion(

@@ -133,6 +133,7 @@ def _over_white(image: Image.Image) -> Image.Image:
 # --------------------------------------------------------------------------- MNIST style
 
 
+# --8<-- [start:mnistify]
 def mnistify(gray: np.ndarray, *, name: str = "the image") -> np.ndarray:
     """Preprocess a grayscale digit (H, W) in [0, 1] as MNIST was: float32 (28, 28) in [0, 1].
 
@@ -161,6 +162,10 @@ def mnistify(gray: np.ndarray, *, name: str = "the image") -> np.ndarray:
     return (canvas / canvas.max()).astype(np.float32)
 
 
+# --8<-- [end:mnistify]
+
+
+# --8<-- [start:ink_on_black]
 def ink_on_black(gray: np.ndarray) -> np.ndarray:
     """Bright ink on a black (0) background, whatever the picture's polarity: (H, W).
 
@@ -175,6 +180,9 @@ def ink_on_black(gray: np.ndarray) -> np.ndarray:
         gray = 1 - gray
         border = 1 - border
     return np.clip(gray - np.median(border), 0, None)
+
+
+# --8<-- [end:ink_on_black]
 
 
 def crop_to_ink(ink: np.ndarray, level: float = INK_LEVEL) -> np.ndarray:
@@ -209,6 +217,7 @@ def resize(square: np.ndarray, size: int) -> np.ndarray:
     return np.clip(np.asarray(resized, dtype=np.float64), 0, None)
 
 
+# --8<-- [start:center_by_mass]
 def center_by_mass(digit: np.ndarray, size: int = MNIST_SIZE) -> np.ndarray:
     """Place ``digit`` (h, w) in a black (size, size) field, centre of mass at (14, 14).
 
@@ -224,6 +233,9 @@ def center_by_mass(digit: np.ndarray, size: int = MNIST_SIZE) -> np.ndarray:
     top = round(size / 2 - center_y)
     left = round(size / 2 - center_x)
     return _paste(np.zeros((size, size)), digit, top, left)
+
+
+# --8<-- [end:center_by_mass]
 
 
 def _paste(canvas: np.ndarray, patch: np.ndarray, top: int, left: int) -> np.ndarray:

@@ -45,6 +45,7 @@ class KaggleFormatError(ScratchCNNError, ValueError):
 # --------------------------------------------------------------------------- reading
 
 
+# --8<-- [start:read_kaggle_test_csv]
 def read_kaggle_test_csv(path: str | os.PathLike) -> np.ndarray:
     """Read Kaggle's test.csv into uint8 images of shape (N, 28, 28).
 
@@ -65,6 +66,9 @@ def read_kaggle_test_csv(path: str | os.PathLike) -> np.ndarray:
     pixels = values[:, 1:] if has_label else values
     _check_pixel_range(pixels, path, first_column=1 + has_label)
     return pixels.astype(np.uint8).reshape(-1, *IMAGE_SHAPE)
+
+
+# --8<-- [end:read_kaggle_test_csv]
 
 
 def _read_lines(path: Path) -> list[str]:
@@ -173,6 +177,7 @@ def _check_pixel_range(pixels: np.ndarray, path: Path, first_column: int) -> Non
 # --------------------------------------------------------------------------- writing
 
 
+# --8<-- [start:write_submission]
 def write_submission(path: str | os.PathLike, labels: np.ndarray) -> Path:
     """Write a Kaggle submission: ``ImageId,Label``, one line per label, ImageId from 1.
 
@@ -195,11 +200,18 @@ def write_submission(path: str | os.PathLike, labels: np.ndarray) -> Path:
     return path
 
 
+# --8<-- [end:write_submission]
+
+
+# --8<-- [start:submission_text]
 def submission_text(labels: np.ndarray) -> str:
     """The submission CSV for ``labels`` (N,), as one string ending in a newline."""
     lines = [SUBMISSION_HEADER]
     lines += [f"{image_id},{label}" for image_id, label in enumerate(labels.tolist(), start=1)]
     return "\n".join(lines) + "\n"
+
+
+# --8<-- [end:submission_text]
 
 
 def _check_labels(labels: np.ndarray) -> np.ndarray:
