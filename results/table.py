@@ -51,6 +51,11 @@ def main() -> None:
             f"smoothing {config['label_smoothing']}, val {config['val_fraction']}, "
             f"{config['backend']}"
         )
+        if config.get("adversarial", "none") != "none":
+            steps = f"-{config['adversarial_steps']}" if config["adversarial"] == "pgd" else ""
+            recipe += (
+                f", **{config['adversarial']}{steps} training at eps {config['adversarial_eps']}**"
+            )
         print(
             f"| {config['model']} | {recipe} | {config['epochs']} | "
             f"{', '.join(str(r['config']['seed']) for r in runs)} | "
