@@ -10,46 +10,22 @@ scratchcnn.metrics.
     python lessons/06_evaluation.py --quick   # seconds (fresh, untrained weights)
 """
 
-import dataclasses
-import json
-from pathlib import Path
-
 import matplotlib.pyplot as plt
 import numpy as np
-from _lesson import ROOT, Lesson
+from _lesson import ROOT, Lesson, network, trained_checkpoint
 
-from scratchcnn import models
-from scratchcnn.checkpoint import load_for_model
 from scratchcnn.data.mnist import load_mnist
 from scratchcnn.inference import predict_logits
 from scratchcnn.metrics import evaluate_logits, expected_calibration_error, softmax
-from scratchcnn.train import RECIPES, train
+from scratchcnn.train import RECIPES
 from scratchcnn.viz import save_figure
 
 NETWORKS = {"default": "default", "best": "best (label smoothing 0.1)"}
 
 
-def trained_checkpoint(recipe: str, seed: int) -> Path:
-    """runs/<recipe>-s<seed>'s checkpoint (RESULTS.md's runs), trained first if missing."""
-    folder = ROOT / "runs" / f"{recipe}-s{seed}"
-    history = folder / "history.json"
-    if not (history.is_file() and "test" in json.loads(history.read_text())):
-        print(f"training {folder} with the {recipe!r} recipe (see RESULTS.md for its time)")
-        config = dataclasses.replace(RECIPES[recipe], seed=seed)
-        train(config, output_dir=folder, resume=(folder / "last.npz").is_file())
-    best = folder / "best.npz"
-    return best if best.is_file() else folder / "last.npz"
-
-
 def network_logits(recipe: str, images, quick: bool, seed: int) -> np.ndarray:
     """Test logits of the trained network (full run) or of fresh weights (--quick)."""
-    if quick:
-        model = models.build(recipe)
-        params, state = model.init(seed)
-    else:
-        model, checkpoint = load_for_model(trained_checkpoint(recipe, seed))
-        params, state = checkpoint.params, checkpoint.state
-    return predict_logits(model, params, state, images)
+    return predict_logits(*network(recipe, quick, seed), images)
 
 
 # --------------------------------------------------------------------------- summaries

@@ -14,16 +14,13 @@ missing: about 80 minutes on 2 cores for all eight (results/*.json, train_second
     python lessons/07_augmentation_ensembles.py --quick   # seconds (fresh, untrained weights)
 """
 
-import dataclasses
 import json
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
-from _lesson import ROOT, Lesson
+from _lesson import ROOT, Lesson, network, trained_checkpoint
 
 from scratchcnn import models
-from scratchcnn.checkpoint import load_for_model
 from scratchcnn.data.augment import (
     AUGMENTATIONS,
     AugmentConfig,
@@ -35,7 +32,6 @@ from scratchcnn.data.augment import (
 from scratchcnn.data.mnist import load_mnist
 from scratchcnn.inference import predict_probabilities
 from scratchcnn.layers import count_params
-from scratchcnn.train import RECIPES, train
 from scratchcnn.viz import save_figure
 
 # The seed networks and ours, smallest first; each is runs/<name>-s<seed> of RESULTS.md.
@@ -44,27 +40,9 @@ DEFAULT_SEEDS = (0, 1, 2)
 AUGMENTED = ("keras_cnn", "best")  # the two recipes that train on augmented images
 
 
-def trained_checkpoint(recipe: str, seed: int) -> Path:
-    """runs/<recipe>-s<seed>'s checkpoint (RESULTS.md's runs), trained first if missing."""
-    folder = ROOT / "runs" / f"{recipe}-s{seed}"
-    history = folder / "history.json"
-    if not (history.is_file() and "test" in json.loads(history.read_text())):
-        print(f"training {folder} with the {recipe!r} recipe (see RESULTS.md for its time)")
-        config = dataclasses.replace(RECIPES[recipe], seed=seed)
-        train(config, output_dir=folder, resume=(folder / "last.npz").is_file())
-    best = folder / "best.npz"
-    return best if best.is_file() else folder / "last.npz"
-
-
 def probabilities(recipe: str, seed: int, images, quick: bool) -> np.ndarray:
     """Softmax probabilities of the trained network (full run) or fresh weights (--quick)."""
-    if quick:
-        model = models.build(recipe)
-        params, state = model.init(seed)
-    else:
-        model, checkpoint = load_for_model(trained_checkpoint(recipe, seed))
-        params, state = checkpoint.params, checkpoint.state
-    return predict_probabilities(model, params, state, images)
+    return predict_probabilities(*network(recipe, quick, seed), images)
 
 
 # --------------------------------------------------------------------------- augmentation

@@ -16,23 +16,16 @@ when missing (default: ~90 s, best: ~25 min on 2 cores).
     python lessons/08_looking_inside.py --quick   # seconds (fresh, untrained weights)
 """
 
-import dataclasses
-import json
-from pathlib import Path
-
 import matplotlib.pyplot as plt
 import numpy as np
-from _lesson import ROOT, Lesson
+from _lesson import ROOT, Lesson, network, trained_checkpoint
 
-from scratchcnn import models
 from scratchcnn.attacks import loss_and_gradient
-from scratchcnn.checkpoint import load_for_model
 from scratchcnn.data.mnist import load_mnist
 from scratchcnn.data.preprocess import standardize_unit
 from scratchcnn.gradcheck import relative_error
 from scratchcnn.layers import count_params
 from scratchcnn.metrics import softmax
-from scratchcnn.train import RECIPES, train
 from scratchcnn.viz import save_figure
 
 STAGES = {  # the outputs we draw, and what produced them
@@ -41,27 +34,6 @@ STAGES = {  # the outputs we draw, and what produced them
     "relu2": "conv2 > BN > ReLU",
     "maxpool2": "max-pool 2",
 }
-
-
-def trained_checkpoint(recipe: str, seed: int) -> Path:
-    """runs/<recipe>-s<seed>'s checkpoint (RESULTS.md's runs), trained first if missing."""
-    folder = ROOT / "runs" / f"{recipe}-s{seed}"
-    history = folder / "history.json"
-    if not (history.is_file() and "test" in json.loads(history.read_text())):
-        print(f"training {folder} with the {recipe!r} recipe (see RESULTS.md for its time)")
-        config = dataclasses.replace(RECIPES[recipe], seed=seed)
-        train(config, output_dir=folder, resume=(folder / "last.npz").is_file())
-    best = folder / "best.npz"
-    return best if best.is_file() else folder / "last.npz"
-
-
-def network(recipe: str, quick: bool, seed: int):
-    """(model, params, state): trained (full run) or fresh (--quick)."""
-    if quick:
-        model = models.build(recipe)
-        return (model, *model.init(seed))
-    model, checkpoint = load_for_model(trained_checkpoint(recipe, seed))
-    return model, checkpoint.params, checkpoint.state
 
 
 # --------------------------------------------------------------------------- filters

@@ -12,6 +12,7 @@ always come from the same run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import time
@@ -23,6 +24,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, never a window
 
 from scratchcnn.data.idx import write_atomically  # noqa: E402
+from scratchcnn.train import RECIPES, train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT / "site" / "assets" / "lessons"
@@ -66,6 +68,30 @@ class Lesson:
         write_atomically(path, lambda file: file.write(text.encode()))
         print(f"wrote {path} ({results['run']['seconds']} s)")
         return path
+
+
+def trained_checkpoint(recipe: str, seed: int) -> Path:
+    """runs/<recipe>-s<seed>'s checkpoint (RESULTS.md's runs), trained first if missing."""
+    folder = ROOT / "runs" / f"{recipe}-s{seed}"
+    history = folder / "history.json"
+    if not (history.is_file() and "test" in json.loads(history.read_text())):
+        print(f"training {folder} with the {recipe!r} recipe (see RESULTS.md for its time)")
+        config = dataclasses.replace(RECIPES[recipe], seed=seed)
+        train(config, output_dir=folder, resume=(folder / "last.npz").is_file())
+    best = folder / "best.npz"
+    return best if best.is_file() else folder / "last.npz"
+
+
+def network(recipe: str, quick: bool, seed: int):
+    """(model, params, state): the trained network (full run) or fresh weights (--quick)."""
+    from scratchcnn import models
+    from scratchcnn.checkpoint import load_for_model
+
+    if quick:
+        model = models.build(recipe)
+        return (model, *model.init(seed))
+    model, checkpoint = load_for_model(trained_checkpoint(recipe, seed))
+    return model, checkpoint.params, checkpoint.state
 
 
 def _cores() -> int:
