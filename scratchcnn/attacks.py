@@ -60,8 +60,9 @@ def loss_and_gradient_manual(model, params, state, x, labels):
     log_probs = log_softmax(logits)
     one_hot = (labels[:, None] == xp.arange(logits.shape[1])[None, :]).astype(logits.dtype)
     # d loss_i / d logits_i = softmax_i - target_i: each example's own loss, not the mean.
-    # At the label that is p - 1, computed as expm1(log p): for a confident network p is
-    # 1 - 1e-7, and 1 - p in float32 would keep only a digit or two of it.
+    # At the label that is p - 1, taken as expm1(log p) to avoid one more rounding. For a
+    # confident network log p itself has lost most of its digits in float32 already
+    # (lesson 9 measures it; writing the label entry as -sum of the other p_k keeps them).
     probs_minus_targets = xp.where(one_hot > 0, xp.expm1(log_probs), xp.exp(log_probs))
     dx_standardized, _ = model.backward(probs_minus_targets, caches)
     losses = -(log_probs * one_hot).sum(axis=1)

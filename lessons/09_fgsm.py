@@ -1,0 +1,219 @@
+"""Lesson 9: FGSM. The gradient of the loss with respect to the input, and the attack it gives.
+
+The input gradient of the undefended default network (runs/default-s0) computed two ways,
+by jax.grad through our own forward pass and by our hand-written backward pass, and how far
+apart they are. Then the fast gradient sign method (Goodfellow et al. 2015): how well the
+first-order Taylor expansion predicts the loss it adds, the network's accuracy under FGSM
+at eps 0, 0.05, ..., 0.3 on all 10,000 test images, and a grid of adversarial examples.
+
+    python lessons/09_fgsm.py           # a few minutes on 2 cores
+    python lessons/09_fgsm.py --quick   # seconds: a network trained on 512 images
+"""
+
+import matplotlib.pyplot as plt
+import numpy as np
+from _lesson import Lesson, trained_checkpoint
+
+from scratchcnn import attacks, models, robustness
+from scratchcnn.checkpoint import load_for_model
+from scratchcnn.data.mnist import load_mnist
+from scratchcnn.data.preprocess import to_unit_nhwc
+from scratchcnn.gradcheck import relative_error
+from scratchcnn.inference import predict_probabilities
+from scratchcnn.train import TrainConfig, train
+from scratchcnn.viz import accuracy_vs_eps, adversarial_grid, save_figure
+
+EPS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3)
+TAYLOR_EPS = (0.0001, 0.001, 0.01, 0.03, 0.1, 0.3)
+GRID_EPS = 0.2
+
+
+def network(seed: int, quick: bool):
+    """(model, params, state) of the undefended default network.
+
+    Full run: runs/default-s{seed}'s checkpoint, trained with the default recipe (2 epochs)
+    when it is missing. Quick run: a default network trained on 512 images for one epoch.
+    """
+    if quick:
+        config = TrainConfig(model="default", epochs=1, train_limit=512, batch_size=64,
+                             val_fraction=0.0, test_limit=100, seed=seed)  # fmt: skip
+        result = train(config, progress=False, log=lambda s: None)
+        return models.build("default"), result.params, result.state
+    model, ckpt = load_for_model(trained_checkpoint("default", seed))
+    return model, ckpt.params, ckpt.state
+
+
+def as_float64(tree):
+    """A params or state pytree (nested dicts of arrays) in float64."""
+    if isinstance(tree, dict):
+        return {key: as_float64(value) for key, value in tree.items()}
+    return np.asarray(tree, dtype=np.float64)
+
+
+def per_image_error(g, reference) -> np.ndarray:
+    """relative_error of each image's gradient (N, H, W, C) against the reference."""
+    return np.array([relative_error(a, b) for a, b in zip(g, reference)])
+
+
+def compare_gradients(net, x, y) -> tuple[dict, dict, np.ndarray]:
+    """The input gradient by jax.grad and by our backward pass (float32), against our
+    backward pass in float64 as the reference."""
+    model, params, state = net
+    loss_j, g_j = attacks.loss_and_gradient(*net, x, y, grad="jax")
+    loss_m, g_m = attacks.loss_and_gradient(*net, x, y, grad="manual")
+    loss_64, g_64 = attacks.loss_and_gradient(
+        model, as_float64(params), as_float64(state), x.astype(np.float64), y, grad="manual"
+    )
+    errors = {"jax": per_image_error(g_j, g_64), "manual": per_image_error(g_m, g_64)}
+    summary = {
+        "images": len(y),
+        "max_abs_gradient": float(np.abs(g_64).max()),
+        "max_abs_difference": float(np.abs(g_j - g_m).max()),
+        "relative_error": relative_error(g_j, g_m),
+        "loss_relative_error": relative_error(loss_j, loss_m),
+        "sign_disagreements": int(np.sum(np.sign(g_j) != np.sign(g_m))),
+        "pixels": int(g_m.size),
+        "vs_float64": {
+            name: {
+                "max_image_error": float(err.max()),
+                "median_image_error": float(np.median(err)),
+                "images_above_1e-3": int(np.sum(err > 1e-3)),
+                "sign_disagreements": int(np.sum(np.sign(g) != np.sign(g_64))),
+            }
+            for name, err, g in (("jax", errors["jax"], g_j), ("manual", errors["manual"], g_m))
+        },
+        "images_with_loss_below_1e-6": int(np.sum(loss_64 < 1e-6)),
+    }
+    return summary, {"loss": loss_64, **errors}, g_64
+
+
+def taylor_rows(net, x, y) -> list[dict]:
+    """Loss added by FGSM against its first-order prediction g . (x_adv - x), per eps."""
+    loss, g = attacks.loss_and_gradient(*net, x, y)
+    rows = []
+    for eps in TAYLOR_EPS:
+        adv = attacks.fgsm(*net, x, y, eps)
+        adv_loss, _ = attacks.loss_and_gradient(*net, adv, y)
+        predicted = np.sum(g * (adv - x), axis=(1, 2, 3))  # eps * |g|_1 where nothing clips
+        actual = adv_loss - loss
+        rows.append({"eps": eps, "predicted": float(predicted.mean()),
+                     "actual": float(actual.mean()),
+                     "ratio": float(actual.mean() / predicted.mean())})  # fmt: skip
+    return rows
+
+
+def off_the_ties(x, seed: int) -> np.ndarray:
+    """x plus uniform noise in [0.01, 0.02]: no two pixels of the black background (and so
+    no two values in a max-pool window) are equal any more."""
+    noise = np.random.default_rng(seed).uniform(0.01, 0.02, x.shape)
+    return np.clip(x + noise, 0, 1).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def gradient_figure(x, g, labels, path, count: int = 6):
+    """Rows: the digit, its input gradient, the sign of the gradient (FGSM's direction)."""
+    figure, axes = plt.subplots(3, count, figsize=(1.5 * count, 4.8), squeeze=False)
+    for i in range(count):
+        scale = float(np.abs(g[i]).max()) or 1.0
+        panels = [(x[i, ..., 0], "gray", 0, 1, f"label {labels[i]}"),
+                  (g[i, ..., 0], "seismic", -scale, scale, f"±{scale:.2g}"),
+                  (np.sign(g[i, ..., 0]), "seismic", -1, 1, "sign")]  # fmt: skip
+        for row, (image, cmap, lo, hi, title) in enumerate(panels):
+            axes[row, i].imshow(image, cmap=cmap, vmin=lo, vmax=hi)
+            axes[row, i].set_title(title, fontsize=8)
+            axes[row, i].axis("off")
+    for row, name in enumerate(("image", "gradient", "sign")):
+        axes[row, 0].text(-4, 14, name, rotation=90, va="center", ha="right", fontsize=8)
+    save_figure(figure, path)
+
+
+def precision_figure(errors, path):
+    """Per-image relative error of the float32 gradients against float64, by loss."""
+    figure, axes = plt.subplots(figsize=(5.5, 3.6))
+    for name, marker, label in (("manual", "o", "our backward pass, float32"),
+                                ("jax", "x", "jax.grad, float32")):  # fmt: skip
+        axes.scatter(errors["loss"], np.maximum(errors[name], 1e-9), s=8, marker=marker,
+                     alpha=0.6, label=label)  # fmt: skip
+    losses = np.sort(errors["loss"][errors["loss"] > 0])
+    axes.plot(losses, np.minimum(2.0**-24 / losses, 1.5), "k--", lw=0.8,
+              label="$2^{-24}$ / loss")  # fmt: skip
+    axes.set(xscale="log", yscale="log", xlabel="loss of the image (float64)",
+             ylabel="relative error of its gradient",
+             title="Input gradients in float32 against float64")  # fmt: skip
+    axes.grid(alpha=0.3, which="both")
+    axes.legend(fontsize=8)
+    save_figure(figure, path)
+
+
+def taylor_figure(series, path):
+    figure, axes = plt.subplots(figsize=(5.5, 3.4))
+    for (name, rows), marker in zip(series.items(), ("o-", "s--")):
+        axes.plot([r["eps"] for r in rows], [r["ratio"] for r in rows], marker, label=name)
+    axes.axhline(1, color="gray", lw=0.8)
+    axes.set(xscale="log", yscale="log", xlabel="eps", ylabel="actual / predicted loss increase",
+             title="FGSM's loss increase against the first-order prediction")  # fmt: skip
+    axes.grid(alpha=0.3, which="both")
+    axes.legend(fontsize=8)
+    save_figure(figure, path)
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def main():
+    lesson = Lesson(__file__, __doc__.splitlines()[0])
+    n_test = 100 if lesson.quick else 10_000
+    n_small = 100 if lesson.quick else 1_000  # gradient comparison and Taylor check
+    images, labels = load_mnist("test")
+    x, y = to_unit_nhwc(images[:n_test]), labels[:n_test].astype(np.int64)
+    net = network(lesson.seed, lesson.quick)
+
+    # 1. The input gradient, two ways.
+    agreement, errors, g = compare_gradients(net, x[:n_small], y[:n_small])
+    print(f"jax.grad vs our backward: {agreement}", flush=True)
+    gradient_figure(x, g, y, lesson.path("input_gradients.png"))
+    precision_figure(errors, lesson.path("gradient_precision.png"))
+
+    # 2. How linear is the network around an image?
+    taylor = {
+        "test images": taylor_rows(net, x[:n_small], y[:n_small]),
+        "test images + noise in [0.01, 0.02]":
+            taylor_rows(net, off_the_ties(x[:n_small], lesson.seed), y[:n_small]),
+    }  # fmt: skip
+    taylor_figure(taylor, lesson.path("taylor.png"))
+
+    # 3. FGSM at every eps, on the whole test set.
+    config = robustness.AttackConfig("fgsm", seed=lesson.seed)
+    curve = robustness.accuracy_curve(*net, x, y, EPS, config)
+    for row in curve:
+        print(f"  FGSM eps {row['eps']:<4g} accuracy {row['accuracy']:.2%}", flush=True)
+    accuracy_vs_eps({"fgsm": curve}, lesson.path("fgsm_accuracy.png"),
+                    title=f"Undefended default network, {n_test:,} test images")  # fmt: skip
+
+    # 4. What the adversarial images look like, and how sure the network is of them.
+    adv = attacks.fgsm(*net, x, y, GRID_EPS)
+    before, after = attacks.predict(*net, x), attacks.predict(*net, adv)
+    adversarial_grid(x, adv, before, after, lesson.path("fgsm_examples.png"))
+    fooled = (before == y) & (after != y)
+    confidence = predict_probabilities(*net, adv[fooled, ..., 0]).max(axis=1)
+
+    lesson.finish({
+        "n_test": n_test,
+        "gradients": agreement,
+        "taylor": taylor["test images"],
+        "taylor_noisy": taylor["test images + noise in [0.01, 0.02]"],
+        "curve": curve,
+        "clean_accuracy": curve[0]["accuracy"],
+        "accuracy_at": {f"{r['eps']:g}": r["accuracy"] for r in curve},
+        "grid_eps": GRID_EPS,
+        "grid_fooled": int(np.sum((before[:8] == y[:8]) & (after[:8] != y[:8]))),
+        "fooled_at_grid_eps": float(fooled.mean()),
+        "fooled_median_confidence": float(np.median(confidence)) if fooled.any() else None,
+        "pixels_moved_fraction": float(np.mean(np.abs(adv - x) > 0)),
+    })  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
