@@ -29,7 +29,7 @@ CORES = os.cpu_count() or 1
 WINDOW_ROWS_PER_CHUNK = 4096  # im2col rows per chunk: ~4.7 MB at 9 taps x 32 channels
 
 _threads = ThreadPoolExecutor(CORES, thread_name_prefix="scratchcnn")
-_blas = ThreadpoolController()
+_blas = ThreadpoolController()  # the BLAS libraries loaded by now: NumPy's
 _blas_limited = False
 _memory_kept = False
 
