@@ -23,6 +23,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 
+import numpy as np  # noqa: F401  (loads NumPy's BLAS, so the controller below finds it)
 from threadpoolctl import ThreadpoolController
 
 CORES = os.cpu_count() or 1
