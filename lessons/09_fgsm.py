@@ -12,35 +12,18 @@ at eps 0, 0.05, ..., 0.3 on all 10,000 test images, and a grid of adversarial ex
 
 import matplotlib.pyplot as plt
 import numpy as np
-from _lesson import Lesson, trained_checkpoint
+from _lesson import Lesson, undefended_network
 
-from scratchcnn import attacks, models, robustness
-from scratchcnn.checkpoint import load_for_model
+from scratchcnn import attacks, robustness
 from scratchcnn.data.mnist import load_mnist
 from scratchcnn.data.preprocess import to_unit_nhwc
 from scratchcnn.gradcheck import relative_error
 from scratchcnn.inference import predict_probabilities
-from scratchcnn.train import TrainConfig, train
 from scratchcnn.viz import accuracy_vs_eps, adversarial_grid, save_figure
 
 EPS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3)
 TAYLOR_EPS = (0.0001, 0.001, 0.01, 0.03, 0.1, 0.3)
 GRID_EPS = 0.2
-
-
-def network(seed: int, quick: bool):
-    """(model, params, state) of the undefended default network.
-
-    Full run: runs/default-s{seed}'s checkpoint, trained with the default recipe (2 epochs)
-    when it is missing. Quick run: a default network trained on 512 images for one epoch.
-    """
-    if quick:
-        config = TrainConfig(model="default", epochs=1, train_limit=512, batch_size=64,
-                             val_fraction=0.0, test_limit=100, seed=seed)  # fmt: skip
-        result = train(config, progress=False, log=lambda s: None)
-        return models.build("default"), result.params, result.state
-    model, ckpt = load_for_model(trained_checkpoint("default", seed))
-    return model, ckpt.params, ckpt.state
 
 
 def as_float64(tree):
@@ -168,7 +151,7 @@ def main():
     n_small = 100 if lesson.quick else 1_000  # gradient comparison and Taylor check
     images, labels = load_mnist("test")
     x, y = to_unit_nhwc(images[:n_test]), labels[:n_test].astype(np.int64)
-    net = network(lesson.seed, lesson.quick)
+    net = undefended_network(lesson.seed, lesson.quick)
 
     # 1. The input gradient, two ways.
     agreement, errors, g = compare_gradients(net, x[:n_small], y[:n_small])

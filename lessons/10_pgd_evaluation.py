@@ -20,15 +20,13 @@ from dataclasses import dataclass
 
 import matplotlib.pyplot as plt
 import numpy as np
-from _lesson import Lesson, trained_checkpoint
+from _lesson import Lesson, undefended_network
 
-from scratchcnn import attacks, models, robustness
-from scratchcnn.checkpoint import load_for_model
+from scratchcnn import attacks, robustness
 from scratchcnn.data.mnist import load_mnist
 from scratchcnn.data.preprocess import to_unit_nhwc
 from scratchcnn.inference import predict_logits
 from scratchcnn.layers import Layer, Sequential
-from scratchcnn.train import TrainConfig, train
 from scratchcnn.viz import accuracy_vs_eps, adversarial_grid, save_figure
 
 EPS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3)
@@ -40,21 +38,6 @@ MASK_FACTOR = 1000.0
 
 def log(text: str) -> None:
     print(text, flush=True)
-
-
-def network(seed: int, quick: bool):
-    """(model, params, state) of the undefended default network with this seed.
-
-    Full run: runs/default-s{seed}'s checkpoint, trained with the default recipe (2 epochs)
-    when it is missing. Quick run: a default network trained on 512 images for one epoch.
-    """
-    if quick:
-        config = TrainConfig(model="default", epochs=1, train_limit=512, batch_size=64,
-                             val_fraction=0.0, test_limit=100, seed=seed)  # fmt: skip
-        result = train(config, progress=False, log=lambda s: None)
-        return models.build("default"), result.params, result.state
-    model, ckpt = load_for_model(trained_checkpoint("default", seed))
-    return model, ckpt.params, ckpt.state
 
 
 # --8<-- [start:scale]
@@ -178,8 +161,8 @@ def main():
 
     images, labels = load_mnist("test")
     x, y = to_unit_nhwc(images[:n_test]), labels[:n_test].astype(np.int64)
-    net = network(seed, quick)
-    other = network(seed + 1, quick)  # independently trained: the transfer source
+    net = undefended_network(seed, quick)
+    other = undefended_network(seed + 1, quick)  # independently trained: the transfer source
     clean = robustness.accuracy(*net, x, y)
     log(f"clean accuracy on {n_test:,} test images: {clean:.2%}")
 

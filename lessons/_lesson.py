@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import platform
 import time
 from datetime import UTC, datetime
@@ -60,7 +61,7 @@ class Lesson:
                 "seed": self.seed,
                 "seconds": round(time.perf_counter() - self.started, 1),
                 "date": datetime.now(UTC).strftime("%Y-%m-%d"),
-                "machine": f"{platform.machine()}, {_cores()} cores",
+                "machine": f"{platform.machine()}, {os.cpu_count()} cores",
             },
         }
         path = self.path("results.json")
@@ -94,7 +95,19 @@ def network(recipe: str, quick: bool, seed: int):
     return model, checkpoint.params, checkpoint.state
 
 
-def _cores() -> int:
-    import os
+def undefended_network(seed: int, quick: bool):
+    """(model, params, state) of the undefended default network, for the attack lessons.
 
-    return os.cpu_count() or 1
+    Full run: runs/default-s{seed}'s checkpoint, trained with the default recipe (2 epochs)
+    when it is missing. Quick run: a default network trained on 512 images for one epoch
+    (attacking random weights would show nothing).
+    """
+    from scratchcnn import models
+    from scratchcnn.train import TrainConfig
+
+    if not quick:
+        return network("default", quick, seed)
+    config = TrainConfig(model="default", epochs=1, train_limit=512, batch_size=64,
+                         val_fraction=0.0, test_limit=100, seed=seed)  # fmt: skip
+    result = train(config, progress=False, log=lambda s: None)
+    return models.build("default"), result.params, result.state

@@ -13,6 +13,7 @@
 import functools
 import http.server
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -35,7 +36,7 @@ def test_lesson_script_quick_run_writes_its_figures_and_results(script, tmp_path
     done = subprocess.run(
         [sys.executable, str(script), "--quick", "--out", str(tmp_path)],
         capture_output=True, text=True, cwd=ROOT, timeout=600,
-        env={**__import__("os").environ, "SCRATCHCNN_DATA_DIR": str(mnist_dir)},
+        env={**os.environ, "SCRATCHCNN_DATA_DIR": str(mnist_dir)},
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
