@@ -56,6 +56,8 @@ def main() -> None:
             recipe += (
                 f", **{config['adversarial']}{steps} training at eps {config['adversarial_eps']}**"
             )
+        if config.get("init_from"):
+            recipe += f", fine-tuning {Path(config['init_from']).parent.name}"
         print(
             f"| {config['model']} | {recipe} | {config['epochs']} | "
             f"{', '.join(str(r['config']['seed']) for r in runs)} | "

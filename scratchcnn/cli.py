@@ -275,6 +275,10 @@ def train(
     train_limit: Annotated[
         int | None, _option("Train on the first N training images only.", "--train-limit")
     ] = None,
+    init_from: Annotated[
+        Path | None,
+        _option("Fine-tune: start from this checkpoint's weights (fresh optimizer).", "--init"),
+    ] = None,
     output: Annotated[
         Path | None, _option("Folder for checkpoints and history.", "--output", "-o")
     ] = None,
@@ -319,6 +323,7 @@ def train(
         "seed": seed,
         "backend": backend,
         "train_limit": train_limit,
+        "init_from": None if init_from is None else str(init_from),
     }
     config = dataclasses.replace(RECIPES[recipe], **_given(overrides))
     result = run_training(

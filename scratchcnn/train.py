@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from scratchcnn import __version__, attacks, models, optim
-from scratchcnn.checkpoint import load_checkpoint, save_checkpoint
+from scratchcnn.checkpoint import check_compatible, load_checkpoint, save_checkpoint
 from scratchcnn.data.augment import AUGMENTATIONS, augment_batch
 from scratchcnn.data.idx import write_atomically
 from scratchcnn.data.mnist import find_mnist, read_split
@@ -87,6 +87,7 @@ class TrainConfig:
     train_limit: int | None = None  # use only this many training images (quick runs)
     test_limit: int | None = None  # evaluate on the first N test images only (quick runs)
     eval_batch_size: int = 1000
+    init_from: str | None = None  # start from this checkpoint's weights (fine-tuning)
 
     def validate(self) -> TrainConfig:
         """Raise ConfigError with one sentence for the first bad option; else self."""
@@ -467,8 +468,9 @@ def train(
     """
     config.validate()
     splits = load_splits(config, data_dir)  # before any folder is made: data may be missing
-    output_dir = _prepare_output_dir(output_dir, resume)
     model = models.build(config.model)
+    initial = None if resume else _initial_weights(model, config)  # may refuse: before too
+    output_dir = _prepare_output_dir(output_dir, resume)
     steps_per_epoch = -(-len(splits.train) // config.batch_size)
     schedule = make_schedule(config, steps_per_epoch)
     optimizer = make_run_optimizer(config, schedule)
@@ -479,7 +481,7 @@ def train(
         run = _resume_run(output_dir, config, splits, plateau)
         log(f"resuming {output_dir} after epoch {run.epoch} of {config.epochs}")
     else:
-        params, state = model.init(config.seed)
+        params, state = initial
         run = RunState(params, state, optimizer.init(params))
     best = _load_best(output_dir) if resume and run.best_epoch else None
     best = best or (run.params, run.state)
@@ -523,6 +525,16 @@ def train(
     if output_dir:
         _write_json(output_dir / "history.json", {**result.summary(), "test": test.to_json()})
     return result
+
+
+def _initial_weights(model, config: TrainConfig):
+    """Fresh random weights, or (``init_from``) a checkpoint's weights and BatchNorm
+    statistics to fine-tune; the optimizer and the schedule start afresh either way."""
+    if config.init_from is None:
+        return model.init(config.seed)
+    ckpt = load_checkpoint(config.init_from)
+    check_compatible(ckpt, config.model, model)
+    return ckpt.params, ckpt.state
 
 
 def _train_one_epoch(run: RunState, backend, split: Split, config: TrainConfig, progress):

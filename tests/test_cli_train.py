@@ -226,3 +226,32 @@ def test_help_shows_examples(command):
     result = run(command, "--help")
     assert result.exit_code == 0
     assert "Example" in result.stdout
+
+
+def test_init_fine_tunes_from_a_checkpoint(trained, mnist_dir, tmp_path):
+    """--init starts from the checkpoint's weights: one more epoch at a tiny learning rate
+    keeps its accuracy (fresh weights would start near 10%) and barely moves a weight."""
+    out, summary = trained
+    result = run("train", *QUICK, "--backend", "jax", "--lr", "1e-7", "--init",
+                 out / "best.npz", "--data-dir", mnist_dir, "--output", tmp_path / "ft",
+                 "--json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    tuned = json.loads(result.stdout)
+    assert tuned["config"]["init_from"] == str(out / "best.npz")
+    assert abs(tuned["test_accuracy"] - summary["test_accuracy"]) <= 0.005
+    before = np.load(out / "best.npz")
+    after = np.load(tmp_path / "ft" / "last.npz")
+    kernels = [k for k in before.files if k.startswith("params/") and k.endswith("kernel")]
+    assert kernels
+    for key in kernels:
+        np.testing.assert_allclose(after[key], before[key], atol=1e-4)
+
+
+def test_init_refuses_a_checkpoint_of_another_network(trained, mnist_dir, tmp_path):
+    out, _ = trained
+    result = run("train", *QUICK, "--model", "lenet", "--init", out / "best.npz",
+                 "--data-dir", mnist_dir, "--output", tmp_path / "ft")  # fmt: skip
+    assert_one_line_error(result, "best.npz", "'default'", "'lenet'")
+    assert not (tmp_path / "ft").exists()
+    missing = run("train", *QUICK, "--init", tmp_path / "nope.npz", "--data-dir", mnist_dir)
+    assert_one_line_error(missing, "nope.npz")

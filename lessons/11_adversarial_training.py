@@ -1,0 +1,288 @@
+"""Lesson 11: adversarial training, and the robustness/accuracy trade-off.
+
+The undefended default network (runs/default-s0) against the same architecture trained on
+PGD-7 adversarial examples at eps 0.3 (--checkpoint, default runs/robust-ft-s0/best.npz):
+clean accuracy and worst-case accuracy under PGD-50 (step 0.01) with 10 random restarts at
+eps 0.3 on the test set, FGSM and PGD-40 accuracy-against-eps curves of both networks on
+one figure, and the sanity checks against gradient masking on the defended network, with
+the undefended network as the source of the transfer attack.
+
+    python lessons/11_adversarial_training.py            # about an hour on 2 cores
+    python lessons/11_adversarial_training.py --quick    # seconds: tiny networks
+    python lessons/11_adversarial_training.py --limit 500 --out /tmp/l11   # a partial run
+
+The defended network is trained when it is missing, in two runs (about 46 + 37 minutes on
+2 cores): 10 epochs of PGD-7 training, then 8 more from those weights at a third of the
+learning rate:
+
+    scratchcnn train --adversarial pgd --adversarial-steps 7 --adversarial-eps 0.3 \\
+        --epochs 10 --seed 0 --output runs/robust-s0
+    scratchcnn train --adversarial pgd --adversarial-steps 7 --adversarial-eps 0.3 \\
+        --epochs 8 --lr 0.001 --init runs/robust-s0/best.npz --seed 0 \\
+        --output runs/robust-ft-s0
+"""
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+from _lesson import ROOT, Lesson, undefended_network
+from matplotlib.ticker import MaxNLocator
+
+from scratchcnn import attacks, models, robustness
+from scratchcnn.checkpoint import load_for_model
+from scratchcnn.data.mnist import load_mnist
+from scratchcnn.data.preprocess import to_unit_nhwc
+from scratchcnn.train import RECIPES, TrainConfig, train
+from scratchcnn.viz import adversarial_grid, save_figure
+
+EPS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3)
+SANITY_EPS = (0.0, 0.1, 0.2, 0.3)
+WORST_EPS = 0.3
+DEFENDED = "runs/robust-ft-s0/best.npz"
+# The defended network's two runs (the module docstring has them as commands): PGD-7
+# training from scratch, then more of it from those weights with a smaller step.
+ROBUST_RECIPE = dataclasses.replace(RECIPES["default"], adversarial="pgd", adversarial_steps=7,
+                                    adversarial_eps=0.3, epochs=10, seed=0)  # fmt: skip
+FIRST_RUN = ROOT / "runs/robust-s0"
+FINE_TUNING = dataclasses.replace(ROBUST_RECIPE, epochs=8, learning_rate=1e-3,
+                                  init_from=str(FIRST_RUN / "best.npz"))  # fmt: skip
+
+
+def log(text: str) -> None:
+    print(text, flush=True)
+
+
+def own_options() -> argparse.Namespace:
+    """This lesson's own flags; the rest (--quick, --out, --seed) go to Lesson."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--checkpoint", type=Path, default=ROOT / DEFENDED,
+                        help=f"the defended network (default {DEFENDED})")  # fmt: skip
+    parser.add_argument("--limit", type=int, default=None,
+                        help="attack the first N test images only (a partial run)")  # fmt: skip
+    if {"-h", "--help"} & set(sys.argv[1:]):
+        parser.print_help()  # these two flags; Lesson's parser then prints its own
+        print()
+    options, sys.argv[1:] = parser.parse_known_args()
+    return options
+
+
+def defended_network(path: Path):
+    """(model, params, state), info: the checkpoint at ``path``, trained first (both runs)
+    when it is the default one and missing."""
+    if not path.is_file() and path == ROOT / DEFENDED:
+        for config, folder in ((ROBUST_RECIPE, FIRST_RUN), (FINE_TUNING, path.parent)):
+            if not (folder / "history.json").is_file():
+                log(f"training {folder} (PGD-{config.adversarial_steps} adversarial training)")
+                train(config, output_dir=folder, resume=(folder / "last.npz").is_file())
+    model, ckpt = load_for_model(path)
+    return (model, ckpt.params, ckpt.state), {**ckpt.info, "history": training_history(path)}
+
+
+def training_history(path: Path) -> list[dict]:
+    """Every epoch of the run that wrote ``path``, after the epochs of the run it was
+    fine-tuned from (``init_from``), numbered on from them."""
+    summary = json.loads((path.parent / "history.json").read_text())
+    history = [{**record, "run": str(path.parent.name)} for record in summary["history"]]
+    parent = summary["config"].get("init_from")
+    if not parent:
+        return history
+    before = training_history(Path(parent))
+    return before + [{**r, "epoch": r["epoch"] + len(before)} for r in history]
+
+
+def quick_defended_network(seed: int):
+    """Quick run: the undefended quick network's training (undefended_network), on PGD-2
+    examples; and its history."""
+    config = TrainConfig(model="default", epochs=1, train_limit=512, batch_size=64,
+                         val_fraction=0.0, test_limit=100, seed=seed, adversarial="pgd",
+                         adversarial_steps=2)  # fmt: skip
+    result = train(config, progress=False, log=lambda s: None)
+    net = (models.build("default"), result.params, result.state)
+    return net, {"config": result.config.to_json(), "history": result.history}
+
+
+# --8<-- [start:worst_case]
+def worst_case_accuracy(net, x, y, eps, config: robustness.AttackConfig, restarts: int):
+    """Accuracy under PGD from `restarts` random starts, after each restart.
+
+    An image counts as robust only if the network gets it right and no restart fools it
+    (the worst case over restarts, as ``attacks.pgd(restarts=...)`` keeps it). So each
+    restart needs to attack only the images still standing.
+    """
+    standing = np.flatnonzero(attacks.predict(*net, x) == y)
+    after = []
+    for restart in range(restarts):
+        if len(standing):
+            cfg = dataclasses.replace(config, seed=1000 * config.seed + restart)
+            adv = robustness.adversarial_examples(*net, x[standing], y[standing], eps, cfg)
+            standing = standing[attacks.predict(*net, adv) == y[standing]]
+        after.append(len(standing) / len(y))
+    return after
+
+
+# --8<-- [end:worst_case]
+
+
+def curves_of(net, x, y, config, eps_values) -> dict:
+    out = {}
+    for attack in ("fgsm", "pgd"):
+        started = time.perf_counter()
+        cfg = dataclasses.replace(config, attack=attack)
+        out[attack] = robustness.accuracy_curve(*net, x, y, eps_values, cfg)
+        text = ", ".join(f"{r['eps']:g}: {r['accuracy']:.1%}" for r in out[attack])
+        log(f"  {attack}: {text}  ({time.perf_counter() - started:.0f} s)")
+    return out
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def tradeoff_figure(curves, n, path):
+    """FGSM and PGD curves of both networks on one figure."""
+    figure, axes = plt.subplots(figsize=(6, 3.8))
+    styles = {"undefended": ("tab:blue", "undefended"),
+              "defended": ("tab:green", "adversarially trained")}  # fmt: skip
+    for name, (color, label) in styles.items():
+        for attack, style in (("fgsm", "s--"), ("pgd", "o-")):
+            rows = curves[name][attack]
+            axes.plot([r["eps"] for r in rows], [100 * r["accuracy"] for r in rows], style,
+                      color=color, label=f"{attack.upper()}, {label}")  # fmt: skip
+    axes.set(xlabel="eps (L-infinity, pixels in [0, 1])", ylabel="test accuracy (%)", ylim=(0, 100),
+             title=f"Undefended and adversarially trained, {n:,} test images")  # fmt: skip
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8, loc="lower left")
+    save_figure(figure, path)
+
+
+def restarts_figure(worst, restarts, path):
+    figure, axes = plt.subplots(figsize=(5, 3.2))
+    for name, after in worst.items():
+        axes.plot(range(1, restarts + 1), [100 * a for a in after], "o-", label=name)
+    axes.set(xlabel="random restarts of PGD", ylabel="accuracy (%)", ylim=(0, 100),
+             title=f"Worst case over restarts, eps {WORST_EPS:g}")  # fmt: skip
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    save_figure(figure, path)
+
+
+def training_figure(history, path):
+    figure, axes = plt.subplots(figsize=(5, 3.2))
+    epochs = [r["epoch"] for r in history]
+    axes.plot(epochs, [100 * r["train_accuracy"] for r in history], "o-",
+              label="training batches (PGD examples)")  # fmt: skip
+    if all("val_accuracy" in r for r in history):
+        axes.plot(epochs, [100 * r["val_accuracy"] for r in history], "s-",
+                  label="validation images (clean)")  # fmt: skip
+    for before, after in zip(history, history[1:], strict=False):
+        if before.get("run") != after.get("run"):  # where fine-tuning took over
+            axes.axvline(before["epoch"] + 0.5, color="gray", linestyle=":")
+            axes.text(before["epoch"] + 0.7, 5, "from here: fine-tuning", fontsize=8)
+    axes.set(xlabel="epoch", ylabel="accuracy (%)", ylim=(0, 100),
+             title="Adversarial training, epoch by epoch")  # fmt: skip
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8, loc="lower right")
+    save_figure(figure, path)
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def main():
+    options = own_options()
+    lesson = Lesson(__file__, __doc__.splitlines()[0])
+    quick, seed = lesson.quick, lesson.seed
+    if quick:
+        n_test = n_curve = n_sanity = 100
+        eps_values, sanity_eps, restarts = (0.0, 0.1, 0.3), (0.0, 0.3), 2
+        curve_cfg = robustness.AttackConfig("pgd", steps=5, step_size=0.03, seed=seed)
+        worst_cfg = robustness.AttackConfig("pgd", steps=5, step_size=0.03, seed=seed)
+    else:
+        n_test = options.limit or 10_000
+        n_curve = n_sanity = min(n_test, 1_000)
+        eps_values, sanity_eps, restarts = EPS, SANITY_EPS, 10
+        curve_cfg = robustness.AttackConfig("pgd", steps=40, step_size=0.01, seed=seed)
+        worst_cfg = robustness.AttackConfig("pgd", steps=50, step_size=0.01, seed=seed)
+
+    images, labels = load_mnist("test")
+    x, y = to_unit_nhwc(images[:n_test]), labels[:n_test].astype(np.int64)
+    if quick:
+        robust, info = quick_defended_network(seed)
+    else:
+        robust, info = defended_network(options.checkpoint)
+    plain = undefended_network(seed, quick)
+    networks = {"undefended": plain, "defended": robust}
+
+    # 1. Clean accuracy, and the worst case at eps 0.3.
+    clean, worst = {}, {}
+    for name, net in networks.items():
+        clean[name] = robustness.accuracy(*net, x, y)
+        started = time.perf_counter()
+        worst[name] = worst_case_accuracy(net, x, y, WORST_EPS, worst_cfg, restarts)
+        seconds = time.perf_counter() - started
+        log(f"{name}: clean {clean[name]:.2%}, PGD-{worst_cfg.steps} x {restarts} at eps "
+            f"{WORST_EPS}: {worst[name][-1]:.2%}  ({seconds:.0f} s)")  # fmt: skip
+    restarts_figure(worst, restarts, lesson.path("restarts.png"))
+
+    # 2. Accuracy against eps, both networks, on the first n_curve test images.
+    curves = {}
+    for name, net in networks.items():
+        log(f"curves, {name}, {n_curve:,} images")
+        curves[name] = curves_of(net, x[:n_curve], y[:n_curve], curve_cfg, eps_values)
+    tradeoff_figure(curves, n_curve, lesson.path("accuracy_vs_eps.png"))
+
+    # 3. What PGD does to the defended network's inputs.
+    pgd_cfg = dataclasses.replace(curve_cfg, attack="pgd")
+    adv = robustness.adversarial_examples(*robust, x[:8], y[:8], WORST_EPS, pgd_cfg)
+    adversarial_grid(x[:8], adv, attacks.predict(*robust, x[:8]), attacks.predict(*robust, adv),
+                     lesson.path("robust_examples.png"))  # fmt: skip
+
+    # 4. The sanity checks on the defended network; the transfer attack comes from the
+    #    undefended one.
+    started = time.perf_counter()
+    report, _ = robustness.sanity_checks(*robust, x[:n_sanity], y[:n_sanity], sanity_eps,
+                                         curve_cfg, transfer_from=plain)  # fmt: skip
+    log(f"sanity checks ({time.perf_counter() - started:.0f} s):\n{report.format()}")
+
+    # 5. The training run itself.
+    training_figure(info["history"], lesson.path("training.png"))
+
+    lesson.finish({
+        "n_test": n_test,
+        "n_curve": n_curve,
+        "n_sanity": n_sanity,
+        "partial": options.limit is not None,
+        "checkpoint": str(options.checkpoint.relative_to(ROOT))
+        if options.checkpoint.is_relative_to(ROOT) else str(options.checkpoint),
+        "training": {"config": info["config"], "history": info["history"],
+                     "epochs": len(info["history"]),
+                     "hours": round(sum(r["seconds"] for r in info["history"]) / 3600, 2)
+                     if all("seconds" in r for r in info["history"]) else None},
+        "clean": clean,
+        "worst_eps": WORST_EPS,
+        "worst_attack": {"steps": worst_cfg.steps, "step_size": worst_cfg.step_size,
+                         "restarts": restarts},
+        "worst": {name: after[-1] for name, after in worst.items()},
+        "worst_after_restart": worst,
+        "worst_first_restart": {name: after[0] for name, after in worst.items()},
+        "curve_attack": {"steps": curve_cfg.steps, "step_size": curve_cfg.step_size},
+        "eps": list(eps_values),
+        "curves": curves,
+        "table": [{"eps": e, **{f"{name}_{attack}": curves[name][attack][i]["accuracy"]
+                                for name in ("undefended", "defended")
+                                for attack in ("fgsm", "pgd")}}
+                  for i, e in enumerate(eps_values)],
+        "sanity_eps": list(sanity_eps),
+        "sanity": report.checks,
+        "sanity_ok": report.ok,
+    })  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
