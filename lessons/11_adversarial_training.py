@@ -88,11 +88,11 @@ def training_history(path: Path) -> list[dict]:
     """Every epoch of the run that wrote ``path``, after the epochs of the run it was
     fine-tuned from (``init_from``), numbered on from them."""
     summary = json.loads((path.parent / "history.json").read_text())
-    history = [{**record, "run": str(path.parent.name)} for record in summary["history"]]
+    history = [{**record, "run": path.parent.name} for record in summary["history"]]
     parent = summary["config"].get("init_from")
     if not parent:
         return history
-    before = training_history(Path(parent))
+    before = training_history(ROOT / parent)  # a relative path is the repository's
     return before + [{**r, "epoch": r["epoch"] + len(before)} for r in history]
 
 

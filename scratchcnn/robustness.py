@@ -58,7 +58,7 @@ def adversarial_examples(model, params, state, x, y, eps: float, config: AttackC
                 step_size=config.step_size, restarts=config.restarts,
                 random_start=config.random_start, rng=[config.seed, start], grad=config.grad,
             ))  # fmt: skip
-    return np.concatenate(out)
+    return np.concatenate(out) if out else np.asarray(x).copy()  # no images: none to attack
 
 
 # --8<-- [end:adversarial_examples]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from scratchcnn import attacks, models
+from scratchcnn import attacks, models, robustness
 from scratchcnn.attacks import AttackError, fgsm, loss_and_gradient, pgd
 from scratchcnn.gradcheck import relative_error
 from scratchcnn.parity import randomized
@@ -93,6 +93,14 @@ def test_pgd_batch_equals_examples_one_by_one(network):
     for i in range(3):
         alone = pgd(model, params, state, x[i : i + 1], y[i : i + 1], 0.2, **kw)
         np.testing.assert_allclose(batch[i : i + 1], alone, atol=1e-6)
+
+
+def test_attacking_no_images_gives_no_images(network):
+    model, params, state, x, y = network
+    for attack in robustness.ATTACKS:
+        none = robustness.adversarial_examples(model, params, state, x[:0], y[:0], 0.1,
+                                               robustness.AttackConfig(attack, steps=2))  # fmt: skip
+        assert none.shape == (0, *x.shape[1:])
 
 
 def test_targeted_pgd_lowers_the_target_loss(network):
