@@ -45,13 +45,22 @@ def define_env(env):
 
     @env.macro
     def lesson_table() -> str:
-        """Every lesson page with its title and script, as a Markdown table."""
-        lines = ["| lesson | page | script |", "|---|---|---|"]
+        """Every lesson page with its title, script and the time of its committed full
+        run (from the run's results file), as a Markdown table."""
+        lines = ["| lesson | page | script | full run |", "|---|---|---|---:|"]
         for page in sorted((ROOT / "site" / "lessons").glob("[0-9][0-9]-*.md")):
             title = page.read_text().splitlines()[0].lstrip("# ").strip()
             script = "lessons/" + page.stem.replace("-", "_") + ".py"
-            lines.append(f"| {page.stem[:2]} | [{title}]({page.name}) | `{script}` |")
+            seconds = results(page.stem)["run"]["seconds"]
+            lines.append(f"| {page.stem[:2]} | [{title}]({page.name}) | `{script}` "
+                         f"| {duration(seconds)} |")  # fmt: skip
         return "\n".join(lines)
+
+    def duration(seconds: float) -> str:
+        """4.2 -> "4 s", 537.7 -> "9 min", 5484 -> "1.5 h"."""
+        if seconds < 90:
+            return f"{seconds:.0f} s"
+        return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
     @env.macro
     def percent(fraction: float, digits: int = 2) -> str:

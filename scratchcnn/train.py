@@ -469,7 +469,7 @@ def train(
     config.validate()
     splits = load_splits(config, data_dir)  # before any folder is made: data may be missing
     model = models.build(config.model)
-    initial = None if resume else _initial_weights(model, config)  # may refuse: before too
+    initial = None if resume else _initial_weights(model, config)  # a bad --init stops here
     output_dir = _prepare_output_dir(output_dir, resume)
     steps_per_epoch = -(-len(splits.train) // config.batch_size)
     schedule = make_schedule(config, steps_per_epoch)
