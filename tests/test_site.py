@@ -88,7 +88,10 @@ def served_site(built_site):
 
 @pytest.mark.browser
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium")
-@pytest.mark.parametrize("page", ["", "lessons/13-speed/"], ids=["home", "lesson13"])
+@pytest.mark.parametrize(
+    "page", ["", "lessons/11-adversarial-training/", "lessons/13-speed/"],
+    ids=["home", "lesson11", "lesson13"],
+)  # fmt: skip
 def test_page_renders_in_chromium(served_site, page):
     from playwright.sync_api import sync_playwright
 
