@@ -98,8 +98,8 @@ def test_pgd_batch_equals_examples_one_by_one(network):
 def test_attacking_no_images_gives_no_images(network):
     model, params, state, x, y = network
     for attack in robustness.ATTACKS:
-        none = robustness.adversarial_examples(model, params, state, x[:0], y[:0], 0.1,
-                                               robustness.AttackConfig(attack, steps=2))  # fmt: skip
+        config = robustness.AttackConfig(attack, steps=2)
+        none = robustness.adversarial_examples(model, params, state, x[:0], y[:0], 0.1, config)
         assert none.shape == (0, *x.shape[1:])
 
 
