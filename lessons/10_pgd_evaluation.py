@@ -27,7 +27,12 @@ from scratchcnn.data.mnist import load_mnist
 from scratchcnn.data.preprocess import to_unit_nhwc
 from scratchcnn.inference import predict_logits
 from scratchcnn.layers import Layer, Sequential
-from scratchcnn.viz import accuracy_vs_eps, adversarial_grid, save_figure
+from scratchcnn.viz import (
+    accuracy_vs_eps,
+    accuracy_vs_eps_by_network,
+    adversarial_grid,
+    save_figure,
+)
 
 EPS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3)
 SANITY_EPS = (0.0, 0.05, 0.1)  # "more steps and restarts" is checked at the largest, 0.1
@@ -116,21 +121,6 @@ def steps_figure(rows, path):
     save_figure(figure, path)
 
 
-def masking_figure(curves, n, path):
-    figure, axes = plt.subplots(figsize=(6, 3.6))
-    styles = {"undefended": "tab:blue", "masked (logits x 1000)": "tab:red"}
-    for name, color in styles.items():
-        for attack, marker in (("fgsm", "s--"), ("pgd", "o-")):
-            rows = curves[name][attack]
-            axes.plot([r["eps"] for r in rows], [100 * r["accuracy"] for r in rows], marker,
-                      color=color, label=f"{attack.upper()}, {name}")  # fmt: skip
-    axes.set(xlabel="eps (L-infinity, pixels in [0, 1])", ylabel="accuracy (%)", ylim=(0, 100),
-             title=f"One network, with and without a masked gradient ({n:,} images)")  # fmt: skip
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize=8)
-    save_figure(figure, path)
-
-
 def landscape_figure(ts, curves, path):
     """Loss along the undefended network's FGSM direction, for both networks."""
     figure, panels = plt.subplots(1, 2, figsize=(8.5, 3.2), layout="constrained")
@@ -188,8 +178,11 @@ def main():
         log(f"sanity checks, {name} ({time.perf_counter() - started:.0f} s):\n{report.format()}")
         sanity[name] = report.checks
     masked_curves, _, _ = attack_curves(fake, xs, ys, config, eps_values, n_sanity)
-    masking_figure({"undefended": curves_subset, "masked (logits x 1000)": masked_curves},
-                   n_sanity, lesson.path("masking_curves.png"))  # fmt: skip
+    accuracy_vs_eps_by_network(
+        {"undefended": curves_subset, "masked (logits x 1000)": masked_curves},
+        lesson.path("masking_curves.png"),
+        title=f"One network, with and without a masked gradient ({n_sanity:,} images)",
+    )
 
     # 4. What the masked gradient looks like.
     _, g_fake = attacks.loss_and_gradient(*fake, xs, ys)

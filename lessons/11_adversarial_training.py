@@ -43,7 +43,7 @@ from scratchcnn.checkpoint import load_for_model
 from scratchcnn.data.mnist import load_mnist
 from scratchcnn.data.preprocess import to_unit_nhwc
 from scratchcnn.train import RECIPES, TrainConfig, train
-from scratchcnn.viz import adversarial_grid, save_figure
+from scratchcnn.viz import accuracy_vs_eps_by_network, adversarial_grid, save_figure
 
 EPS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3)
 SANITY_EPS = (0.0, 0.1, 0.2, 0.3)
@@ -152,23 +152,6 @@ def curves_of(net, x, y, config, eps_values) -> dict:
 # --------------------------------------------------------------------------- figures
 
 
-def tradeoff_figure(curves, n, path):
-    """FGSM and PGD curves of both networks on one figure."""
-    figure, axes = plt.subplots(figsize=(6, 3.8))
-    styles = {"undefended": ("tab:blue", "undefended"),
-              "defended": ("tab:green", "adversarially trained")}  # fmt: skip
-    for name, (color, label) in styles.items():
-        for attack, style in (("fgsm", "s--"), ("pgd", "o-")):
-            rows = curves[name][attack]
-            axes.plot([r["eps"] for r in rows], [100 * r["accuracy"] for r in rows], style,
-                      color=color, label=f"{attack.upper()}, {label}")  # fmt: skip
-    axes.set(xlabel="eps (L-infinity, pixels in [0, 1])", ylabel="test accuracy (%)", ylim=(0, 100),
-             title=f"Undefended and adversarially trained, {n:,} test images")  # fmt: skip
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize=8, loc="lower left")
-    save_figure(figure, path)
-
-
 def restarts_figure(worst, restarts, path):
     figure, axes = plt.subplots(figsize=(5, 3.2))
     for name, after in worst.items():
@@ -250,7 +233,11 @@ def main():
     for name, net in networks.items():
         log(f"curves, {name}, {n_curve:,} images")
         curves[name] = curves_of(net, x[:n_curve], y[:n_curve], curve_cfg, eps_values)
-    tradeoff_figure(curves, n_curve, lesson.path("accuracy_vs_eps.png"))
+    accuracy_vs_eps_by_network(
+        {"undefended": curves["undefended"], "adversarially trained": curves["defended"]},
+        lesson.path("accuracy_vs_eps.png"),
+        title=f"Undefended and adversarially trained, {n_curve:,} test images",
+    )
 
     # 3. What PGD does to the defended network's inputs.
     pgd_cfg = dataclasses.replace(curve_cfg, attack="pgd")

@@ -36,6 +36,22 @@ def accuracy_vs_eps(curves: dict[str, list[dict]], path, title: str = "") -> Pat
     return save_figure(figure, path)
 
 
+def accuracy_vs_eps_by_network(networks: dict[str, dict], path, title: str = "") -> Path:
+    """networks: {label: {"fgsm": rows, "pgd": rows}} -> one colour per network, FGSM
+    dashed with squares and PGD solid with circles, on one plot."""
+    figure, axes = plt.subplots(figsize=(6, 3.8))
+    for (label, curves), color in zip(networks.items(), plt.rcParams["axes.prop_cycle"]):
+        for attack, style in (("fgsm", "s--"), ("pgd", "o-")):
+            rows = curves[attack]
+            axes.plot([r["eps"] for r in rows], [100 * r["accuracy"] for r in rows], style,
+                      color=color["color"], label=f"{attack.upper()}, {label}")  # fmt: skip
+    axes.set(xlabel="eps (L-infinity, pixels in [0, 1])", ylabel="test accuracy (%)",
+             ylim=(0, 100), title=title)  # fmt: skip
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8, loc="lower left")
+    return save_figure(figure, path)
+
+
 def adversarial_grid(clean, adversarial, clean_pred, adv_pred, path, count: int = 8) -> Path:
     """Rows: clean image, perturbation (scaled to its own range), adversarial image."""
     count = min(count, len(clean))
