@@ -83,6 +83,8 @@ from scratchcnn.data.idx import write_atomically
 from scratchcnn.errors import DataError, ScratchCNNError
 from scratchcnn.layers import Sequential
 from scratchcnn.models import MODELS, UnknownModelError, build
+from scratchcnn.pretrained import NAMES as PRETRAINED_NAMES
+from scratchcnn.pretrained import resolve_checkpoint
 
 FORMAT = "scratchcnn-checkpoint"
 FORMAT_VERSION = 1
@@ -539,8 +541,16 @@ def load_for_model(
 ) -> tuple[Sequential, Checkpoint]:
     """Load a checkpoint, build its network and check they fit: ``(model, checkpoint)``.
 
-    With ``model_name``, the checkpoint must have been saved from that architecture.
+    ``path`` is a checkpoint file or the name of a shipped network (``"default"``, see
+    :mod:`scratchcnn.pretrained`). With ``model_name``, the checkpoint must have been
+    saved from that architecture.
     """
+    path = resolve_checkpoint(path)
+    if not path.exists():
+        raise CheckpointError(
+            f"checkpoint {path} does not exist, and it is not the name of a pretrained "
+            f"network ({', '.join(PRETRAINED_NAMES)})."
+        )
     ckpt = load_checkpoint(path)
     if model_name is not None and model_name != ckpt.model_name:
         raise CheckpointError(

@@ -33,6 +33,10 @@ app = typer.Typer(
 
 Command = TypeVar("Command", bound=Callable[..., Any])
 
+CHECKPOINT_HELP = (
+    "A checkpoint file written by train, or a pretrained network: default, best or defended."
+)
+
 
 @app.callback()
 def main() -> None:
@@ -277,7 +281,11 @@ def train(
     ] = None,
     init_from: Annotated[
         Path | None,
-        _option("Fine-tune: start from this checkpoint's weights (fresh optimizer).", "--init"),
+        _option(
+            "Fine-tune: start from this checkpoint's (or pretrained network's) weights, "
+            "with a fresh optimizer.",
+            "--init",
+        ),
     ] = None,
     output: Annotated[
         Path | None, _option("Folder for checkpoints and history.", "--output", "-o")
@@ -362,11 +370,14 @@ def _parse_milestones(text: str | None) -> tuple[int, ...] | None:
 
 
 @app.command(
-    epilog="Example: scratchcnn evaluate runs/default/best.npz  (or: --json, --misclassified 20)"
+    epilog=(
+        "Examples: scratchcnn evaluate default  (a pretrained network)  |  "
+        "scratchcnn evaluate runs/default/best.npz --json --misclassified 20"
+    )
 )
 @reports_errors
 def evaluate(
-    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint written by train.")],
+    checkpoint: Annotated[Path, typer.Argument(help=CHECKPOINT_HELP)],
     data_dir: Annotated[
         Path | None, _option("Folder holding the four MNIST .gz files.", "--data-dir")
     ] = None,
@@ -410,14 +421,15 @@ def evaluate(
 
 @app.command(
     epilog=(
-        "Examples: scratchcnn predict runs/default/best.npz my_digit.png  |  "
+        "Examples: scratchcnn predict best my_digit.png  (a pretrained network)  |  "
+        "scratchcnn predict runs/default/best.npz my_digit.png  |  "
         "scratchcnn predict best.npz a.jpg b.png --json  |  "
         "scratchcnn predict best.npz --kaggle test.csv --output submission.csv"
     )
 )
 @reports_errors
 def predict(
-    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint written by train.")],
+    checkpoint: Annotated[Path, typer.Argument(help=CHECKPOINT_HELP)],
     images: Annotated[
         list[Path] | None, typer.Argument(help="Image files (any format Pillow reads).")
     ] = None,
@@ -475,6 +487,79 @@ def predict(
         typer.echo(f"{row['image']}: {row['digit']} ({top:.1%})   {spread}")
 
 
+# --------------------------------------------------------------------------- export
+
+
+@app.command(
+    epilog=(
+        "Examples: scratchcnn export runs/default/best.npz  (writes best.onnx here)  |  "
+        "scratchcnn export best.npz --output site/mnist.onnx --features --force  |  "
+        "scratchcnn export best.npz --layout nchw --no-softmax --json"
+    )
+)
+@reports_errors
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint written by train.")],
+    fmt: Annotated[str, typer.Option("--format", help="The file format: onnx.")] = "onnx",
+    output: Annotated[
+        Path | None, _option("Where to write (default: <checkpoint name>.onnx here).", "--output",
+                             "-o")  # fmt: skip
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+    no_softmax: Annotated[
+        bool, typer.Option("--no-softmax", help="Leave out the probabilities output.")
+    ] = False,
+    features: Annotated[
+        bool, typer.Option("--features", help="Add the first ReLU's feature maps as an output.")
+    ] = False,
+    layout: Annotated[
+        str, typer.Option("--layout", help="Input layout: nhwc (N, 28, 28, 1) or nchw.")
+    ] = "nhwc",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Export a checkpoint as an ONNX model that onnxruntime (and the browser) can run.
+
+    The graph takes float32 pixels in [0, 1] (ink 1, background 0), standardizes them
+    itself, and outputs logits and probabilities. BatchNorm is folded into the layer
+    before it; the source checkpoint's SHA-256 is recorded in the model's metadata.
+    """
+    from scratchcnn.checkpoint import load_for_model
+    from scratchcnn.data.mnist import sha256_file
+    from scratchcnn.export import FORMATS, ExportError, build_onnx, check_target, save_onnx
+
+    if fmt.lower() not in FORMATS:
+        raise ExportError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}.")
+    target = output if output is not None else Path(f"{Path(checkpoint).stem}.onnx")
+    check_target(target, force=force)  # refuse before the work, and again when writing
+    model, ckpt = load_for_model(checkpoint)
+    source = {"source_checkpoint": ckpt.path.name, "source_sha256": sha256_file(ckpt.path)}
+    onnx_model = build_onnx(model, ckpt.params, ckpt.state, model_name=ckpt.model_name,
+                            softmax=not no_softmax, features=features, layout=layout,
+                            metadata=source)  # fmt: skip
+    save_onnx(onnx_model, target, force=force)
+    graph = onnx_model.graph
+    shapes = {
+        v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+        for v in [*graph.input, *graph.output]
+    }
+    summary = {"output": str(target), "format": "onnx", "bytes": target.stat().st_size,
+               "architecture": ckpt.model_name, "opset": onnx_model.opset_import[0].version,
+               "inputs": {v.name: shapes[v.name] for v in graph.input},
+               "outputs": {v.name: shapes[v.name] for v in graph.output}}  # fmt: skip
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+
+    def listing(names: dict) -> str:
+        return ", ".join(f"{n} ({', '.join(map(str, shape))})" for n, shape in names.items())
+
+    typer.echo(
+        f"wrote {target} ({summary['bytes'] / 1e6:.2f} MB, ONNX opset {summary['opset']}, "
+        f"{ckpt.model_name}): input {listing(summary['inputs'])}; "
+        f"outputs {listing(summary['outputs'])}"
+    )
+
+
 # --------------------------------------------------------------------------- attack
 
 
@@ -488,7 +573,7 @@ def predict(
 )
 @reports_errors
 def attack(
-    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint written by train.")],
+    checkpoint: Annotated[Path, typer.Argument(help=CHECKPOINT_HELP)],
     method: Annotated[str, typer.Option("--attack", help="fgsm or pgd.")] = "fgsm",
     eps: Annotated[
         str, typer.Option("--eps", help="Comma-separated L-infinity budgets.")

@@ -42,6 +42,7 @@ from scratchcnn.inference import make_eval_step, predict_logits
 from scratchcnn.metrics import Evaluation, evaluate_logits
 from scratchcnn.ops.losses import softmax_cross_entropy_backward, softmax_cross_entropy_forward
 from scratchcnn.optim import ConfigError
+from scratchcnn.pretrained import resolve_checkpoint
 
 BACKENDS = ("numpy", "jax")
 SCHEDULES = ("constant", "milestones", "cosine", "one_cycle")
@@ -532,7 +533,7 @@ def _initial_weights(model, config: TrainConfig):
     statistics to fine-tune; the optimizer and the schedule start afresh either way."""
     if config.init_from is None:
         return model.init(config.seed)
-    ckpt = load_checkpoint(config.init_from)
+    ckpt = load_checkpoint(resolve_checkpoint(config.init_from))
     check_compatible(ckpt, config.model, model)
     return ckpt.params, ckpt.state
 

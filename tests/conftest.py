@@ -82,6 +82,27 @@ def isolated_mnist_search(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Pa
     return (tmp_path / "cache" / "mnist").resolve()
 
 
+# --------------------------------------------------------------------------- browser
+CHROMIUM = Path("/usr/bin/chromium")
+# CI installs Chromium and sets this, so that a browser test can never pass by skipping.
+REQUIRE_BROWSER_ENV = "SCRATCHCNN_REQUIRE_BROWSER"
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Path:
+    """Debian's Chromium, which Playwright drives (its own browser download fails here).
+
+    Missing, the test is skipped with how to install it, unless $SCRATCHCNN_REQUIRE_BROWSER
+    is set (CI sets it): then a missing browser is a failure.
+    """
+    if CHROMIUM.exists():
+        return CHROMIUM
+    reason = f"needs Debian's Chromium at {CHROMIUM}: sudo apt-get install chromium"
+    if os.environ.get(REQUIRE_BROWSER_ENV):
+        pytest.fail(f"{REQUIRE_BROWSER_ENV} is set but {reason}")
+    pytest.skip(reason)
+
+
 # --------------------------------------------------------------------------- lessons
 # Each lesson page's "check yourself" box says ``python -m pytest -m lessonNN``. The
 # tests that check a lesson's code are marked here, by file and (optionally) by a word

@@ -23,7 +23,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 LESSON_SCRIPTS = sorted((ROOT / "lessons").glob("[0-9][0-9]_*.py"))
-CHROMIUM = Path("/usr/bin/chromium")
 
 
 def lesson_param(script: Path):
@@ -87,18 +86,17 @@ def served_site(built_site):
 
 
 @pytest.mark.browser
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium")
 @pytest.mark.parametrize(
     "page", ["", "lessons/11-adversarial-training/", "lessons/13-speed/"],
     ids=["home", "lesson11", "lesson13"],
 )  # fmt: skip
-def test_page_renders_in_chromium(served_site, page):
+def test_page_renders_in_chromium(served_site, page, chromium):
     from playwright.sync_api import sync_playwright
 
     shots = ROOT / "build" / "screenshots"
     shots.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        browser = p.chromium.launch(executable_path=str(chromium), args=["--no-sandbox"])
         tab = browser.new_page(viewport={"width": 1280, "height": 900})
         errors = []
         tab.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)

@@ -1,0 +1,89 @@
+"""Networks trained by this project, shipped with it: use one without training it.
+
+    from scratchcnn import pretrained
+    model, params, state = pretrained.load("default")
+
+and on the command line any checkpoint argument takes a name as well as a file:
+``scratchcnn evaluate default``, ``scratchcnn predict best my_digit.png``.
+
+Each network is one checkpoint file in this folder (``<name>.npz``: float32 params and
+BatchNorm state, no optimizer state), read by the same pickle-free loader as any other
+checkpoint. ``MANIFEST.json`` records for each one its SHA-256 (checked on every load),
+its size, the exact command and commit that trained it, and the test accuracy measured
+then; ``tests/test_pretrained.py`` measures that accuracy again on the 10,000 test images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from scratchcnn.errors import ScratchCNNError
+
+FOLDER = Path(__file__).resolve().parent
+MANIFEST = FOLDER / "MANIFEST.json"
+
+# What each name holds; the manifest says how it was trained and what it scored.
+DESCRIPTIONS = {
+    "default": "the default network: 2 epochs of the default recipe, seed 0",
+    "best": "the best recipe, seed 0: 15 epochs with augmentation and label smoothing",
+    "defended": "the default network adversarially trained, PGD-7 at eps 0.3 (lesson 11)",
+}
+NAMES = tuple(DESCRIPTIONS)
+
+
+class PretrainedError(ScratchCNNError, ValueError):
+    """A pretrained name is unknown, or its shipped file is missing or altered."""
+
+
+def manifest() -> dict:
+    """{name: record} of the networks shipped in this copy of scratchcnn."""
+    return json.loads(MANIFEST.read_text()) if MANIFEST.is_file() else {}
+
+
+def available() -> list[str]:
+    """The names whose files this copy of scratchcnn holds."""
+    return [name for name in NAMES if name in manifest() and (FOLDER / f"{name}.npz").is_file()]
+
+
+def path(name: str) -> Path:
+    """The verified checkpoint file of pretrained network ``name``."""
+    if name not in NAMES:
+        raise PretrainedError(
+            f"{name!r} is not a pretrained network; choose one of: {', '.join(NAMES)}."
+        )
+    record = manifest().get(name)
+    file = FOLDER / f"{name}.npz"
+    if record is None or not file.is_file():
+        raise PretrainedError(
+            f"pretrained network {name!r} is not shipped in this copy of scratchcnn "
+            f"(have: {', '.join(available()) or 'none'})."
+        )
+    digest = hashlib.sha256(file.read_bytes()).hexdigest()
+    if digest != record["sha256"]:
+        raise PretrainedError(
+            f"{file} has SHA-256 {digest[:12]}..., not the {record['sha256'][:12]}... "
+            "MANIFEST.json records: the file was altered."
+        )
+    return file
+
+
+def resolve_checkpoint(argument: str | os.PathLike) -> Path:
+    """A checkpoint argument as a file: an existing path as is, else a pretrained name.
+
+    A file wins over a name, so a checkpoint a user saved as ``./best`` still loads.
+    """
+    candidate = Path(argument)
+    if candidate.exists() or str(argument) not in NAMES:
+        return candidate
+    return path(str(argument))
+
+
+def load(name: str):
+    """``(model, params, state)`` of pretrained network ``name``, ready for eval mode."""
+    from scratchcnn.checkpoint import load_for_model
+
+    model, checkpoint = load_for_model(path(name))
+    return model, checkpoint.params, checkpoint.state
