@@ -499,11 +499,10 @@ def predict(
 )
 @reports_errors
 def export(
-    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint written by train.")],
+    checkpoint: Annotated[Path, typer.Argument(help=CHECKPOINT_HELP)],
     fmt: Annotated[str, typer.Option("--format", help="The file format: onnx.")] = "onnx",
     output: Annotated[
-        Path | None, _option("Where to write (default: <checkpoint name>.onnx here).", "--output",
-                             "-o")  # fmt: skip
+        Path | None, _option("Where to write (default: <name>.onnx here).", "--output", "-o")
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
     no_softmax: Annotated[
