@@ -5,6 +5,7 @@ In a page: ``{{ results("13-speed").conv_layer.naive_ms }}``, ``{{ speed_table()
 """
 
 import json
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).parent
@@ -45,16 +46,35 @@ def define_env(env):
 
     @env.macro
     def lesson_table() -> str:
-        """Every lesson page with its title, script and the time of its committed full
-        run (from the run's results file), as a Markdown table."""
-        lines = ["| lesson | page | script | full run |", "|---|---|---|---:|"]
+        """Every lesson page with its title, script and how long its full run takes on a
+        fresh clone: the committed run's time without any training it did, plus the
+        training time (results/*.json) of every network it needs that is not shipped."""
+        lines = ["| lesson | page | script | full run on a fresh clone |", "|---|---|---|---:|"]
         for page in sorted((ROOT / "site" / "lessons").glob("[0-9][0-9]-*.md")):
             title = page.read_text().splitlines()[0].lstrip("# ").strip()
             script = "lessons/" + page.stem.replace("-", "_") + ".py"
-            seconds = results(page.stem)["run"]["seconds"]
-            lines.append(f"| {page.stem[:2]} | [{title}]({page.name}) | `{script}` "
-                         f"| {duration(seconds)} |")  # fmt: skip
+            lesson = results(page.stem)
+            training = sum(training_seconds(name) for name in networks_trained(lesson))
+            seconds = lesson["run"]["seconds"] - lesson["run"].get("training_seconds", 0)
+            total = duration(seconds + training)
+            if training:
+                total += f" (training {duration(training)})"
+            lines.append(f"| {page.stem[:2]} | [{title}]({page.name}) | `{script}` | {total} |")
         return "\n".join(lines)
+
+    def networks_trained(lesson: dict) -> list[str]:
+        """The runs/ folders a lesson's full run needed (none of them shipped)."""
+        if "networks" in lesson["run"]:
+            return lesson["run"]["networks"]["trained"]
+        # Results written before the lessons recorded it: the runs/ folders they name.
+        named = json.dumps({key: value for key, value in lesson.items() if key != "run"})
+        return sorted(set(re.findall(r"runs/([\w.-]+)/", named)))
+
+    def training_seconds(name: str) -> float:
+        """Training time of runs/<name>, and of the run it was fine-tuned from, if any."""
+        summary = run(name)
+        parent = re.match(r"runs/([\w.-]+)/", summary["config"].get("init_from") or "")
+        return summary["train_seconds"] + (training_seconds(parent[1]) if parent else 0)
 
     def duration(seconds: float) -> str:
         """4.2 -> "4 s", 537.7 -> "9 min", 5484 -> "1.5 h"."""

@@ -1,12 +1,11 @@
 """Lesson 6: evaluation. Confusion matrix, per-class report, mistakes, calibration, label smoothing.
 
 Two trained networks on the 10,000 MNIST test images: `default` (seed 0, plain
-cross-entropy) and `best` (seed 0, label smoothing 0.1), the runs of RESULTS.md. Their
-checkpoints are read from runs/<recipe>-s0/ and trained there with scratchcnn.train when
-missing (default: ~90 s, best: ~25 min on 2 cores). Every metric comes from
-scratchcnn.metrics.
+cross-entropy) and `best` (seed 0, label smoothing 0.1), the networks scratchcnn ships
+(scratchcnn.pretrained; --retrain trains them into runs/<recipe>-s0/ instead: default
+~4 min, best ~25 min on 2 cores). Every metric comes from scratchcnn.metrics.
 
-    python lessons/06_evaluation.py           # ~1 min with the checkpoints
+    python lessons/06_evaluation.py           # ~1 min
     python lessons/06_evaluation.py --quick   # seconds (fresh, untrained weights)
 """
 

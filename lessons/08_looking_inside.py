@@ -9,10 +9,10 @@
    by jax.grad through our forward pass (grad="jax"); the two are compared, and checked
    against finite differences in float64.
 
-Checkpoints: runs/default-s0/best.npz and runs/best-s0/, trained with scratchcnn.train
-when missing (default: ~90 s, best: ~25 min on 2 cores).
+Networks: the shipped `default` and `best` (scratchcnn.pretrained); --retrain trains them
+into runs/ instead (default: ~4 min, best: ~25 min on 2 cores).
 
-    python lessons/08_looking_inside.py           # ~1 min with the checkpoints
+    python lessons/08_looking_inside.py           # ~1 min
     python lessons/08_looking_inside.py --quick   # seconds (fresh, untrained weights)
 """
 

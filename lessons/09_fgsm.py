@@ -1,6 +1,6 @@
 """Lesson 9: FGSM. The gradient of the loss with respect to the input, and the attack it gives.
 
-The input gradient of the undefended default network (runs/default-s0) computed two ways,
+The input gradient of the undefended default network (the shipped one) computed two ways,
 by jax.grad through our own forward pass and by our hand-written backward pass, and how far
 apart they are. Then the fast gradient sign method (Goodfellow et al. 2015): how well the
 first-order Taylor expansion predicts the loss it adds, the network's accuracy under FGSM

@@ -1,6 +1,6 @@
 """Lesson 10: PGD, and how to evaluate robustness without fooling yourself.
 
-The undefended default network (runs/default-s0) under FGSM and under PGD-40 (step 0.01,
+The undefended default network (the shipped one) under FGSM and under PGD-40 (step 0.01,
 one random start) at eps 0.05 ... 0.3 on all 10,000 test images; PGD's accuracy against
 its number of steps; and the five sanity checks against gradient masking
 (scratchcnn.robustness.sanity_checks) on the first 1,000 test images, run twice: on the

@@ -1,7 +1,7 @@
 """Lesson 11: adversarial training, and the robustness/accuracy trade-off.
 
 The undefended default network (runs/default-s0) against the same architecture trained on
-PGD-7 adversarial examples at eps 0.3 (--checkpoint, default runs/robust-ft-s0/best.npz):
+PGD-7 adversarial examples at eps 0.3 (the shipped `defended` network, or --checkpoint):
 clean accuracy and worst-case accuracy under PGD-50 (step 0.01) with 10 random restarts at
 eps 0.3 on the test set, FGSM and PGD-40 accuracy-against-eps curves of both networks on
 one figure, and the sanity checks against gradient masking on the defended network, with
@@ -11,9 +11,9 @@ the undefended network as the source of the transfer attack.
     python lessons/11_adversarial_training.py --quick    # seconds: tiny networks
     python lessons/11_adversarial_training.py --limit 500 --out /tmp/l11   # a partial run
 
-The defended network is trained when it is missing, in three runs (about 46, 34 and 34
-minutes on 2 cores): 10 epochs of PGD-7 training, then twice 8 more epochs from the
-previous run's weights at a third of the peak learning rate:
+With --retrain (or when scratchcnn does not ship it) the defended network is trained, in
+three runs (about 46, 34 and 34 minutes on 2 cores): 10 epochs of PGD-7 training, then
+twice 8 more epochs from the previous run's weights at a third of the peak learning rate:
 
     scratchcnn train --adversarial pgd --adversarial-steps 7 --adversarial-eps 0.3 \\
         --epochs 10 --seed 0 --output runs/robust-s0
@@ -27,7 +27,6 @@ previous run's weights at a third of the peak learning rate:
 
 import argparse
 import dataclasses
-import json
 import sys
 import time
 from contextlib import chdir as working_directory
@@ -35,13 +34,14 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
-from _lesson import ROOT, Lesson, undefended_network
+from _lesson import NETWORKS, ROOT, TRAINING, Lesson, undefended_network
 from matplotlib.ticker import MaxNLocator
 
-from scratchcnn import attacks, models, robustness
+from scratchcnn import attacks, models, pretrained, robustness
 from scratchcnn.checkpoint import load_for_model
 from scratchcnn.data.mnist import load_mnist
 from scratchcnn.data.preprocess import to_unit_nhwc
+from scratchcnn.pretrained.ship import run_history
 from scratchcnn.train import RECIPES, TrainConfig, train
 from scratchcnn.viz import accuracy_vs_eps_by_network, adversarial_grid, save_figure
 
@@ -68,8 +68,8 @@ def log(text: str) -> None:
 def own_options() -> argparse.Namespace:
     """This lesson's own flags; the rest (--quick, --out, --seed) go to Lesson."""
     parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--checkpoint", type=Path, default=ROOT / DEFENDED,
-                        help=f"the defended network (default {DEFENDED})")  # fmt: skip
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="the defended network (default: the shipped one)")  # fmt: skip
     parser.add_argument("--limit", type=int, default=None,
                         help="attack the first N test images only (a partial run)")  # fmt: skip
     if {"-h", "--help"} & set(sys.argv[1:]):
@@ -79,30 +79,33 @@ def own_options() -> argparse.Namespace:
     return options
 
 
+def defended_checkpoint(option: Path | None) -> Path:
+    """--checkpoint if given; else the shipped defended network; else (or with --retrain)
+    runs/robust-ft2-s0's, trained first when missing (all its runs, from the repository
+    root)."""
+    if option is not None:
+        return option
+    if "defended" in pretrained.available() and not TRAINING["retrain"]:
+        NETWORKS["shipped"].add("defended")
+        return pretrained.path("defended")
+    for folder, config in ROBUST_RUNS.items():
+        NETWORKS["trained"].add(Path(folder).name)
+        if not (ROOT / folder / "history.json").is_file():
+            log(f"training {folder} (PGD-{config.adversarial_steps} adversarial training)")
+            resume = (ROOT / folder / "last.npz").is_file()
+            started = time.perf_counter()
+            with working_directory(ROOT):  # init_from is relative to the repository
+                train(config, output_dir=Path(folder), resume=resume)
+            TRAINING["seconds"] += time.perf_counter() - started
+    return ROOT / DEFENDED
+
+
 def defended_network(path: Path):
-    """(model, params, state), info: the checkpoint at ``path``, trained first (all its
-    runs, from the repository root) when it is the default one and missing."""
-    if not path.is_file() and path == ROOT / DEFENDED:
-        for folder, config in ROBUST_RUNS.items():
-            if not (ROOT / folder / "history.json").is_file():
-                log(f"training {folder} (PGD-{config.adversarial_steps} adversarial training)")
-                resume = (ROOT / folder / "last.npz").is_file()
-                with working_directory(ROOT):  # init_from is relative to the repository
-                    train(config, output_dir=Path(folder), resume=resume)
+    """(model, params, state), info: the checkpoint at ``path`` and its training history,
+    the epochs of the runs it was fine-tuned from first (a shipped network carries it)."""
     model, ckpt = load_for_model(path)
-    return (model, ckpt.params, ckpt.state), {**ckpt.info, "history": training_history(path)}
-
-
-def training_history(path: Path) -> list[dict]:
-    """Every epoch of the run that wrote ``path``, after the epochs of the run it was
-    fine-tuned from (``init_from``), numbered on from them."""
-    summary = json.loads((path.parent / "history.json").read_text())
-    history = [{**record, "run": path.parent.name} for record in summary["history"]]
-    parent = summary["config"].get("init_from")
-    if not parent:
-        return history
-    before = training_history(ROOT / parent)  # a relative path is the repository's
-    return before + [{**r, "epoch": r["epoch"] + len(before)} for r in history]
+    history = ckpt.info.get("history") or run_history(path.parent, ROOT)
+    return (model, ckpt.params, ckpt.state), {**ckpt.info, "history": history}
 
 
 def quick_defended_network(seed: int):
@@ -210,10 +213,12 @@ def main():
 
     images, labels = load_mnist("test")
     x, y = to_unit_nhwc(images[:n_test]), labels[:n_test].astype(np.int64)
+    checkpoint = None
     if quick:
         robust, info = quick_defended_network(seed)
     else:
-        robust, info = defended_network(options.checkpoint)
+        checkpoint = defended_checkpoint(options.checkpoint)
+        robust, info = defended_network(checkpoint)
     plain = undefended_network(seed, quick)
     networks = {"undefended": plain, "defended": robust}
 
@@ -260,8 +265,8 @@ def main():
         "n_curve": n_curve,
         "n_sanity": n_sanity,
         "partial": options.limit is not None,
-        "checkpoint": str(options.checkpoint.relative_to(ROOT))
-        if options.checkpoint.is_relative_to(ROOT) else str(options.checkpoint),
+        "checkpoint": None if quick else str(checkpoint.relative_to(ROOT))
+        if checkpoint.is_relative_to(ROOT) else str(checkpoint),
         "training": {"config": info["config"], "history": info["history"],
                      "epochs": len(info["history"]),
                      "hours": round(sum(r["seconds"] for r in info["history"]) / 3600, 2)

@@ -4,7 +4,7 @@ We make image files the way a user would (real MNIST test digits scanned dark on
 and off-centre on a large page, photographed on gray paper as a JPEG, cut out as a
 transparent PNG, written small in a corner, drawn with a thick marker, tilted), show how
 scratchcnn.data.images turns each into an MNIST-style 28x28 image, and what the default
-network (runs/default-s0) predicts, with its probabilities, through the real
+network (the shipped one, scratchcnn.pretrained) predicts, with its probabilities, through the real
 `scratchcnn predict` command. Then a Kaggle "Digit Recognizer" test.csv built from the
 MNIST test images, the submission.csv that `scratchcnn predict --kaggle` writes, and the
 submission's accuracy against the true labels.
@@ -21,10 +21,11 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
-from _lesson import Lesson, trained_checkpoint
+from _lesson import ROOT, Lesson, trained_checkpoint
 from PIL import Image, ImageFilter
 from typer.testing import CliRunner
 
+from scratchcnn import pretrained
 from scratchcnn.cli import app
 from scratchcnn.data import images as digits
 from scratchcnn.data.kaggle import PIXEL_COLUMNS
@@ -44,15 +45,17 @@ USER_IMAGES = (
 )
 
 
-def checkpoint(seed: int, quick: bool, scratch: Path) -> Path:
-    """The default network's checkpoint: runs/default-s{seed}'s (trained with the default
-    recipe when missing), or, quick, a network trained on 512 images for an epoch."""
+def checkpoint(seed: int, quick: bool, scratch: Path) -> str:
+    """What `scratchcnn predict` is given: the shipped network's name ("default"), the
+    path of runs/default-s{seed}'s checkpoint (trained when missing), or, quick, of a
+    network trained on 512 images for an epoch."""
     if quick:
         config = TrainConfig(model="default", epochs=1, train_limit=512, batch_size=64,
                              val_fraction=0.0, test_limit=100, seed=seed)  # fmt: skip
         train(config, output_dir=scratch / "net", progress=False, log=lambda s: None)
-        return scratch / "net" / "best.npz"
-    return trained_checkpoint("default", seed)
+        return str(scratch / "net" / "best.npz")
+    path = trained_checkpoint("default", seed)
+    return path.stem if path.parent == pretrained.FOLDER else str(path.relative_to(ROOT))
 
 
 # --8<-- [start:user_images]
@@ -175,8 +178,8 @@ def main():
         here = Path.cwd()
         os.chdir(scratch)  # so the command and its output name the files as a user would
         try:
-            printed = run_cli("predict", str(ckpt), *files)
-            predictions = json.loads(run_cli("predict", str(ckpt), *files, "--json"))
+            printed = run_cli("predict", ckpt, *files)
+            predictions = json.loads(run_cli("predict", ckpt, *files, "--json"))
         finally:
             os.chdir(here)
         loaded = [digits.load_image(scratch / f) for f in files]
@@ -191,7 +194,7 @@ def main():
         # 2. A Kaggle submission for the MNIST test images.
         csv = write_kaggle_test_csv(images[:n_kaggle], scratch / "test.csv")
         started = time.perf_counter()
-        printed_kaggle = run_cli("predict", str(ckpt), "--kaggle", str(csv),
+        printed_kaggle = run_cli("predict", ckpt, "--kaggle", str(csv),
                                  "--output", str(scratch / "submission.csv"))  # fmt: skip
         seconds = time.perf_counter() - started
         submission = (scratch / "submission.csv").read_text().splitlines()
@@ -199,7 +202,7 @@ def main():
         test_head = csv.read_text().splitlines()[:3]
 
     lesson.finish({
-        "checkpoint": "runs/default-s0/best.npz" if not lesson.quick else "(quick network)",
+        "checkpoint": ckpt if not lesson.quick else "(quick network)",
         "user_images": rows,
         "user_correct": sum(r["correct"] for r in rows),
         "predict_output": printed.rstrip("\n").splitlines(),

@@ -3,10 +3,17 @@
     python lessons/NN_slug.py            # the full run: figures + results.json for the site
     python lessons/NN_slug.py --quick    # a small run in seconds (the tests run this)
     python lessons/NN_slug.py --out DIR  # write somewhere else than the site's assets
+    python lessons/NN_slug.py --retrain  # train the networks instead of using shipped ones
 
 The full run writes into ``site/assets/lessons/NN-slug/``; the lesson's page reads its
 numbers from ``results.json`` there (``site_macros.py``), so the page and the figures
 always come from the same run.
+
+Trained networks: a full run uses the networks scratchcnn ships (``scratchcnn.pretrained``:
+seed 0 of ``default`` and ``best``) and trains any other one it needs into
+``runs/<recipe>-s<seed>/`` (RESULTS.md's commands), once. ``results.json`` records which
+networks were shipped and which trained, so the site's lesson index can say how long a
+full run takes on a fresh clone.
 """
 
 from __future__ import annotations
@@ -24,11 +31,17 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, never a window
 
+from scratchcnn import pretrained  # noqa: E402
 from scratchcnn.data.idx import write_atomically  # noqa: E402
 from scratchcnn.train import RECIPES, train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT / "site" / "assets" / "lessons"
+
+# The networks this run used, filled in by trained_checkpoint(): "shipped" ones came with
+# scratchcnn, "trained" ones are runs/ folders (trained here or by an earlier run).
+NETWORKS: dict[str, set[str]] = {"shipped": set(), "trained": set()}
+TRAINING = {"retrain": False, "seconds": 0.0}  # --retrain, and the time spent training
 
 
 class Lesson:
@@ -42,7 +55,11 @@ class Lesson:
         parser.add_argument("--out", type=Path, default=ASSETS / self.slug,
                             help="output folder (default: the site's assets)")  # fmt: skip
         parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument(
+            "--retrain", action="store_true", help="train the networks, not use the shipped ones"
+        )
         self.args = parser.parse_args()
+        TRAINING["retrain"] = self.args.retrain
         self.quick, self.seed = self.args.quick, self.args.seed
         self.out = self.args.out
         self.out.mkdir(parents=True, exist_ok=True)
@@ -60,6 +77,8 @@ class Lesson:
                 "quick": self.quick,
                 "seed": self.seed,
                 "seconds": round(time.perf_counter() - self.started, 1),
+                "training_seconds": round(TRAINING["seconds"], 1),
+                "networks": {kind: sorted(names) for kind, names in NETWORKS.items()},
                 "date": datetime.now(UTC).strftime("%Y-%m-%d"),
                 "machine": f"{platform.machine()}, {os.cpu_count()} cores",
             },
@@ -72,13 +91,21 @@ class Lesson:
 
 
 def trained_checkpoint(recipe: str, seed: int) -> Path:
-    """runs/<recipe>-s<seed>'s checkpoint (RESULTS.md's runs), trained first if missing."""
+    """The checkpoint of ``recipe`` trained with ``seed``: the shipped network when
+    scratchcnn has it (and no --retrain), else runs/<recipe>-s<seed>'s, trained first
+    if missing (RESULTS.md's runs)."""
+    if seed == 0 and recipe in pretrained.available() and not TRAINING["retrain"]:
+        NETWORKS["shipped"].add(recipe)
+        return pretrained.path(recipe)
     folder = ROOT / "runs" / f"{recipe}-s{seed}"
+    NETWORKS["trained"].add(folder.name)
     history = folder / "history.json"
     if not (history.is_file() and "test" in json.loads(history.read_text())):
         print(f"training {folder} with the {recipe!r} recipe (see RESULTS.md for its time)")
         config = dataclasses.replace(RECIPES[recipe], seed=seed)
+        started = time.perf_counter()
         train(config, output_dir=folder, resume=(folder / "last.npz").is_file())
+        TRAINING["seconds"] += time.perf_counter() - started
     best = folder / "best.npz"
     return best if best.is_file() else folder / "last.npz"
 
@@ -98,9 +125,9 @@ def network(recipe: str, quick: bool, seed: int):
 def undefended_network(seed: int, quick: bool):
     """(model, params, state) of the undefended default network, for the attack lessons.
 
-    Full run: runs/default-s{seed}'s checkpoint, trained with the default recipe (2 epochs)
-    when it is missing. Quick run: a default network trained on 512 images for one epoch
-    (attacking random weights would show nothing).
+    Full run: the shipped default network (seed 0), or runs/default-s{seed}'s checkpoint,
+    trained with the default recipe (2 epochs) when it is missing. Quick run: a default
+    network trained on 512 images for one epoch (attacking random weights would show nothing).
     """
     from scratchcnn import models
     from scratchcnn.train import TrainConfig

@@ -494,7 +494,8 @@ def predict(
     epilog=(
         "Examples: scratchcnn export runs/default/best.npz  (writes best.onnx here)  |  "
         "scratchcnn export best.npz --output site/mnist.onnx --features --force  |  "
-        "scratchcnn export best.npz --layout nchw --no-softmax --json"
+        "scratchcnn export best.npz --layout nchw --no-softmax --json  |  "
+        "scratchcnn export default --int8 --output default-int8.onnx"
     )
 )
 @reports_errors
@@ -514,6 +515,15 @@ def export(
     layout: Annotated[
         str, typer.Option("--layout", help="Input layout: nhwc (N, 28, 28, 1) or nchw.")
     ] = "nhwc",
+    int8: Annotated[
+        bool, typer.Option("--int8", help="Quantize: int8 weights and activations (QDQ).")
+    ] = False,
+    calibration: Annotated[
+        int, typer.Option("--calibration", min=1, help="--int8: training images to calibrate on.")
+    ] = 1000,
+    data_dir: Annotated[
+        Path | None, _option("--int8: folder holding the four MNIST .gz files.", "--data-dir")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Export a checkpoint as an ONNX model that onnxruntime (and the browser) can run.
@@ -521,6 +531,8 @@ def export(
     The graph takes float32 pixels in [0, 1] (ink 1, background 0), standardizes them
     itself, and outputs logits and probabilities. BatchNorm is folded into the layer
     before it; the source checkpoint's SHA-256 is recorded in the model's metadata.
+    --int8 stores int8 weights (one scale per output channel) and rounds every layer's
+    input to int8 with a scale calibrated on the first --calibration training images.
     """
     from scratchcnn.checkpoint import load_for_model
     from scratchcnn.data.mnist import sha256_file
@@ -532,16 +544,29 @@ def export(
     check_target(target, force=force)  # refuse before the work, and again when writing
     model, ckpt = load_for_model(checkpoint)
     source = {"source_checkpoint": ckpt.path.name, "source_sha256": sha256_file(ckpt.path)}
+    if int8:
+        source["quantization"] = (
+            f"int8 QDQ: per-channel symmetric weights, activation scales calibrated on the "
+            f"first {calibration} MNIST training images"
+        )
     onnx_model = build_onnx(model, ckpt.params, ckpt.state, model_name=ckpt.model_name,
                             softmax=not no_softmax, features=features, layout=layout,
                             metadata=source)  # fmt: skip
+    if int8:
+        from scratchcnn.data.mnist import load_mnist
+        from scratchcnn.quantize import quantize_network, quantized_onnx
+
+        train_images, _ = load_mnist("train", data_dir)
+        qnet = quantize_network(model, ckpt.params, ckpt.state, train_images[:calibration])
+        onnx_model = quantized_onnx(onnx_model, qnet)
     save_onnx(onnx_model, target, force=force)
     graph = onnx_model.graph
     shapes = {
         v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
         for v in [*graph.input, *graph.output]
     }
-    summary = {"output": str(target), "format": "onnx", "bytes": target.stat().st_size,
+    summary = {"output": str(target), "format": "onnx", "int8": int8,
+               "bytes": target.stat().st_size,
                "architecture": ckpt.model_name, "opset": onnx_model.opset_import[0].version,
                "inputs": {v.name: shapes[v.name] for v in graph.input},
                "outputs": {v.name: shapes[v.name] for v in graph.output}}  # fmt: skip
@@ -553,7 +578,8 @@ def export(
         return ", ".join(f"{n} ({', '.join(map(str, shape))})" for n, shape in names.items())
 
     typer.echo(
-        f"wrote {target} ({summary['bytes'] / 1e6:.2f} MB, ONNX opset {summary['opset']}, "
+        f"wrote {target} ({summary['bytes'] / 1e6:.2f} MB, {'int8 ' if int8 else ''}ONNX "
+        f"opset {summary['opset']}, "
         f"{ckpt.model_name}): input {listing(summary['inputs'])}; "
         f"outputs {listing(summary['outputs'])}"
     )

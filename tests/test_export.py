@@ -472,3 +472,25 @@ def test_cli_refuses_an_architecture_with_an_unknown_layer(tmp_path, monkeypatch
     result = run("export", ckpt, "-o", tmp_path / "odd.onnx")
     assert_one_line_error(result, "wobble1 (Wobble)", "'odd_net'")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["odd.npz"]
+
+
+def test_cli_int8_writes_a_quantized_model_as_accurate_as_float(mnist_dir, mnist_test, tmp_path):
+    from scratchcnn import pretrained
+
+    if "default" not in pretrained.available():
+        pytest.skip("needs the shipped default network")
+    images, labels = mnist_test
+    x = to_unit_nhwc(images[:1000])
+    accuracy = {}
+    for name, flags in {"float": [], "int8": ["--int8", "--calibration", "500"]}.items():
+        target = tmp_path / f"{name}.onnx"
+        result = runner.invoke(app, ["export", "default", "--output", str(target),
+                                     "--data-dir", str(mnist_dir), *flags])  # fmt: skip
+        assert result.exit_code == 0, result.output
+        session = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
+        (logits,) = session.run(["logits"], {"image": x})
+        accuracy[name] = (logits.argmax(1) == labels[:1000]).mean()
+        kinds = {init.data_type for init in onnx.load(str(target)).graph.initializer}
+        assert (onnx.TensorProto.INT8 in kinds) == (name == "int8")
+    assert (tmp_path / "int8.onnx").stat().st_size < 0.3 * (tmp_path / "float.onnx").stat().st_size
+    assert abs(accuracy["int8"] - accuracy["float"]) <= 0.003, accuracy
