@@ -12,6 +12,7 @@ ROOT = Path(__file__).parent
 LESSON_ASSETS = ROOT / "site" / "assets" / "lessons"
 BENCHMARK = ROOT / "benchmarks" / "results" / "step_speed.json"
 TRAINING_RUNS = ROOT / "results"  # history.json of the runs in RESULTS.md
+PRETRAINED = ROOT / "scratchcnn" / "pretrained" / "MANIFEST.json"
 
 IMPLEMENTATION_NAMES = {
     "scratch-numpy": "scratchcnn, NumPy",
@@ -43,6 +44,11 @@ def define_env(env):
     def run(name: str) -> dict:
         """The summary of a training run in RESULTS.md, e.g. run("default-s0")."""
         return load(TRAINING_RUNS / f"{name}.json")
+
+    @env.macro
+    def pretrained() -> dict:
+        """scratchcnn/pretrained/MANIFEST.json: the shipped networks and how they were made."""
+        return load(PRETRAINED)
 
     @env.macro
     def lesson_table() -> str:

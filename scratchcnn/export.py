@@ -129,6 +129,7 @@ def _add_input(graph: _Graph, layout: str) -> None:
         graph.add("Transpose", ["standardized"], "standardized_nchw", "to_nchw", perm=[0, 3, 1, 2])
 
 
+# --8<-- [start:add_conv]
 def _add_conv(graph: _Graph, name: str, layer: Conv, params: dict) -> None:
     """Conv with an OIHW kernel, and our strides and resolved padding (SAME, VALID...).
 
@@ -152,6 +153,9 @@ def _add_conv(graph: _Graph, name: str, layer: Conv, params: dict) -> None:
         pads=[top, left, bottom, right],  # ONNX order: all the starts, then all the ends
     )
     graph.shape = (kernel.shape[3], *geo.out_hw)
+
+
+# --8<-- [end:add_conv]
 
 
 def _add_dense(graph: _Graph, name: str, layer: Dense, params: dict) -> None:

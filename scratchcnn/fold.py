@@ -52,6 +52,7 @@ def fold_batchnorm(model: Sequential, params: dict, state: dict) -> tuple[Sequen
     return folded, folded_params
 
 
+# --8<-- [start:fold_pair]
 def fold_pair(layer_params: dict, bn_params: dict, bn_state: dict, epsilon: float) -> dict:
     """One Conv/Dense layer's params with the BatchNorm after it folded in.
 
@@ -69,3 +70,6 @@ def fold_pair(layer_params: dict, bn_params: dict, bn_state: dict, epsilon: floa
     )
     folded_kernel = kernel.astype(np.float64) * gain  # broadcasts over the last axis
     return {"kernel": folded_kernel.astype(dtype), "bias": folded_bias.astype(dtype)}
+
+
+# --8<-- [end:fold_pair]

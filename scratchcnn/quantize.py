@@ -118,6 +118,7 @@ def dequantize(q: np.ndarray, scale, dtype=np.float32) -> np.ndarray:
     return q.astype(dtype) * np.asarray(scale, dtype)
 
 
+# --8<-- [start:quantize_weights]
 def quantize_weights(kernel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-output-channel symmetric int8 weights: ``(w_q int8, scales float32 (C_out,))``.
 
@@ -130,6 +131,9 @@ def quantize_weights(kernel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     max_abs = np.max(np.abs(kernel), axis=tuple(range(kernel.ndim - 1)))  # (C_out,)
     scales = symmetric_scale(max_abs)
     return quantize(kernel, scales), scales  # scales broadcast over the last axis
+
+
+# --8<-- [end:quantize_weights]
 
 
 def quantize_bias(bias: np.ndarray, output_scale: np.ndarray, fan_in: int) -> np.ndarray:
@@ -243,6 +247,7 @@ def quantize_network(
 # --------------------------------------------------------------------------- int8 forward
 
 
+# --8<-- [start:int32_matmul]
 def int32_matmul(a_q: np.ndarray, w_q: np.ndarray) -> np.ndarray:
     """int8 (M, K) @ int8 (K, C) -> int32 (M, C): exact integer sums of products.
 
@@ -254,6 +259,9 @@ def int32_matmul(a_q: np.ndarray, w_q: np.ndarray) -> np.ndarray:
     multiplies, 32-bit accumulators.
     """
     return a_q.astype(np.int32) @ w_q.astype(np.int32)
+
+
+# --8<-- [end:int32_matmul]
 
 
 def int8_conv(x_q: np.ndarray, w_q: np.ndarray, layer: Conv) -> np.ndarray:
@@ -272,6 +280,7 @@ def int8_conv(x_q: np.ndarray, w_q: np.ndarray, layer: Conv) -> np.ndarray:
     return sums.reshape(n, *geo.out_hw, c_out)
 
 
+# --8<-- [start:int8_layer_forward]
 def int8_layer_forward(qlayer: QuantizedLayer, layer: Conv | Dense, x: np.ndarray) -> np.ndarray:
     """One quantized Conv/Dense layer: float32 input -> float32 output.
 
@@ -285,6 +294,9 @@ def int8_layer_forward(qlayer: QuantizedLayer, layer: Conv | Dense, x: np.ndarra
         sums = int32_matmul(x_q, qlayer.weight)
     sums = sums + qlayer.bias  # int32 + int32: stays int32 (quantize_bias leaves room)
     return dequantize(sums, qlayer.output_scale)
+
+
+# --8<-- [end:int8_layer_forward]
 
 
 def int8_forward(qnet: QuantizedNetwork, x_unit_nhwc: np.ndarray) -> np.ndarray:

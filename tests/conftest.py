@@ -7,7 +7,11 @@ isolated search path so a test never stumbles on a copy of MNIST it did not crea
 
 from __future__ import annotations
 
+import functools
+import http.server
 import os
+import subprocess
+import threading
 from pathlib import Path
 
 import jax
@@ -103,6 +107,36 @@ def chromium() -> Path:
     pytest.skip(reason)
 
 
+# --------------------------------------------------------------------------- the site
+@pytest.fixture(scope="session")
+def built_site(tmp_path_factory) -> Path:
+    """``mkdocs build --strict`` into a temporary folder, once per session (test_site.py
+    and test_demo.py share it); the build's own hook exports the demo's ONNX models."""
+    out = tmp_path_factory.mktemp("site")
+    done = subprocess.run(
+        ["mkdocs", "build", "--strict", "--site-dir", str(out)],
+        capture_output=True, text=True, cwd=REPO_ROOT, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):  # noqa: A002 (the base class's name)
+        pass  # no line per request in the test output
+
+
+@pytest.fixture(scope="session")
+def served_site(built_site: Path):
+    """The built site over HTTP on a free local port: its base URL, no trailing slash."""
+    handler = functools.partial(_QuietHandler, directory=str(built_site))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
 # --------------------------------------------------------------------------- lessons
 # Each lesson page's "check yourself" box says ``python -m pytest -m lessonNN``. The
 # tests that check a lesson's code are marked here, by file and (optionally) by a word
@@ -124,6 +158,8 @@ LESSON_TESTS = {
     "lesson10": [("test_attacks.py", "pgd"), ("test_cli_attack.py", "")],
     "lesson11": [("test_attacks.py", "training"), ("test_attacks.py", "mixed")],
     "lesson12": [("test_images.py", ""), ("test_kaggle.py", ""), ("test_cli_train.py", "predict")],
+    "lesson14": [("test_pretrained.py", ""), ("test_export.py", ""), ("test_quantize.py", ""),
+                 ("test_demo.py", "")],
 }  # fmt: skip
 
 

@@ -8,15 +8,15 @@
   opens the home page and a lesson page from a local server: figures load, the maths is
   typeset by the bundled KaTeX, the console has no errors. Screenshots go to
   ``build/screenshots/`` for a human to look at.
+
+The site is built once per test session (``built_site``/``served_site`` in conftest.py,
+shared with tests/test_demo.py).
 """
 
-import functools
-import http.server
 import json
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -56,33 +56,11 @@ def test_committed_lesson_results_come_from_full_runs():
         assert json.loads(path.read_text())["run"]["quick"] is False, f"{path}: a --quick run"
 
 
-@pytest.fixture(scope="module")
-def built_site(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("site")
-    done = subprocess.run(
-        ["mkdocs", "build", "--strict", "--site-dir", str(out)],
-        capture_output=True, text=True, cwd=ROOT, timeout=600,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    return out
-
-
 def test_mkdocs_build_strict_passes(built_site):
     assert (built_site / "index.html").is_file()
     lesson = (built_site / "lessons" / "13-speed" / "index.html").read_text()
     assert '<span class="nf">conv2d_forward</span>' in lesson  # source, by snippets
     assert "{{" not in lesson  # every macro was rendered
-
-
-@pytest.fixture(scope="module")
-def served_site(built_site):
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(built_site))
-    handler.log_message = lambda *args: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
 
 
 @pytest.mark.browser

@@ -1,0 +1,166 @@
+// "Draw a digit" (site/demo.md): the reader draws, the page prepares the drawing as
+// MNIST was prepared (mnistify.js) and runs the exported network (network.js) on it.
+//
+// State on the root element, for people reading the DOM and for tests/test_demo.py:
+// data-state ("loading", "ready", "error"), data-network (the network in use),
+// data-prediction (the predicted digit, "" when nothing is drawn), and two counters:
+// data-drawn (changes to the drawing) and data-shown (the change the display shows).
+
+import { mnistify } from "./mnistify.js";
+import { classify, listNetworks, openNetwork } from "./network.js";
+import { createPad } from "./pad.js";
+import { argmax, createBars, paintFeatures, paintGray } from "./view.js";
+
+function mount(root) {
+  const $ = (selector) => root.querySelector(selector);
+  const status = $(".digit-demo__status");
+  const choice = $(".digit-demo__network");
+  const prediction = $(".digit-demo__prediction");
+  const confidence = $(".digit-demo__confidence");
+  const input = $(".digit-demo__input");
+  const features = $(".digit-demo__features");
+  const setBars = createBars($(".digit-demo__bars"));
+
+  let session = null; // the onnxruntime-web session of the chosen network
+  let running = null; // the promise of the update in progress, or null
+  let drawn = 0; // version of the drawing: +1 on every change
+  let frameRequested = false;
+
+  const pad = createPad($(".digit-demo__pad"), changed);
+  $(".digit-demo__clear").addEventListener("click", () => pad.clear());
+
+  function setState(state, message) {
+    root.dataset.state = state;
+    status.textContent = message;
+    status.classList.toggle("digit-demo__status--error", state === "error");
+  }
+
+  // The drawing changed (or the network did): show it anew.
+  function changed() {
+    drawn += 1;
+    root.dataset.drawn = String(drawn);
+    scheduleUpdate();
+  }
+
+  // Look at the drawing on the next animation frame, so that a stroke delivering dozens
+  // of pointer events per frame costs one inference per frame, not one per event.
+  function scheduleUpdate() {
+    if (frameRequested) return;
+    frameRequested = true;
+    requestAnimationFrame(() => {
+      frameRequested = false;
+      update();
+    });
+  }
+
+  // One inference at a time; a change during one is picked up when it ends.
+  async function update() {
+    if (running || session === null || !root.isConnected) return;
+    const version = drawn;
+    running = show(session).catch((error) => fail("The network failed to run", error));
+    await running;
+    running = null;
+    root.dataset.shown = String(version);
+    if (drawn !== version) scheduleUpdate();
+  }
+
+  async function show(net) {
+    const image = mnistify(pad.grayLevels(), 280, 280);
+    paintGray(input, image);
+    if (image === null) {
+      // An empty (or nearly empty) canvas: nothing to classify, and not an error.
+      display(null);
+      return;
+    }
+    display(await classify(net, image));
+  }
+
+  function display(result) {
+    setBars(result ? result.probabilities : null);
+    paintFeatures(features, result ? result.features : null);
+    prediction.classList.toggle("digit-demo__prediction--empty", result === null);
+    if (result === null) {
+      root.dataset.prediction = "";
+      prediction.textContent = "draw a digit";
+      confidence.textContent = "";
+      return;
+    }
+    const digit = argmax(result.probabilities);
+    root.dataset.prediction = String(digit);
+    prediction.textContent = String(digit);
+    confidence.textContent = `${percent(result.probabilities[digit], 1)} sure`;
+  }
+
+  function fail(what, error) {
+    setState("error", `${what}: ${error.message ?? error}`);
+    console.error(what, error);
+  }
+
+  // Switching networks: open the new session, wait for a run on the old one to end,
+  // release the old one, and show the drawing through the new network.
+  async function useNetwork(network) {
+    choice.disabled = true;
+    setState("loading", `Loading the ${network.name} network…`);
+    try {
+      const next = await openNetwork(network);
+      while (running) await running; // then swap at once, before another frame can start one
+      const previous = session;
+      session = next;
+      if (previous) await previous.release();
+      root.dataset.network = network.name;
+      const accuracy = percent(network.test_accuracy, 2);
+      const about = `${network.description}; ${accuracy} right on MNIST's test set`;
+      setState("ready", `Network “${network.name}”: ${about}.`);
+      changed();
+    } catch (error) {
+      fail(`Could not load the ${network.name} network`, error);
+      if (root.dataset.network) choice.value = root.dataset.network; // still in use
+    } finally {
+      choice.disabled = false;
+    }
+  }
+
+  async function start() {
+    setState("loading", "Loading onnxruntime-web and the network…");
+    display(null);
+    let networks;
+    try {
+      networks = await listNetworks();
+    } catch (error) {
+      fail("Could not read the list of networks", error);
+      return;
+    }
+    if (networks.length === 0) {
+      setState("error", "No network was exported when this site was built.");
+      return;
+    }
+    const label = (n) => `${n.name} (${percent(n.test_accuracy, 2)})`;
+    choice.replaceChildren(...networks.map((n) => new Option(label(n), n.name)));
+    choice.addEventListener("change", () => {
+      useNetwork(networks.find((n) => n.name === choice.value));
+    });
+    await useNetwork(networks[0]);
+  }
+
+  start();
+}
+
+/** 0.99213 -> "99.21%". */
+function percent(fraction, digits) {
+  return `${(100 * fraction).toFixed(digits)}%`;
+}
+
+// Material's instant navigation swaps pages without reloading, and a module runs once
+// per page load: so mount on every page its `document$` announces, once per element.
+function mountAll() {
+  for (const root of document.querySelectorAll(".digit-demo:not([data-mounted])")) {
+    root.dataset.mounted = "true";
+    mount(root);
+  }
+}
+
+if (typeof document$ !== "undefined") {
+  document$.subscribe(mountAll); // eslint-disable-line no-undef
+} else {
+  mountAll();
+}

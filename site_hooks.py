@@ -1,0 +1,123 @@
+"""MkDocs hooks (``hooks:`` in mkdocs.yml): work done before each site build.
+
+``on_pre_build`` exports every pretrained network this copy of scratchcnn ships to ONNX
+for the "Draw a digit" page (``site/demo.md``), which runs them in the browser with
+onnxruntime-web: ``site/assets/demo/models/<name>.onnx`` plus ``index.json``, the list of
+networks the page offers. These files are generated, not committed (.gitignore).
+
+A network is exported again only when its stamp changed: the SHA-256 of the shipped
+checkpoint and of the exporter's source (``scratchcnn/export.py``, ``scratchcnn/fold.py``
+and this file), recorded in ``index.json`` along with the ONNX file's own SHA-256. An
+unchanged build rewrites nothing, so ``mkdocs serve`` does not see its own output as an
+edit and loop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+MODELS = ROOT / "site" / "assets" / "demo" / "models"
+# The source files whose change changes an exported file: the exporter, and this hook
+# (which chooses the export's options).
+EXPORTER_SOURCES = [
+    ROOT / "scratchcnn" / "export.py",
+    ROOT / "scratchcnn" / "fold.py",
+    Path(__file__).resolve(),
+]
+
+log = logging.getLogger("mkdocs.hooks.site_hooks")
+
+
+def on_pre_build(config, **kwargs) -> None:
+    """Before MkDocs collects the files of docs_dir: bring the demo's models up to date."""
+    export_demo_models(MODELS)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def exporter_sha256() -> str:
+    """One digest of the exporter's source files, in a fixed order."""
+    digest = hashlib.sha256()
+    for path in EXPORTER_SOURCES:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def export_demo_models(folder: Path) -> dict:
+    """Export each shipped network to ``folder/<name>.onnx`` unless it is up to date, write
+    ``folder/index.json``, delete the ONNX files of networks no longer shipped.
+
+    Returns the index: ``{"networks": [{"name", "file", "description", "architecture",
+    "test_accuracy", "checkpoint_sha256", "exporter_sha256", "onnx_sha256", "bytes"}]}``.
+    """
+    from scratchcnn import pretrained
+
+    folder.mkdir(parents=True, exist_ok=True)
+    index_path = folder / "index.json"
+    previous = _read_index(index_path)
+    manifest = pretrained.manifest()
+    exporter = exporter_sha256()
+
+    networks = []
+    for name in pretrained.available():
+        record = manifest[name]
+        target = folder / f"{name}.onnx"
+        stamp = {"checkpoint_sha256": record["sha256"], "exporter_sha256": exporter}
+        old = previous.get(name, {})
+        current = target.is_file() and all(old.get(key) == value for key, value in stamp.items())
+        if not (current and old.get("onnx_sha256") == sha256(target)):
+            log.info("exporting the pretrained network %r to %s", name, target)
+            _export(name, record, target)
+        networks.append({
+            "name": name,
+            "file": target.name,
+            "description": record.get("description") or pretrained.DESCRIPTIONS[name],
+            "architecture": record["architecture"],
+            "test_accuracy": record["test_accuracy"],
+            **stamp,
+            "onnx_sha256": sha256(target),
+            "bytes": target.stat().st_size,
+        })  # fmt: skip
+
+    shipped = {network["file"] for network in networks}
+    for stale in folder.glob("*.onnx"):
+        if stale.name not in shipped:
+            log.info("removing %s: no longer a shipped network", stale)
+            stale.unlink()
+
+    index = {"networks": networks}
+    text = json.dumps(index, indent=2) + "\n"
+    if not index_path.is_file() or index_path.read_text() != text:
+        index_path.write_text(text)
+    return index
+
+
+def _read_index(path: Path) -> dict:
+    """{name: entry} from the index a previous build wrote; {} when there is none."""
+    try:
+        return {entry["name"]: entry for entry in json.loads(path.read_text())["networks"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def _export(name: str, record: dict, target: Path) -> None:
+    """The pretrained network as ONNX: probabilities, and the first conv layer's maps.
+
+    The same graph and metadata as ``scratchcnn export <name> --features`` writes.
+    """
+    from scratchcnn import pretrained
+    from scratchcnn.export import build_onnx, save_onnx
+
+    model, params, state = pretrained.load(name)
+    onnx_model = build_onnx(
+        model, params, state,
+        model_name=record["architecture"], softmax=True, features=True, layout="nhwc",
+        metadata={"source_checkpoint": record["file"], "source_sha256": record["sha256"]},
+    )  # fmt: skip
+    save_onnx(onnx_model, target, force=True)  # atomic: a parallel build never reads half
