@@ -60,7 +60,7 @@ def define_env(env):
             title = page.read_text().splitlines()[0].lstrip("# ").strip()
             script = "lessons/" + page.stem.replace("-", "_") + ".py"
             lesson = results(page.stem)
-            training = sum(training_seconds(name) for name in networks_trained(lesson))
+            training = sum(run(name)["train_seconds"] for name in runs_to_train(lesson))
             seconds = lesson["run"]["seconds"] - lesson["run"].get("training_seconds", 0)
             total = duration(seconds + training)
             if training:
@@ -68,19 +68,28 @@ def define_env(env):
             lines.append(f"| {page.stem[:2]} | [{title}]({page.name}) | `{script}` | {total} |")
         return "\n".join(lines)
 
-    def networks_trained(lesson: dict) -> list[str]:
-        """The runs/ folders a lesson's full run needed (none of them shipped)."""
+    def runs_to_train(lesson: dict) -> set[str]:
+        """The runs/ folders a fresh clone trains for a lesson's full run: those it used
+        that are not shipped, and the runs they were fine-tuned from (each once)."""
         if "networks" in lesson["run"]:
-            return lesson["run"]["networks"]["trained"]
-        # Results written before the lessons recorded it: the runs/ folders they name.
-        named = json.dumps({key: value for key, value in lesson.items() if key != "run"})
-        return sorted(set(re.findall(r"runs/([\w.-]+)/", named)))
+            used = set(lesson["run"]["networks"]["trained"])
+        else:  # results written before the lessons recorded it: the runs/ folders they name
+            named = json.dumps({key: value for key, value in lesson.items() if key != "run"})
+            used = set(re.findall(r"runs/([\w.-]+)/", named)) - shipped_runs()
+        needed = set()
+        while used:
+            name = used.pop()
+            needed.add(name)
+            parent = re.match(r"runs/([\w.-]+)/", run(name)["config"].get("init_from") or "")
+            if parent and parent[1] not in needed:
+                used.add(parent[1])
+        return needed
 
-    def training_seconds(name: str) -> float:
-        """Training time of runs/<name>, and of the run it was fine-tuned from, if any."""
-        summary = run(name)
-        parent = re.match(r"runs/([\w.-]+)/", summary["config"].get("init_from") or "")
-        return summary["train_seconds"] + (training_seconds(parent[1]) if parent else 0)
+    def shipped_runs() -> set[str]:
+        """The runs/ folder names of the shipped networks ("default-s0"...), from their
+        training commands."""
+        commands = [record["command"] for record in pretrained().values()]
+        return {m[1] for c in commands for m in [re.search(r"--output runs/([\w.-]+)", c)] if m}
 
     def duration(seconds: float) -> str:
         """4.2 -> "4 s", 537.7 -> "9 min", 5484 -> "1.5 h"."""

@@ -55,7 +55,13 @@ def checkpoint(seed: int, quick: bool, scratch: Path) -> str:
         train(config, output_dir=scratch / "net", progress=False, log=lambda s: None)
         return str(scratch / "net" / "best.npz")
     path = trained_checkpoint("default", seed)
-    return path.stem if path.parent == pretrained.FOLDER else str(path.relative_to(ROOT))
+    return path.stem if path.parent == pretrained.FOLDER else str(path)  # absolute: we chdir
+
+
+def shown(checkpoint: str) -> str:
+    """A checkpoint as the page shows it: a pretrained name, or a path from the repository."""
+    path = Path(checkpoint)
+    return str(path.relative_to(ROOT)) if path.is_absolute() else checkpoint
 
 
 # --8<-- [start:user_images]
@@ -202,7 +208,7 @@ def main():
         test_head = csv.read_text().splitlines()[:3]
 
     lesson.finish({
-        "checkpoint": ckpt if not lesson.quick else "(quick network)",
+        "checkpoint": "(quick network)" if lesson.quick else shown(ckpt),
         "user_images": rows,
         "user_correct": sum(r["correct"] for r in rows),
         "predict_output": printed.rstrip("\n").splitlines(),

@@ -546,7 +546,8 @@ def load_for_model(
     saved from that architecture.
     """
     path = resolve_checkpoint(path)
-    if not path.exists():
+    looks_like_a_name = len(path.parts) == 1 and not path.suffix
+    if not path.exists() and looks_like_a_name:
         raise CheckpointError(
             f"checkpoint {path} does not exist, and it is not the name of a pretrained "
             f"network ({', '.join(PRETRAINED_NAMES)})."

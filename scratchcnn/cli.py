@@ -34,7 +34,8 @@ app = typer.Typer(
 Command = TypeVar("Command", bound=Callable[..., Any])
 
 CHECKPOINT_HELP = (
-    "A checkpoint file written by train, or a pretrained network: default, best or defended."
+    "A checkpoint file written by train, or the name of a pretrained network "
+    "(scratchcnn models lists the shipped ones)."
 )
 
 
@@ -175,21 +176,29 @@ def parity(
 def list_models(
     as_json: Annotated[bool, typer.Option("--json", help="Print the list as JSON.")] = False,
 ) -> None:
-    """List the registered architectures with their parameter counts."""
+    """List the registered architectures, and the pretrained networks scratchcnn ships."""
     from scratchcnn import models as registry
+    from scratchcnn import pretrained
     from scratchcnn.layers import count_params
 
+    shipped = {name: pretrained.manifest()[name] for name in pretrained.available()}
     rows = []
     for name in sorted(registry.MODELS):
         model = registry.build(name)
         params, _ = model.init(0)
         summary = (registry.MODELS[name].__doc__ or "").strip().splitlines()[0]
-        rows.append({"name": name, "parameters": count_params(params), "summary": summary})
+        trained = [n for n, record in shipped.items() if record["architecture"] == name]
+        rows.append({"name": name, "parameters": count_params(params), "summary": summary,
+                     "pretrained": trained})  # fmt: skip
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
     for row in rows:
         typer.echo(f"{row['name']:<10} {row['parameters']:>9,}  {row['summary']}")
+    typer.echo("\npretrained networks (use the name wherever a checkpoint goes):")
+    for name, record in shipped.items():
+        accuracy = f"{record['test_accuracy']:.2%} test accuracy"
+        typer.echo(f"{name:<10} {record['architecture']:<10} {accuracy}  {record['description']}")
 
 
 # --------------------------------------------------------------------------- train
@@ -540,18 +549,23 @@ def export(
 
     if fmt.lower() not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}.")
+    if not int8 and (calibration != 1000 or data_dir is not None):
+        raise ExportError("--calibration and --data-dir only apply with --int8.")
     target = output if output is not None else Path(f"{Path(checkpoint).stem}.onnx")
     check_target(target, force=force)  # refuse before the work, and again when writing
     model, ckpt = load_for_model(checkpoint)
+    if target.resolve() == ckpt.path.resolve():
+        raise ExportError(f"{target} is the checkpoint being exported; choose another --output.")
     source = {"source_checkpoint": ckpt.path.name, "source_sha256": sha256_file(ckpt.path)}
     if int8:
         source["quantization"] = (
-            f"int8 QDQ: per-channel symmetric weights, activation scales calibrated on the "
-            f"first {calibration} MNIST training images"
+            f"int8 QDQ: per-output-channel symmetric int8 weights, int32 biases, int8 "
+            f"activations (zero point 0) with scales calibrated on the first "
+            f"{min(calibration, 60_000)} MNIST training images"
         )
     onnx_model = build_onnx(model, ckpt.params, ckpt.state, model_name=ckpt.model_name,
-                            softmax=not no_softmax, features=features, layout=layout,
-                            metadata=source)  # fmt: skip
+                            softmax=not no_softmax, features=features,
+                            layout=layout.lower(), metadata=source)  # fmt: skip
     if int8:
         from scratchcnn.data.mnist import load_mnist
         from scratchcnn.quantize import quantize_network, quantized_onnx

@@ -19,3 +19,7 @@ class ChecksumError(DataError):
 
 class ShapeError(ScratchCNNError, ValueError):
     """An array or a layer configuration has a shape the operation cannot accept."""
+
+
+class WeightError(ScratchCNNError, ValueError):
+    """A network's weights cannot be used: NaN or inf, or a BatchNorm variance below 0."""

@@ -407,7 +407,7 @@ def check_target(path: str | Path, *, force: bool = False) -> Path:
     if not path.parent.is_dir():
         raise ExportError(f"cannot write {path}: the folder {path.parent} does not exist.")
     if path.exists() and not force:
-        raise ExportError(f"{path} already exists; use --force (force=True) to overwrite it.")
+        raise ExportError(f"{path} already exists; pass --force to overwrite it.")
     return path
 
 
@@ -417,3 +417,327 @@ def save_onnx(onnx_model: onnx.ModelProto, path: str | Path, *, force: bool = Fa
     data = onnx_model.SerializeToString()  # before the file exists: no half-written file
     write_atomically(path, lambda file: file.write(data))
     return path
+
+
+# --------------------------------------------------------------------------- the gradient
+#
+# FGSM in the browser needs d loss / d image. onnxruntime-web only runs graphs forward,
+# so the second graph holds our backward pass too, written node by node as the first one
+# is: the forward nodes (the very builders above), then, in reverse layer order, one small
+# group of nodes per layer that does what that layer's ``*_backward`` function in
+# ``scratchcnn/ops`` does. No autodiff, no training API: every node is written here.
+
+GRADIENT_OUTPUT_MEANINGS = {
+    "logits": OUTPUT_MEANINGS["logits"],
+    "loss": "float32 (batch,): each example's cross-entropy at its label (not averaged)",
+    "gradient": (
+        "float32, the image's shape: d loss_i / d image_i, each example's loss by its own "
+        "pixels in [0, 1] (the standardization inside the graph is differentiated too)"
+    ),
+}
+LABEL_NAME = "label"
+
+
+@dataclass
+class _Step:
+    """One folded layer as the backward pass needs it: what it read, and its shapes."""
+
+    name: str
+    layer: Layer
+    params: dict
+    input: str  # the tensor the layer read
+    in_shape: tuple[int, ...]  # its shape without the batch axis, (C, H, W) or (D,)
+    out_shape: tuple[int, ...]
+
+
+def _int64(graph: _Graph, name: str, values) -> str:
+    """An int64 initializer (shapes, axes, class indices); returns its name."""
+    graph.initializers.append(numpy_helper.from_array(np.asarray(values, np.int64), name))
+    return name
+
+
+def _shared_zero(graph: _Graph) -> str:
+    """The float32 scalar 0, one initializer for every ReLU's mask."""
+    if not any(tensor.name == "zero" for tensor in graph.initializers):
+        graph.constant("zero", 0.0)
+    return "zero"
+
+
+def _check_differentiable(name: str, layer: Layer, model_name: str) -> None:
+    """Refuse, before building anything, a layer whose backward we do not export."""
+    if type(layer) not in (Conv, Dense, ReLU, MaxPool, AvgPool, GlobalAvgPool, Flatten):
+        raise ExportError(
+            f"cannot export the gradient of layer {name} ({type(layer).__name__}) of "
+            f"architecture {model_name!r}: only Conv, Dense, ReLU, MaxPool, AvgPool, "
+            "GlobalAvgPool, Flatten, BatchNorm and Dropout have a backward pass in ONNX."
+        )
+
+
+def _add_loss_and_its_gradient(graph: _Graph, classes: int) -> str:
+    """``loss`` (N,) and d loss / d logits (N, K); returns the latter's name.
+
+    The loss is ``-log_softmax(logits)[label]`` (``attacks.per_example_loss``). Its
+    gradient is the famous ``softmax - one_hot`` (``softmax_cross_entropy_backward``, one
+    example's loss, not the mean), but written as lesson 9's exercise 3 writes it: the
+    true class's entry ``p_y - 1`` is formed as ``-sum_{k != y} p_k``. In float32,
+    ``p_y - 1`` is a multiple of 2^-24 and loses every digit when the network is sure
+    (p_y within 1e-7 of 1: most digits a trained network reads); the sum of the other
+    probabilities keeps them, and it is what ``jax.grad`` computes too.
+    """
+    graph.add("LogSoftmax", ["logits"], "log_probabilities", "log_softmax", axis=1)
+    column = _int64(graph, "label_as_column", [-1, 1])
+    graph.add("Reshape", [LABEL_NAME, column], "label_column", "label_to_column")
+    graph.add("GatherElements", ["log_probabilities", "label_column"], "log_p_label",
+              "pick_label", axis=1)  # fmt: skip
+    graph.add("Reshape", ["log_p_label", _int64(graph, "flat", [-1])], "log_p_flat",
+              "log_p_label_flat")  # fmt: skip
+    graph.add("Neg", ["log_p_flat"], "loss", "loss")
+    # one_hot (N, K): Equal(label, 0..K-1), as the manual gradient builds it.
+    graph.add("Equal", ["label_column", _int64(graph, "classes", np.arange(classes)[None])],
+              "is_label", "is_label")  # fmt: skip
+    graph.add("Cast", ["is_label"], "one_hot", "one_hot", to=TensorProto.FLOAT)
+    graph.add("Softmax", ["logits"], "probabilities", "softmax", axis=1)
+    graph.add("Sub", [graph.constant("one", 1.0), "one_hot"], "not_label", "not_label")
+    graph.add("Mul", ["probabilities", "not_label"], "other_probabilities", "other_classes")
+    graph.add("ReduceSum", ["other_probabilities", _int64(graph, "class_axis", [1])],
+              "p_not_label", "sum_other_classes", keepdims=1)  # fmt: skip
+    graph.add("Mul", ["p_not_label", "one_hot"], "label_share", "label_entry")
+    graph.add("Sub", ["other_probabilities", "label_share"], "d_logits", "grad_logits")
+    return "d_logits"
+
+
+def _add_backward(graph: _Graph, step: _Step, dout: str) -> str:
+    """The nodes of one layer's backward pass: d loss / d input from d loss / d output."""
+    name, layer, x = step.name, step.layer, step.input
+    kind = type(layer)
+    d_in = f"d_{name}_input"
+
+    if kind is Dense:
+        # dense_backward: dx = dout @ W^T. MatMul with the transposed kernel; the
+        # Transpose reads the forward's initializer, so the file holds the kernel once
+        # (onnxruntime folds the Transpose away when it loads the graph).
+        graph.add("Transpose", [f"{name}.weight"], f"{name}.weight_T", f"{name}_weight_T",
+                  perm=[1, 0])  # fmt: skip
+        graph.add("MatMul", [dout, f"{name}.weight_T"], d_in, f"grad_{name}")
+    elif kind is ReLU:
+        # relu_backward: dout * (x > 0); slope 0 at exactly 0, as ours and jax.nn.relu.
+        graph.add("Greater", [x, _shared_zero(graph)], f"{name}_positive", f"{name}_positive")
+        graph.add("Cast", [f"{name}_positive"], f"{name}_mask", f"{name}_mask",
+                  to=TensorProto.FLOAT)  # fmt: skip
+        graph.add("Mul", [dout, f"{name}_mask"], d_in, f"grad_{name}")
+    elif kind is Flatten:
+        if len(step.in_shape) != 3:
+            return dout  # ours left an (N, D) activation as it was: so does its gradient
+        # flatten_backward: reshape back to (N, H, W, C), then to NCHW as the graph runs.
+        channels, h, w = step.in_shape
+        shape = _int64(graph, f"{name}.nhwc_shape", [-1, h, w, channels])
+        graph.add("Reshape", [dout, shape], f"d_{name}_nhwc", f"grad_{name}")
+        graph.add("Transpose", [f"d_{name}_nhwc"], d_in, f"grad_{name}_to_nchw",
+                  perm=[0, 3, 1, 2])  # fmt: skip
+    elif kind is GlobalAvgPool:
+        # global_avg_pool_backward: each of the H*W pixels gets dout / (H*W).
+        channels, h, w = step.in_shape
+        graph.add("Reshape", [dout, _int64(graph, f"{name}.nc11", [-1, channels, 1, 1])],
+                  f"d_{name}_nc11", f"grad_{name}_nc11")  # fmt: skip
+        graph.add("Div", [f"d_{name}_nc11", graph.constant(f"{name}.pixels", h * w)],
+                  f"d_{name}_share", f"grad_{name}_share")  # fmt: skip
+        graph.add("Expand", [f"d_{name}_share", _int64(graph, f"{name}.in_shape",
+                  [1, channels, h, w])], d_in, f"grad_{name}")  # fmt: skip
+    elif kind is MaxPool:
+        _add_max_pool_backward(graph, step, dout, d_in)
+    elif kind is AvgPool:
+        _add_avg_pool_backward(graph, step, dout, d_in)
+    elif kind is Conv:
+        _add_conv_backward(graph, step, dout, d_in)
+    else:  # _check_differentiable refused it before
+        raise AssertionError(kind)
+    graph.tensor = d_in
+    return d_in
+
+
+def _transpose_geometry(in_hw, out_hw, window, strides, pads) -> dict:
+    """ConvTranspose attributes that give back an (H, W) input from an (Ho, Wo) output.
+
+    ONNX: H = s * (Ho - 1) + output_padding + k - pad_start - pad_end. A convolution (or
+    pooling) whose last window stops short of the padded input's end (floor division)
+    leaves ``(H + pads - k) mod s`` rows no window reads: ``output_padding`` appends
+    them, with gradient 0, as our backward's scatter leaves them.
+    """
+    (top, bottom), (left, right) = pads
+    extra = [
+        n + p0 + p1 - ((o - 1) * s + k)
+        for n, o, k, s, (p0, p1) in zip(in_hw, out_hw, window, strides, pads)
+    ]
+    assert all(0 <= e < s for e, s in zip(extra, strides)), (extra, strides)
+    return {
+        "kernel_shape": list(window),
+        "strides": list(strides),
+        "pads": [top, left, bottom, right],
+        "output_padding": extra,
+    }
+
+
+# --8<-- [start:conv_backward_onnx]
+def _add_conv_backward(graph: _Graph, step: _Step, dout: str, d_in: str) -> None:
+    """conv2d_backward's dx: ConvTranspose with the forward's own OIHW kernel.
+
+    Our ``conv2d_backward`` writes dx as a convolution of the stride-dilated, padded
+    output gradient with the flipped kernel, its in/out channels swapped. ConvTranspose
+    is exactly that operation (the adjoint of Conv with the same pads and strides), and
+    ONNX defines its weight as (C_in of the transpose, C_out, kh, kw), the OIHW layout
+    the forward Conv's initializer already has. So the node reads ``<name>.weight``
+    itself: no flipped copy of the kernel in the file, and no zero-insertion node for a
+    strided conv (a plain Conv with the flipped kernel would need both).
+    """
+    channels, h, w = step.in_shape
+    _, ho, wo = step.out_shape
+    kernel = np.asarray(step.params["kernel"])
+    geo = conv_geometry((1, h, w, channels), kernel.shape, step.layer.strides,
+                        step.layer.padding)  # fmt: skip
+    attributes = _transpose_geometry((h, w), (ho, wo), geo.window, geo.strides, geo.pads)
+    graph.add("ConvTranspose", [dout, f"{step.name}.weight"], d_in, f"grad_{step.name}",
+              **attributes)  # fmt: skip
+
+
+# --8<-- [end:conv_backward_onnx]
+
+
+# --8<-- [start:max_pool_backward_onnx]
+def _add_max_pool_backward(graph: _Graph, step: _Step, dout: str, d_in: str) -> None:
+    """max_pool_backward: each window's gradient goes to its first maximum, row-major.
+
+    The forward MaxPool node also writes its ``Indices`` output (``<name>_argmax``): for
+    each window, the flat NCHW index ``((n * C + c) * H + h) * W + w`` of its maximum in
+    the unpadded input (ONNX's ``storage_order=0``). onnxruntime scans a window row by
+    row and replaces its maximum only by a strictly larger value, so a tie goes to the
+    first maximum in row-major order: our convention (``max_pool_forward``), which is
+    also where ``jax.grad`` sends it. ScatterElements then adds each window's gradient
+    into a zero tensor of the input's size at that index (``reduction="add"``:
+    overlapping windows may pick the same cell, and then their shares add, as ours do).
+    """
+    name = step.name
+    flat = _int64(graph, f"{name}.flat", [-1])
+    graph.add("Shape", [step.input], f"{name}_in_shape", f"{name}_in_shape")
+    zero = helper.make_tensor(f"{name}.zero", TensorProto.FLOAT, [1], [0.0])
+    graph.add("ConstantOfShape", [f"{name}_in_shape"], f"{name}_zeros", f"{name}_zeros",
+              value=zero)  # fmt: skip
+    graph.add("Reshape", [f"{name}_zeros", flat], f"{name}_zeros_flat", f"{name}_zeros_flat")
+    graph.add("Reshape", [f"{name}_argmax", flat], f"{name}_argmax_flat",
+              f"{name}_argmax_flat")  # fmt: skip
+    graph.add("Reshape", [dout, flat], f"d_{name}_flat", f"grad_{name}_flat")
+    graph.add("ScatterElements", [f"{name}_zeros_flat", f"{name}_argmax_flat",
+              f"d_{name}_flat"], f"d_{name}_input_flat", f"grad_{name}_scatter", axis=0,
+              reduction="add")  # fmt: skip
+    graph.add("Reshape", [f"d_{name}_input_flat", f"{name}_in_shape"], d_in, f"grad_{name}")
+
+
+# --8<-- [end:max_pool_backward_onnx]
+
+
+def _add_avg_pool_backward(graph: _Graph, step: _Step, dout: str, d_in: str) -> None:
+    """avg_pool_backward: every cell of a window gets 1 / (kh * kw) of its gradient.
+
+    Average pooling with padded cells counted as zeros is a depthwise convolution with a
+    constant kernel 1 / (kh * kw); its backward is the ConvTranspose of that kernel, one
+    group per channel, with the pooling's pads and strides (as for Conv above).
+    """
+    channels, h, w = step.in_shape
+    _, ho, wo = step.out_shape
+    layer = step.layer
+    window, strides, pads, _ = pool_geometry((h, w), layer.window, layer.strides, layer.padding)
+    share = np.full((channels, 1, *window), 1.0 / (window[0] * window[1]))
+    kernel = graph.constant(f"{step.name}.share", share)
+    attributes = _transpose_geometry((h, w), (ho, wo), window, strides, pads)
+    graph.add("ConvTranspose", [dout, kernel], d_in, f"grad_{step.name}", group=channels,
+              **attributes)  # fmt: skip
+
+
+def build_gradient_onnx(
+    model: Sequential,
+    params: dict,
+    state: dict,
+    *,
+    model_name: str,
+    layout: str = "nhwc",
+    metadata: dict | None = None,
+) -> onnx.ModelProto:
+    """The eval-mode network and its input gradient, as one checked ONNX model.
+
+    Inputs: ``image``, as for ``build_onnx`` (float32 pixels in [0, 1], NHWC or NCHW),
+    and ``label`` (batch,) int64, the class whose loss to differentiate (FGSM on a
+    reader's digit passes the class the network predicts). Outputs: ``logits``
+    (batch, K), ``loss`` (batch,), each example's cross-entropy at its label, and
+    ``gradient`` (the image's shape), d loss_i / d image_i: what
+    ``attacks.loss_and_gradient`` returns, computed by our backward pass, node by node.
+    """
+    if layout not in LAYOUTS:
+        raise ExportError(f"unknown layout {layout!r}; choose one of: {', '.join(LAYOUTS)}.")
+    try:
+        folded, folded_params = fold_batchnorm(model, params, state)
+    except ShapeError as error:
+        raise ExportError(f"cannot export architecture {model_name!r}: {error}") from error
+    for name, layer in zip(folded.names, folded.layers):
+        _check_differentiable(name, layer, model_name)
+
+    h, w, c = IMAGE_SHAPE
+    graph = _Graph(tensor=INPUT_NAME, shape=(c, h, w))
+    _add_input(graph, layout)
+    steps: list[_Step] = []
+    for name, layer in zip(folded.names, folded.layers):
+        before, in_shape = graph.tensor, graph.shape
+        layer_params = folded_params.get(name, {})
+        _add_layer(graph, name, layer, layer_params, model_name)
+        if type(layer) is MaxPool:
+            graph.nodes[-1].output.append(f"{name}_argmax")  # the Indices output
+        steps.append(_Step(name, layer, layer_params, before, in_shape, graph.shape))
+    if graph.spatial:
+        raise ExportError(
+            f"cannot export architecture {model_name!r}: its output is a feature map of "
+            f"shape {graph.shape}, not one score per class."
+        )
+    output = graph.tensor
+    _rename_output(graph, output, "logits")
+    for step in steps:  # a Flatten of an (N, D) activation may have read it
+        step.input = "logits" if step.input == output else step.input
+    (classes,) = graph.shape
+
+    grad = _add_loss_and_its_gradient(graph, classes)
+    for step in reversed(steps):
+        grad = _add_backward(graph, step, grad)
+    # standardize_unit's backward: (x - mean) / std has derivative 1 / std; the graph's
+    # Transpose to NCHW is undone first.
+    if layout == "nhwc":
+        graph.add("Transpose", [grad], "d_standardized", "grad_to_nhwc", perm=[0, 2, 3, 1])
+        grad = "d_standardized"
+    graph.add("Div", [grad, "pixel_std"], "gradient", "grad_standardize")
+
+    input_shape = [BATCH, h, w, c] if layout == "nhwc" else [BATCH, c, h, w]
+    inputs = [
+        _value_info(INPUT_NAME, input_shape),
+        helper.make_tensor_value_info(LABEL_NAME, TensorProto.INT64, [BATCH]),
+    ]
+    outputs = [
+        _value_info("logits", [BATCH, classes]),
+        _value_info("loss", [BATCH]),
+        _value_info("gradient", input_shape),
+    ]
+    onnx_graph = helper.make_graph(graph.nodes, f"scratchcnn_{model_name}_gradient", inputs,
+                                   outputs, initializer=graph.initializers)  # fmt: skip
+    names = [o.name for o in outputs]
+    props = _metadata(model_name, layout, input_shape, ["logits"], None)
+    props.update({
+        "label": f"{LABEL_NAME}: int64 (batch), the class whose cross-entropy is differentiated",
+        "output_names": ", ".join(names),
+        "outputs": json.dumps(GRADIENT_OUTPUT_MEANINGS),
+        "gradient": (
+            "our hand-written backward pass (scratchcnn/ops/*_backward), exported node by "
+            "node; max-pool gradients go to the first maximum of each window, row-major"
+        ),
+    })  # fmt: skip
+    for key, value in (metadata or {}).items():
+        if key in props:
+            raise ExportError(f"metadata key {key!r} is already set by the export itself.")
+        props[str(key)] = value if isinstance(value, str) else json.dumps(value)
+    onnx_model = _make_model(onnx_graph, model_name, props)
+    onnx.checker.check_model(onnx_model, full_check=True)
+    return onnx_model

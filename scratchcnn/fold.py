@@ -19,7 +19,7 @@ import dataclasses
 
 import numpy as np
 
-from scratchcnn.errors import ShapeError
+from scratchcnn.errors import ShapeError, WeightError
 from scratchcnn.layers import BatchNorm, Conv, Dense, Dropout, Layer, Sequential
 
 
@@ -30,7 +30,10 @@ def fold_batchnorm(model: Sequential, params: dict, state: dict) -> tuple[Sequen
     architecture). The folded layers keep their order; ``Sequential`` renames them
     (``conv1``, ``relu1``...), and ``folded_params`` uses those new names. The folded
     network has no state. Arithmetic is float64, the result in the params' dtype.
+    Weights that are not finite, or a negative BatchNorm variance, raise WeightError:
+    folding would turn them into a network that quietly answers NaN.
     """
+    check_weights(params, state)
     layers: list[Layer] = []
     weights: list[dict] = []  # params of each kept layer, in order
     for name, layer in zip(model.names, model.layers):
@@ -50,6 +53,18 @@ def fold_batchnorm(model: Sequential, params: dict, state: dict) -> tuple[Sequen
     folded = Sequential(layers)
     folded_params = {n: w for n, w in zip(folded.names, weights) if w}
     return folded, folded_params
+
+
+def check_weights(params: dict, state: dict) -> None:
+    """Refuse NaN or inf anywhere, and BatchNorm variances below zero, in one sentence."""
+    for tree_name, tree in (("params", params), ("state", state)):
+        for layer, arrays in tree.items():
+            for name, array in arrays.items():
+                array = np.asarray(array)
+                if not np.isfinite(array).all():
+                    raise WeightError(f"{tree_name} {layer}/{name} holds NaN or inf values.")
+                if tree_name == "state" and name == "var" and (array < 0).any():
+                    raise WeightError(f"state {layer}/var holds a negative BatchNorm variance.")
 
 
 # --8<-- [start:fold_pair]

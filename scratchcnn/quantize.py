@@ -198,19 +198,21 @@ def calibrate(
     price of zero points in every formula; the accuracy above shows we do not need it.
     """
     wanted = [n for n, layer in zip(model.names, model.layers) if isinstance(layer, Conv | Dense)]
+    # The maximum needs one running number per layer; a percentile needs every value
+    # (memory grows with the number of images: about 1 GB for 1,000 keras_cnn images).
+    tops = {name: 0.0 for name in wanted}
     magnitudes: dict[str, list[np.ndarray]] = {name: [] for name in wanted}
     for start in range(0, len(unit_images), batch_size):
         x = standardize_unit(np.asarray(unit_images[start : start + batch_size], np.float32))
         for name, layer in zip(model.names, model.layers):
-            if name in magnitudes:
-                magnitudes[name].append(np.abs(x).ravel())
+            if name in tops:
+                tops[name] = max(tops[name], float(np.abs(x).max()))
+                if percentile < 100:
+                    magnitudes[name].append(np.abs(x).ravel())
             x, _, _ = layer.forward(params.get(name, {}), {}, x, train=False)
-    scales = {}
-    for name, parts in magnitudes.items():
-        values = np.concatenate(parts)
-        top = values.max() if percentile >= 100 else np.percentile(values, percentile)
-        scales[name] = np.float32(symmetric_scale(top))
-    return scales
+    if percentile < 100:
+        tops = {n: np.percentile(np.concatenate(v), percentile) for n, v in magnitudes.items()}
+    return {name: np.float32(symmetric_scale(top)) for name, top in tops.items()}
 
 
 def quantize_network(
@@ -435,11 +437,13 @@ def quantized_onnx(float_model, qnet: QuantizedNetwork):
         graph.initializer.remove(initializers[name])  # the float weights go
     graph.initializer.extend(numpy_helper.from_array(a, name) for name, a in arrays.items())
     props = {p.key: p.value for p in model.metadata_props}
-    props["quantization"] = (
+    method = (
         "int8 QDQ: per-output-channel symmetric int8 weights, int32 biases at scale "
         "input_scale * weight_scale, int8 activations (zero point 0) with scales "
         "calibrated on training images"
     )
+    # The caller may have said more (the command line: how many images calibrated it).
+    props["quantization"] = props.get("quantization", method)
     onnx.helper.set_model_props(model, props)
     onnx.checker.check_model(model, full_check=True)
     return model

@@ -102,7 +102,7 @@ def chromium() -> Path:
     if CHROMIUM.exists():
         return CHROMIUM
     reason = f"needs Debian's Chromium at {CHROMIUM}: sudo apt-get install chromium"
-    if os.environ.get(REQUIRE_BROWSER_ENV):
+    if os.environ.get(REQUIRE_BROWSER_ENV, "0") not in ("", "0"):
         pytest.fail(f"{REQUIRE_BROWSER_ENV} is set but {reason}")
     pytest.skip(reason)
 

@@ -482,15 +482,48 @@ def test_cli_int8_writes_a_quantized_model_as_accurate_as_float(mnist_dir, mnist
     images, labels = mnist_test
     x = to_unit_nhwc(images[:1000])
     accuracy = {}
-    for name, flags in {"float": [], "int8": ["--int8", "--calibration", "500"]}.items():
+    int8 = ["--int8", "--calibration", "500", "--data-dir", str(mnist_dir)]
+    for name, flags in {"float": [], "int8": int8}.items():
         target = tmp_path / f"{name}.onnx"
-        result = runner.invoke(app, ["export", "default", "--output", str(target),
-                                     "--data-dir", str(mnist_dir), *flags])  # fmt: skip
+        result = runner.invoke(app, ["export", "default", "--output", str(target), *flags])
         assert result.exit_code == 0, result.output
         session = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
         (logits,) = session.run(["logits"], {"image": x})
         accuracy[name] = (logits.argmax(1) == labels[:1000]).mean()
-        kinds = {init.data_type for init in onnx.load(str(target)).graph.initializer}
+        written = onnx.load(str(target))
+        kinds = {init.data_type for init in written.graph.initializer}
         assert (onnx.TensorProto.INT8 in kinds) == (name == "int8")
+        props = {p.key: p.value for p in written.metadata_props}
+        assert ("first 500 MNIST training images" in props.get("quantization", "")) == (
+            name == "int8"
+        )
     assert (tmp_path / "int8.onnx").stat().st_size < 0.3 * (tmp_path / "float.onnx").stat().st_size
     assert abs(accuracy["int8"] - accuracy["float"]) <= 0.003, accuracy
+
+
+def test_cli_refuses_weights_that_are_not_finite_and_its_own_source(tmp_path):
+    model = models.build("default")
+    params, state = model.init(0)
+    bad = {"nan": ("params", "conv1", "kernel", np.nan),
+           "inf": ("params", "dense1", "bias", np.inf),
+           "var": ("state", "batchnorm1", "var", -1.0)}  # fmt: skip
+    for label, (tree, layer, name, value) in bad.items():
+        p = {k: {n: a.copy() for n, a in v.items()} for k, v in params.items()}
+        s = {k: {n: a.copy() for n, a in v.items()} for k, v in state.items()}
+        ({"params": p, "state": s}[tree])[layer][name].flat[0] = value
+        path = tmp_path / f"{label}.npz"
+        save_checkpoint(path, model_name="default", model=model, params=p, state=s)
+        for flags in ([], ["--int8"]):
+            target = tmp_path / f"{label}.onnx"
+            result = run("export", path, "--output", target, *flags)
+            assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+            assert f"{layer}/{name}" in result.stderr and len(result.stderr.splitlines()) == 1
+            assert not target.exists() and not list(tmp_path.glob("*.tmp"))
+    good = tmp_path / "good.npz"
+    save_checkpoint(good, model_name="default", model=model, params=params, state=state)
+    before = good.read_bytes()
+    result = run("export", good, "--output", good, "--force")
+    assert result.exit_code == 1 and "is the checkpoint being exported" in result.stderr
+    assert good.read_bytes() == before
+    result = run("export", good, "--output", tmp_path / "x.onnx", "--calibration", "10")
+    assert result.exit_code == 1 and "only apply with --int8" in result.stderr

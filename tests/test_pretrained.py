@@ -89,12 +89,19 @@ def test_unknown_and_missing_names_are_one_sentence(monkeypatch, tmp_path):
     monkeypatch.setattr(pretrained, "MANIFEST", tmp_path / "MANIFEST.json")
     with pytest.raises(pretrained.PretrainedError, match="not shipped"):
         pretrained.path("best")
-    with pytest.raises(CheckpointError, match="not the name of a pretrained network"):
-        load_for_model(tmp_path / "nothing.npz")
+    with pytest.raises(CheckpointError, match="does not exist.$"):
+        load_for_model(tmp_path / "nothing.npz")  # a path: no talk of pretrained names
+    (tmp_path / "MANIFEST.json").write_text('{"best": {"file": "best.npz"}}')
+    with pytest.raises(pretrained.PretrainedError, match="not a valid manifest"):
+        pretrained.path("best")
 
 
-def test_a_file_wins_over_a_pretrained_name(tmp_path, monkeypatch):
+def test_a_file_wins_over_a_pretrained_name_but_a_folder_does_not(tmp_path, monkeypatch):
+    shipped("default")
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "default").mkdir()  # as `scratchcnn train --output default` makes it
+    assert load_for_model("default")[1].path == pretrained.path("default")
+    (tmp_path / "default").rmdir()
     (tmp_path / "default").write_text("my own notes, not a network")
     with pytest.raises(CheckpointError, match="not a checkpoint"):
         load_for_model("default")

@@ -40,7 +40,15 @@ class PretrainedError(ScratchCNNError, ValueError):
 
 def manifest() -> dict:
     """{name: record} of the networks shipped in this copy of scratchcnn."""
-    return json.loads(MANIFEST.read_text()) if MANIFEST.is_file() else {}
+    if not MANIFEST.is_file():
+        return {}
+    try:
+        records = json.loads(MANIFEST.read_text())
+        if not all(isinstance(r, dict) and "sha256" in r for r in records.values()):
+            raise ValueError("a record without its SHA-256")
+    except (ValueError, AttributeError) as error:
+        raise PretrainedError(f"{MANIFEST} is not a valid manifest ({error}).") from None
+    return records
 
 
 def available() -> list[str]:
@@ -71,18 +79,23 @@ def path(name: str) -> Path:
 
 
 def resolve_checkpoint(argument: str | os.PathLike) -> Path:
-    """A checkpoint argument as a file: an existing path as is, else a pretrained name.
+    """A checkpoint argument as a file: an existing file as is, else a pretrained name.
 
-    A file wins over a name, so a checkpoint a user saved as ``./best`` still loads.
+    A file wins over a name, so a checkpoint a user saved as ``./best`` still loads; a
+    folder does not (``scratchcnn train --output default`` makes one).
     """
     candidate = Path(argument)
-    if candidate.exists() or str(argument) not in NAMES:
+    if candidate.is_file() or str(argument) not in NAMES:
         return candidate
     return path(str(argument))
 
 
-def load(name: str):
-    """``(model, params, state)`` of pretrained network ``name``, ready for eval mode."""
+def load(name: str) -> tuple:
+    """``(model, params, state)`` of pretrained network ``name``, ready for eval mode.
+
+    model: a ``Sequential``; params and state: ``{layer: {array name: float32 array}}``,
+    as ``model.init`` makes them (the model reads (N, 28, 28, 1) standardized images).
+    """
     from scratchcnn.checkpoint import load_for_model
 
     model, checkpoint = load_for_model(path(name))

@@ -4,7 +4,8 @@
         --command "scratchcnn train --seed 0 --output runs/default-s0" --commit c622238
 
 Copies the run's best checkpoint without its optimizer state (float32 params and
-BatchNorm state only, so the file is a third of the size), and records in MANIFEST.json
+BatchNorm state only, so the file is a third of the size) and with its training history
+(and that of the runs it was fine-tuned from), and records in MANIFEST.json
 its SHA-256, size, the command and commit that trained it, and the test accuracy that
 run measured.
 """
@@ -29,7 +30,12 @@ def ship(run: Path, name: str, command: str, commit: str) -> dict:
     model, checkpoint = load_for_model(run / "best.npz")
     target = FOLDER / f"{name}.npz"
     info = {key: checkpoint.info[key] for key in KEPT_INFO if key in checkpoint.info}
-    info |= {"command": command, "commit": commit, "test_accuracy": history["test_accuracy"]}
+    info |= {
+        "command": command,
+        "commit": commit,
+        "test_accuracy": history["test_accuracy"],
+        "history": run_history(run, run.parent.parent),
+    }
     save_checkpoint(target, model_name=checkpoint.model_name, model=model,
                     params=checkpoint.params, state=checkpoint.state, info=info)  # fmt: skip
     record = {
@@ -48,6 +54,18 @@ def ship(run: Path, name: str, command: str, commit: str) -> dict:
     text = json.dumps({n: records[n] for n in DESCRIPTIONS if n in records}, indent=2) + "\n"
     write_atomically(MANIFEST, lambda file: file.write(text.encode()))
     return record
+
+
+def run_history(run: Path, root: Path) -> list[dict]:
+    """Every epoch of ``run`` (its history.json), after the epochs of the run it was
+    fine-tuned from (``init_from``, a path relative to ``root``), numbered on from them."""
+    summary = json.loads((run / "history.json").read_text())
+    history = [{**record, "run": run.name} for record in summary["history"]]
+    parent = summary["config"].get("init_from")
+    if not parent:
+        return history
+    before = run_history((root / parent).parent, root)
+    return before + [{**r, "epoch": r["epoch"] + len(before)} for r in history]
 
 
 def main() -> None:
