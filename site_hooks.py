@@ -2,14 +2,16 @@
 
 ``on_pre_build`` exports every pretrained network this copy of scratchcnn ships to ONNX
 for the "Draw a digit" page (``site/demo.md``), which runs them in the browser with
-onnxruntime-web: ``site/assets/demo/models/<name>.onnx`` plus ``index.json``, the list of
-networks the page offers. These files are generated, not committed (.gitignore).
+onnxruntime-web: ``site/assets/demo/models/<name>.onnx``, ``<name>.grad.onnx`` (the same
+network with our backward pass: logits, loss and d loss / d image, for the page's FGSM
+attack), plus ``index.json``, the list of networks the page offers. These files are
+generated, not committed (.gitignore).
 
 A network is exported again only when its stamp changed: the SHA-256 of the shipped
-checkpoint and of the exporter's source (``scratchcnn/export.py``, ``scratchcnn/fold.py``
-and this file), recorded in ``index.json`` along with the ONNX file's own SHA-256. An
-unchanged build rewrites nothing, so ``mkdocs serve`` does not see its own output as an
-edit and loop.
+checkpoint and of the exporter's source (every ``scratchcnn/**/*.py`` and this file),
+recorded in ``index.json`` along with the two ONNX files' own SHA-256s; both files of a
+network are exported again together. An unchanged build rewrites
+nothing, so ``mkdocs serve`` does not see its own output as an edit and loop.
 """
 
 from __future__ import annotations
@@ -21,13 +23,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 MODELS = ROOT / "site" / "assets" / "demo" / "models"
-# The source files whose change changes an exported file: the exporter, and this hook
-# (which chooses the export's options).
-EXPORTER_SOURCES = [
-    ROOT / "scratchcnn" / "export.py",
-    ROOT / "scratchcnn" / "fold.py",
-    Path(__file__).resolve(),
-]
+# The source files whose change can change an exported file: the whole library (the
+# exporter reads layer geometry, constants and the version from all over it), and this
+# hook (which chooses the export's options).
+def exporter_sources() -> list[Path]:
+    return [*sorted((ROOT / "scratchcnn").rglob("*.py")), Path(__file__).resolve()]
 
 log = logging.getLogger("mkdocs.hooks.site_hooks")
 
@@ -44,7 +44,7 @@ def sha256(path: Path) -> str:
 def exporter_sha256() -> str:
     """One digest of the exporter's source files, in a fixed order."""
     digest = hashlib.sha256()
-    for path in EXPORTER_SOURCES:
+    for path in exporter_sources():
         digest.update(path.read_bytes())
     return digest.hexdigest()
 
@@ -54,9 +54,11 @@ def export_demo_models(folder: Path) -> dict:
     ``folder/index.json``, delete the ONNX files of networks no longer shipped.
 
     Returns the index: ``{"networks": [{"name", "file", "description", "architecture",
-    "test_accuracy", "checkpoint_sha256", "exporter_sha256", "onnx_sha256", "bytes"}]}``.
+    "test_accuracy", "checkpoint_sha256", "exporter_sha256", "onnx_sha256", "bytes",
+    "gradient_file", "gradient_onnx_sha256", "gradient_bytes"}]}``.
     """
     from scratchcnn import pretrained
+    from scratchcnn.data.idx import write_atomically
 
     folder.mkdir(parents=True, exist_ok=True)
     index_path = folder / "index.json"
@@ -68,12 +70,16 @@ def export_demo_models(folder: Path) -> dict:
     for name in pretrained.available():
         record = manifest[name]
         target = folder / f"{name}.onnx"
+        gradient = folder / f"{name}.grad.onnx"
         stamp = {"checkpoint_sha256": record["sha256"], "exporter_sha256": exporter}
         old = previous.get(name, {})
-        current = target.is_file() and all(old.get(key) == value for key, value in stamp.items())
-        if not (current and old.get("onnx_sha256") == sha256(target)):
-            log.info("exporting the pretrained network %r to %s", name, target)
-            _export(name, record, target)
+        current = all(old.get(key) == value for key, value in stamp.items()) and all(
+            path.is_file() and old.get(key) == sha256(path)
+            for path, key in ((target, "onnx_sha256"), (gradient, "gradient_onnx_sha256"))
+        )
+        if not current:
+            log.info("exporting the pretrained network %r to %s and %s", name, target, gradient)
+            _export(name, record, target, gradient)
         networks.append({
             "name": name,
             "file": target.name,
@@ -83,9 +89,12 @@ def export_demo_models(folder: Path) -> dict:
             **stamp,
             "onnx_sha256": sha256(target),
             "bytes": target.stat().st_size,
+            "gradient_file": gradient.name,
+            "gradient_onnx_sha256": sha256(gradient),
+            "gradient_bytes": gradient.stat().st_size,
         })  # fmt: skip
 
-    shipped = {network["file"] for network in networks}
+    shipped = {n[key] for n in networks for key in ("file", "gradient_file")}
     for stale in folder.glob("*.onnx"):
         if stale.name not in shipped:
             log.info("removing %s: no longer a shipped network", stale)
@@ -94,7 +103,7 @@ def export_demo_models(folder: Path) -> dict:
     index = {"networks": networks}
     text = json.dumps(index, indent=2) + "\n"
     if not index_path.is_file() or index_path.read_text() != text:
-        index_path.write_text(text)
+        write_atomically(index_path, lambda file: file.write(text.encode()))
     return index
 
 
@@ -106,18 +115,24 @@ def _read_index(path: Path) -> dict:
         return {}
 
 
-def _export(name: str, record: dict, target: Path) -> None:
-    """The pretrained network as ONNX: probabilities, and the first conv layer's maps.
-
-    The same graph and metadata as ``scratchcnn export <name> --features`` writes.
+def _export(name: str, record: dict, target: Path, gradient: Path) -> None:
+    """The pretrained network as ONNX: probabilities, and the first conv layer's maps
+    (the same graph and metadata as ``scratchcnn export <name> --features`` writes); and
+    its gradient graph (``build_gradient_onnx``: logits, loss, d loss / d image).
     """
     from scratchcnn import pretrained
-    from scratchcnn.export import build_onnx, save_onnx
+    from scratchcnn.export import build_gradient_onnx, build_onnx, save_onnx
 
     model, params, state = pretrained.load(name)
+    source = {"source_checkpoint": record["file"], "source_sha256": record["sha256"]}
     onnx_model = build_onnx(
         model, params, state,
         model_name=record["architecture"], softmax=True, features=True, layout="nhwc",
-        metadata={"source_checkpoint": record["file"], "source_sha256": record["sha256"]},
+        metadata=source,
     )  # fmt: skip
-    save_onnx(onnx_model, target, force=True)  # atomic: a parallel build never reads half
+    gradient_model = build_gradient_onnx(
+        model, params, state, model_name=record["architecture"], layout="nhwc", metadata=source
+    )
+    # Atomic writes: a parallel build never reads half a file.
+    save_onnx(onnx_model, target, force=True)
+    save_onnx(gradient_model, gradient, force=True)

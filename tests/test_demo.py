@@ -8,7 +8,11 @@
 - ``browser``: Chromium draws digits on the page with real mouse strokes, hand-made ones
   and MNIST test digits traced row by row, and the page must name them; an empty canvas
   shows no prediction, Clear clears, every network in the list loads and reads the
-  drawing, no request leaves the local server, the console stays free of errors.
+  drawing, no request leaves the local server, the console stays free of errors;
+- ``browser``: "Attack my drawing" (FGSM through the exported gradient graph) on digits
+  drawn with the mouse: the attacked image stays within eps of the drawing and in
+  [0, 1], equals what Python computes from the same file, and fools the network on at
+  least one of them.
 
 Screenshots go to ``build/screenshots/demo-*.png`` for a human to look at. The site is
 built once per session (``built_site``/``served_site`` in conftest.py).
@@ -58,6 +62,12 @@ def test_build_exports_the_shipped_networks_and_lists_them(built_site):
         assert meta["source_sha256"] == record["sha256"] == network["checkpoint_sha256"]
         assert [o.name for o in model.graph.output] == ["logits", "probabilities", "features"]
         assert network["test_accuracy"] == record["test_accuracy"]
+        gradient = onnx.load(built_site / "assets" / "demo" / "models" / network["gradient_file"])
+        assert network["gradient_file"] == f"{network['name']}.grad.onnx"
+        assert [i.name for i in gradient.graph.input] == ["image", "label"]
+        assert [o.name for o in gradient.graph.output] == ["logits", "loss", "gradient"]
+        meta = {prop.key: prop.value for prop in gradient.metadata_props}
+        assert meta["source_sha256"] == record["sha256"]
 
 
 def test_an_up_to_date_export_is_not_redone(built_site):
@@ -68,6 +78,18 @@ def test_an_up_to_date_export_is_not_redone(built_site):
     before = {path.name: path.stat().st_mtime_ns for path in folder.iterdir()}
     site_hooks.export_demo_models(folder)  # the build just ran: everything is current
     assert {path.name: path.stat().st_mtime_ns for path in folder.iterdir()} == before
+
+
+def test_a_missing_gradient_graph_is_exported_again(built_site):
+    spec = importlib.util.spec_from_file_location("site_hooks", ROOT / "site_hooks.py")
+    site_hooks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(site_hooks)
+    folder = site_hooks.MODELS
+    (folder / "default.grad.onnx").unlink()
+    index = site_hooks.export_demo_models(folder)
+    entry = next(n for n in index["networks"] if n["name"] == "default")
+    assert (folder / "default.grad.onnx").is_file()
+    assert entry["gradient_onnx_sha256"] == site_hooks.sha256(folder / "default.grad.onnx")
 
 
 def test_the_page_names_the_vendored_onnxruntime_version(built_site):
@@ -149,7 +171,7 @@ class DemoPage:
 
     def bar_heights(self) -> list[str]:
         return self.tab.eval_on_selector_all(
-            ".digit-demo__bar-fill", "bars => bars.map(b => b.style.height)"
+            ".digit-demo__result .digit-demo__bar-fill", "bars => bars.map(b => b.style.height)"
         )
 
     def _canvas(self, selector: str) -> np.ndarray:
@@ -328,7 +350,8 @@ def test_an_empty_pad_shows_no_prediction(fresh):
     assert fresh.prediction == ""
     assert fresh.shown_text() == "draw a digit"
     assert set(fresh.bar_heights()) == {"0%"}
-    assert fresh.tab.locator(".digit-demo__bar--best").count() == 0
+    assert fresh.tab.locator(".digit-demo__result .digit-demo__bar--best").count() == 0
+    assert fresh.tab.locator(".digit-demo__attack-button").is_disabled()
     fresh.screenshot("empty", full_page=True)
 
 
@@ -403,6 +426,144 @@ def test_every_listed_network_loads_and_reads_the_drawing(fresh, built_site):
         fresh.screenshot(f"network-{name}")
         assert fresh.prediction == "7", name
         assert name in fresh.tab.locator(".digit-demo__status").inner_text()
+
+
+# --------------------------------------------------------------------------- the attack
+
+ATTACK_RESULT = """section => section.result && {
+  eps: section.result.eps, label: section.result.label, loss: section.result.loss,
+  image: Array.from(section.result.image),
+  adversarial: Array.from(section.result.adversarial),
+  probabilities: Array.from(section.result.probabilities),
+}"""
+
+
+def _attack_result(demo: DemoPage) -> dict:
+    """The numbers of the attack the page shows, from ``section.result`` (demo.js)."""
+    result = demo.tab.eval_on_selector(".digit-demo__attack", ATTACK_RESULT)
+    for key in ("image", "adversarial", "probabilities"):
+        result[key] = np.asarray(result[key], dtype=np.float32)
+    return result
+
+
+def _set_eps(demo: DemoPage, eps: float) -> None:
+    demo.tab.locator(".digit-demo__eps").fill(str(eps))  # sets it and fires "input"
+    demo.settle()
+
+
+@pytest.mark.browser
+def test_attack_my_drawing(browser, served_site, built_site):
+    """FGSM at eps 0.3 on hand-drawn digits through default.grad.onnx, in the page.
+
+    Its own tab: once pressed, the attack stays on for every later drawing.
+    """
+    import onnxruntime
+
+    models = built_site / "assets" / "demo" / "models"
+    providers = ["CPUExecutionProvider"]
+    gradient_graph = onnxruntime.InferenceSession(str(models / "default.grad.onnx"),
+                                                  providers=providers)  # fmt: skip
+    network = onnxruntime.InferenceSession(str(models / "default.onnx"), providers=providers)
+    demo = DemoPage(browser, served_site)
+    assert demo.root.get_attribute("data-network") == "default"
+    section = demo.tab.locator(".digit-demo__attack")
+    button = demo.tab.locator(".digit-demo__attack-button")
+    assert button.is_disabled()  # nothing drawn yet
+    fooled = {}
+    for n, (label, strokes) in enumerate(HAND_MADE.items()):
+        demo.clear()
+        assert button.is_disabled()
+        demo.draw(strokes)
+        assert demo.prediction == label
+        if n == 0:
+            _set_eps(demo, 0.3)
+            assert demo.tab.locator(".digit-demo__eps-value").inner_text() == "0.30"
+            button.click()  # then every new drawing is attacked as it is drawn
+            demo.settle()
+        assert section.get_attribute("data-attack") == "on"
+        assert section.get_attribute("data-eps") == "0.30"
+        result = _attack_result(demo)
+        x, x_adv = result["image"].reshape(28, 28), result["adversarial"].reshape(28, 28)
+        assert result["eps"] == pytest.approx(0.3) and str(result["label"]) == label
+        # The attacked pixels: within eps of the drawing's image, and in [0, 1].
+        assert np.abs(x_adv - x).max() <= 0.3 + 1e-6
+        assert x_adv.min() >= 0 and x_adv.max() <= 1
+        assert np.abs(demo.network_input() - x).max() <= 1 / 255  # x: what the network saw
+        painted = demo._canvas(".digit-demo__adversarial")
+        assert np.abs(painted - x_adv).max() <= 1 / 255
+        # The same step in Python, from the same gradient file. A few pixels may differ:
+        # a drawing's pixels come from a Lanczos filter, so neighbours differ by 1e-7 and
+        # faint ringing sits just above 0; max-pool windows then hold near-ties (and ReLU
+        # inputs lie near 0) that onnxruntime's wasm and x86 builds, which round
+        # differently, settle differently. Rounded to multiples of 1/255, as MNIST's
+        # pixels are, the same drawings give equal gradients within 1e-5, and the next
+        # test checks the browser's gradient on MNIST digits against jax.grad.
+        (g,) = gradient_graph.run(["gradient"], {"image": x[None, :, :, None],
+                                                 "label": np.array([int(label)])})  # fmt: skip
+        python_adv = np.clip(x + np.float32(0.3) * np.sign(g[0, :, :, 0]), 0, 1)
+        differ = int((np.abs(python_adv - x_adv) > 1e-6).sum())
+        assert differ <= 784 // 100, f"{label}: {differ} pixels unlike Python's"
+        (p,) = network.run(["probabilities"], {"image": x_adv[None, :, :, None]})
+        after = section.get_attribute("data-after")
+        assert int(after) == int(np.argmax(p)) == int(np.argmax(result["probabilities"]))
+        assert section.get_attribute("data-before") == label
+        verdict = demo.tab.locator(".digit-demo__attack-verdict").inner_text()
+        assert ("Fooled" in verdict) == (after != label), verdict
+        fooled[label] = (
+            f"{after} ({demo.tab.locator('.digit-demo__attack-confidence').inner_text()}, "
+            f"{differ} pixels unlike Python's)"
+        )
+        demo.screenshot(f"attack-{label}")
+    print("\nhand-drawn digits at eps 0.3, read after the attack:", fooled)
+    assert any(value.split()[0] != label for label, value in fooled.items()), fooled
+    # eps 0: the image stays, and so does the prediction.
+    _set_eps(demo, 0)
+    result = _attack_result(demo)
+    np.testing.assert_array_equal(result["adversarial"], result["image"])
+    assert section.get_attribute("data-after") == section.get_attribute("data-before")
+    # Clear: nothing to attack, and the button waits for a digit.
+    demo.clear()
+    assert section.get_attribute("data-after") == "" and button.is_disabled()
+    assert demo.tab.locator(".digit-demo__attack-prediction").inner_text() == "draw a digit"
+    demo.check_clean()
+    demo.tab.close()
+
+
+@pytest.mark.browser
+def test_the_gradient_graph_in_the_browser_equals_jax_grad(demo, mnist_test):
+    """default.grad.onnx run by onnxruntime-web (the page's network.js) on MNIST test
+    digits: d loss / d image equals jax.grad through our forward pass within 1e-4 per
+    image, at the digit the network predicts."""
+    from scratchcnn import attacks, pretrained
+    from scratchcnn.data.preprocess import to_unit_nhwc
+    from scratchcnn.gradcheck import relative_error
+
+    model, params, state = pretrained.load("default")
+    x = to_unit_nhwc(mnist_test[0][:8])
+    labels = attacks.predict(model, params, state, x)
+    _, expected = attacks.loss_and_gradient(model, params, state, x, labels, grad="jax")
+    got = demo.tab.evaluate(
+        """async ([url, cases]) => {
+          const net = await import(url);
+          const entry = (await net.listNetworks()).find((n) => n.name === "default");
+          const session = await net.openGradient(entry);
+          const gradients = [];
+          for (const [image, label] of cases) {
+            const { gradient } = await net.lossGradient(session, Float32Array.from(image), label);
+            gradients.push(Array.from(gradient));
+          }
+          await session.release();
+          return gradients;
+        }""",
+        [
+            f"{demo.base_url}/javascripts/demo/network.js",
+            [[image.ravel().tolist(), int(label)] for image, label in zip(x, labels)],
+        ],
+    )
+    errors = [relative_error(np.reshape(g, (28, 28, 1)), e) for g, e in zip(got, expected)]
+    print(f"\nbrowser gradient vs jax.grad, largest per-image difference: {max(errors):.1e}")
+    assert max(errors) <= 1e-4, errors
+    demo.check_clean()
 
 
 @pytest.mark.browser

@@ -71,3 +71,47 @@ export async function classify(session, image) {
   for (const tensor of Object.values(outputs)) tensor.dispose();
   return result;
 }
+
+/**
+ * An inference session for a network's gradient graph (`<name>.grad.onnx`): the same
+ * network followed by our hand-written backward pass, exported node by node by
+ * scratchcnn.export.build_gradient_onnx. Loaded when the reader first attacks.
+ */
+export async function openGradient(network) {
+  const ort = await loadRuntime();
+  return ort.InferenceSession.create(new URL(network.gradient_file, MODELS).href, {
+    executionProviders: ["wasm"],
+  });
+}
+
+/**
+ * d loss / d image for one 28 x 28 image, the loss being the cross-entropy at `label`.
+ *
+ * @returns {Promise<{loss: number, gradient: Float32Array}>} the gradient row by row (784)
+ */
+export async function lossGradient(session, image, label) {
+  const ort = await loadRuntime();
+  const input = new ort.Tensor("float32", image, [1, 28, 28, 1]);
+  const target = new ort.Tensor("int64", BigInt64Array.from([BigInt(label)]), [1]);
+  const outputs = await session.run({ image: input, label: target }, ["loss", "gradient"]);
+  input.dispose();
+  target.dispose();
+  const result = {
+    loss: outputs.loss.data[0],
+    gradient: Float32Array.from(outputs.gradient.data),
+  };
+  for (const tensor of Object.values(outputs)) tensor.dispose();
+  return result;
+}
+
+/**
+ * FGSM (Goodfellow et al. 2015): x' = clip(x + eps * sign(gradient), 0, 1), pixel by
+ * pixel, as scratchcnn.attacks.fgsm computes it (sign(0) = 0: such a pixel stays).
+ */
+export function fgsmStep(image, gradient, eps) {
+  const adversarial = new Float32Array(image.length);
+  for (let i = 0; i < image.length; i++) {
+    adversarial[i] = Math.min(Math.max(image[i] + eps * Math.sign(gradient[i]), 0), 1);
+  }
+  return adversarial;
+}

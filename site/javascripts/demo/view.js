@@ -92,3 +92,20 @@ function featureCanvases(container, channels, height, width) {
   }
   return canvases;
 }
+
+/**
+ * The change an attack made, x' - x, as gray levels: mid-gray where a pixel stayed,
+ * white where it went up by eps, black where it went down by eps (a pixel the [0, 1]
+ * clip stopped short shows in between). null: black.
+ */
+export function paintPerturbation(canvas, image, adversarial, eps) {
+  if (image === null) {
+    paintGray(canvas, null);
+    return;
+  }
+  const levels = new Float32Array(image.length);
+  for (let i = 0; i < image.length; i++) {
+    levels[i] = eps > 0 ? 0.5 + (adversarial[i] - image[i]) / (2 * eps) : 0.5;
+  }
+  paintGray(canvas, levels);
+}
