@@ -23,11 +23,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 MODELS = ROOT / "site" / "assets" / "demo" / "models"
+
+
 # The source files whose change can change an exported file: the whole library (the
 # exporter reads layer geometry, constants and the version from all over it), and this
 # hook (which chooses the export's options).
 def exporter_sources() -> list[Path]:
     return [*sorted((ROOT / "scratchcnn").rglob("*.py")), Path(__file__).resolve()]
+
 
 log = logging.getLogger("mkdocs.hooks.site_hooks")
 
