@@ -267,6 +267,16 @@ def _rename_output(graph: _Graph, old: str, new: str) -> None:
 # --------------------------------------------------------------------------- the model
 
 
+def _folded(model, params, state, model_name: str, layout: str) -> tuple[Sequential, dict]:
+    """The network to export, BatchNorm folded in; refuses an unknown input layout."""
+    if layout not in LAYOUTS:
+        raise ExportError(f"unknown layout {layout!r}; choose one of: {', '.join(LAYOUTS)}.")
+    try:
+        return fold_batchnorm(model, params, state)
+    except ShapeError as error:
+        raise ExportError(f"cannot export architecture {model_name!r}: {error}") from error
+
+
 def build_onnx(
     model: Sequential,
     params: dict,
@@ -286,12 +296,7 @@ def build_onnx(
     ``features`` (batch, H, W, C) when ``features``. ``metadata``: more key/value pairs
     for ``metadata_props`` (values that are not strings are stored as JSON).
     """
-    if layout not in LAYOUTS:
-        raise ExportError(f"unknown layout {layout!r}; choose one of: {', '.join(LAYOUTS)}.")
-    try:
-        folded, folded_params = fold_batchnorm(model, params, state)
-    except ShapeError as error:
-        raise ExportError(f"cannot export architecture {model_name!r}: {error}") from error
+    folded, folded_params = _folded(model, params, state, model_name, layout)
     feature_source = _features_layer(folded) if features else None
     if features and feature_source is None:
         raise ExportError(
@@ -670,12 +675,7 @@ def build_gradient_onnx(
     ``gradient`` (the image's shape), d loss_i / d image_i: what
     ``attacks.loss_and_gradient`` returns, computed by our backward pass, node by node.
     """
-    if layout not in LAYOUTS:
-        raise ExportError(f"unknown layout {layout!r}; choose one of: {', '.join(LAYOUTS)}.")
-    try:
-        folded, folded_params = fold_batchnorm(model, params, state)
-    except ShapeError as error:
-        raise ExportError(f"cannot export architecture {model_name!r}: {error}") from error
+    folded, folded_params = _folded(model, params, state, model_name, layout)
     for name, layer in zip(folded.names, folded.layers):
         _check_differentiable(name, layer, model_name)
 

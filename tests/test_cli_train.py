@@ -11,28 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_checks import assert_one_line_error, run
 from PIL import Image
-from typer.testing import CliRunner
 
-from scratchcnn.cli import app
 from scratchcnn.data.mnist import CACHE_DIR_ENV, DATA_DIR_ENV
 
-runner = CliRunner()
-
 QUICK = ["--train-limit", "3000", "--val-fraction", "0.02", "--epochs", "1", "--quiet"]
-
-
-def run(*args) -> object:
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def assert_one_line_error(result, *phrases: str) -> None:
-    assert result.exit_code == 1, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for phrase in phrases:
-        assert phrase in lines[0], lines[0]
-    assert "Traceback" not in result.output
 
 
 def assert_usage_error(result, *phrases: str) -> None:

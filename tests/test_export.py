@@ -18,11 +18,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from typer.testing import CliRunner
+from cli_checks import assert_one_line_error, run
 
 from scratchcnn import __version__, models
 from scratchcnn.checkpoint import save_checkpoint
-from scratchcnn.cli import app
 from scratchcnn.data.preprocess import standardize_unit, to_unit_nhwc
 from scratchcnn.errors import ShapeError
 from scratchcnn.export import ExportError, build_onnx, save_onnx
@@ -44,7 +43,6 @@ from scratchcnn.metrics import softmax
 from scratchcnn.train import TrainConfig, train
 
 TOLERANCE = 1e-5
-runner = CliRunner()
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -376,19 +374,6 @@ def test_save_onnx_refuses_existing_and_missing_folders(default_net, tmp_path):
 # ----------------------------------------------------------------------------- CLI
 
 
-def run(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def assert_one_line_error(result, *phrases: str) -> None:
-    assert result.exit_code == 1, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for phrase in phrases:
-        assert phrase in lines[0], lines[0]
-    assert "Traceback" not in result.output
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory, default_net) -> Path:
     model, params, state = default_net
@@ -485,7 +470,7 @@ def test_cli_int8_writes_a_quantized_model_as_accurate_as_float(mnist_dir, mnist
     int8 = ["--int8", "--calibration", "500", "--data-dir", str(mnist_dir)]
     for name, flags in {"float": [], "int8": int8}.items():
         target = tmp_path / f"{name}.onnx"
-        result = runner.invoke(app, ["export", "default", "--output", str(target), *flags])
+        result = run(*["export", "default", "--output", str(target), *flags])
         assert result.exit_code == 0, result.output
         session = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
         (logits,) = session.run(["logits"], {"image": x})
