@@ -16,7 +16,7 @@ import numpy as np
 from scratchcnn import layers as L
 from scratchcnn import models, reference
 from scratchcnn.data.mnist import load_mnist
-from scratchcnn.data.preprocess import standardize
+from scratchcnn.data.preprocess import standardize_unit
 from scratchcnn.gradcheck import relative_error
 from scratchcnn.ops.losses import softmax_cross_entropy_backward, softmax_cross_entropy_forward
 
@@ -202,10 +202,30 @@ def parity_rows(images, labels, dtypes=("float32", "float64"), model_names=None)
     return rows
 
 
+def untie(unit_images, seed: int = 0, amount: float = 0.05) -> np.ndarray:
+    """Real digits (N, 28, 28, 1) in [0, 1] with a little noise, still in [0, 1].
+
+    Why: MNIST's background is flat, so max-pool windows over it hold values that are
+    equal in exact arithmetic, and there the max has no derivative. In float32 the
+    convolution before the pool rounds those equal sums differently at different
+    positions on some CPUs (OpenBLAS's sgemm kernels for AMD EPYC do, and so the row a
+    window lands on in the matrix decides), while XLA keeps them equal; the two then route
+    the gradient to different cells of the window, and gradients differ where neither is
+    wrong. Comparing gradients where they exist, we squeeze the pixels into
+    [amount, 1 - amount] and add uniform noise of +-amount (about 13 gray levels): every
+    window then has one clear maximum. The forward pass is compared on the same images.
+    """
+    x = np.asarray(unit_images, np.float32)
+    noise = np.random.default_rng(seed).uniform(-amount, amount, x.shape).astype(np.float32)
+    return x * np.float32(1 - 2 * amount) + np.float32(amount) + noise
+
+
 def mnist_batch(batch_size: int, data_dir=None):
-    """The first ``batch_size`` test images, standardised: (N, 28, 28, 1) float32, labels."""
+    """The first ``batch_size`` test images, untied (``untie``) and standardised:
+    (N, 28, 28, 1) float32, and their labels."""
     images, labels = load_mnist("test", data_dir)
-    return standardize(images[:batch_size]), labels[:batch_size].astype(np.int64)
+    unit = untie(images[:batch_size, ..., None] / np.float32(255))
+    return standardize_unit(unit), labels[:batch_size].astype(np.int64)
 
 
 def format_table(rows) -> str:

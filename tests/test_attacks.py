@@ -8,17 +8,18 @@ import pytest
 from scratchcnn import attacks, models, robustness
 from scratchcnn.attacks import AttackError, fgsm, loss_and_gradient, pgd
 from scratchcnn.gradcheck import relative_error
-from scratchcnn.parity import randomized
+from scratchcnn.parity import randomized, untie
 
 
 @pytest.fixture(scope="module")
 def network(mnist_test):
-    """bn_cnn with random weights and non-trivial BatchNorm statistics, and 8 real digits."""
+    """bn_cnn with random weights and non-trivial BatchNorm statistics, and 8 real digits
+    (untied: ``parity.untie`` says why)."""
     model = models.build("bn_cnn")
     params, state = model.init(0)
     state = randomized(state, np.random.default_rng(1))
     images, labels = mnist_test
-    x = (images[:8] / np.float32(255))[..., None].astype(np.float32)
+    x = untie((images[:8] / np.float32(255))[..., None])
     return model, params, state, x, labels[:8].astype(np.int64)
 
 

@@ -12,7 +12,7 @@ from scratchcnn.attacks import loss_and_gradient
 from scratchcnn.data.preprocess import standardize_unit
 from scratchcnn.gradcheck import relative_error
 from scratchcnn.ops.cores import on_all_cores
-from scratchcnn.parity import randomized
+from scratchcnn.parity import randomized, untie
 
 pytestmark = pytest.mark.lesson08
 
@@ -27,9 +27,9 @@ def network(name: str, dtype=np.float32):
 
 @pytest.fixture(scope="module")
 def digits(mnist_test):
-    """Six real test digits in [0, 1], NHWC, and their labels."""
+    """Six real test digits in [0, 1], NHWC, untied (``parity.untie`` says why), labels."""
     images, labels = mnist_test
-    return (images[:6] / np.float32(255))[..., None], labels[:6].astype(np.int64)
+    return untie((images[:6] / np.float32(255))[..., None]), labels[:6].astype(np.int64)
 
 
 @pytest.mark.parametrize("name", ["default", "lenet", "flax_cnn", "best"])

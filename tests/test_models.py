@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 
 from scratchcnn import models, reference
-from scratchcnn.data.preprocess import standardize, to_unit_nhwc
+from scratchcnn.data.preprocess import standardize_unit, to_unit_nhwc
 from scratchcnn.errors import ScratchCNNError
 from scratchcnn.gradcheck import relative_error
 from scratchcnn.layers import count_params
 from scratchcnn.ops.losses import softmax_cross_entropy_backward, softmax_cross_entropy_forward
-from scratchcnn.parity import compare_network, randomized
+from scratchcnn.parity import compare_network, randomized, untie
 
 MODEL_NAMES = sorted(models.MODELS)
 TOLERANCE = {np.float32: 1e-5, np.float64: 1e-10}
@@ -19,9 +19,10 @@ TOLERANCE = {np.float32: 1e-5, np.float64: 1e-10}
 
 @pytest.fixture(scope="module")
 def batch(mnist_test):
-    """Eight real test digits, standardised, and their labels."""
+    """Eight real test digits, untied (see ``parity.untie``), standardised, and labels."""
     images, labels = mnist_test
-    return standardize(images[:8]), labels[:8].astype(np.int64)
+    unit = untie(images[:8, ..., None] / np.float32(255))
+    return standardize_unit(unit), labels[:8].astype(np.int64)
 
 
 def loss_and_input_grad(model, params, state, x, y, train, key):
