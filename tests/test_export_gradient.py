@@ -41,7 +41,6 @@ from scratchcnn.layers import (
     ReLU,
     Sequential,
 )
-from scratchcnn.train import TrainConfig, train
 
 TOLERANCE = 1e-4  # per image, relative to that image's largest gradient entry
 LOSS_TOLERANCE = 1e-5  # absolute, and relative to the loss (float32 log-softmax)
@@ -109,17 +108,6 @@ def test_other_registered_networks_too(name, digits):
     (bn_cnn); keras_cnn and flax_cnn add nothing the geometry test below lacks."""
     model = models.build(name)
     compare(model, *random_weights(model, seed=2), name, digits[:16])
-
-
-def test_gradient_of_a_quickly_trained_default(mnist_dir, digits, record_property):
-    config = TrainConfig(model="default", epochs=1, train_limit=1000, test_limit=100,
-                         val_fraction=0.0, batch_size=64)  # fmt: skip
-    result = train(config, data_dir=mnist_dir, progress=False, log=lambda s: None)
-    model = models.build("default")
-    params = {k: {n: np.asarray(a) for n, a in v.items()} for k, v in result.params.items()}
-    state = {k: {n: np.asarray(a) for n, a in v.items()} for k, v in result.state.items()}
-    record_property("max_relative_gradient_error", compare(model, params, state, "default",
-                                                           digits))  # fmt: skip
 
 
 def test_gradient_of_the_shipped_default(digits, record_property):

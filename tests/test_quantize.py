@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from scratchcnn import models
+from scratchcnn import models, pretrained
 from scratchcnn.inference import as_unit_images, predict_logits
 from scratchcnn.layers import Conv
 from scratchcnn.quantize import (
@@ -25,7 +25,6 @@ from scratchcnn.quantize import (
     quantized_onnx,
     size_bytes,
 )
-from scratchcnn.train import TrainConfig, train
 
 # --------------------------------------------------------------------------- weights
 
@@ -157,23 +156,21 @@ class Trained:
 
 
 @pytest.fixture(scope="module")
-def trained(mnist_dir, mnist_train, mnist_test) -> Trained:
-    """The default network after one quick epoch, quantized with 1,000 training images."""
-    config = TrainConfig(
-        model="default", epochs=1, train_limit=3000, test_limit=100, val_fraction=0.0, batch_size=64
-    )
-    result = train(config, data_dir=mnist_dir, progress=False, log=lambda s: None)
-    model = models.build("default")
-    qnet = quantize_network(model, result.params, result.state, mnist_train[0][:1000])
+def trained(mnist_train, mnist_test) -> Trained:
+    """The shipped default network, quantized with 1,000 training images."""
+    if "default" not in pretrained.available():
+        pytest.skip("the pretrained default network is not shipped in this copy")
+    model, params, state = pretrained.load("default")
+    qnet = quantize_network(model, params, state, mnist_train[0][:1000])
     images, labels = mnist_test[0][:1000], mnist_test[1][:1000]
     return Trained(
         model,
-        result.params,
-        result.state,
+        params,
+        state,
         qnet,
         images,
         labels,
-        predict_logits(model, result.params, result.state, images),
+        predict_logits(model, params, state, images),
         predict_int8(qnet, images),
     )
 
