@@ -6,8 +6,8 @@ must agree with ``jax.grad`` through our own forward pass
 (``attacks.loss_and_gradient(..., grad="jax")``): per image, the largest difference
 divided by the largest gradient entry of either (``gradcheck.relative_error`` on that
 image) must stay within 1e-4, on 64 real MNIST test digits, for ``default`` and
-``best`` with non-trivial weights, for a quickly trained ``default`` and for the shipped
-one the demo page attacks; the losses must agree too.
+``best`` with non-trivial weights, and for the shipped ``default`` the demo page
+attacks; the losses must agree too.
 
 Max-pool windows with exact ties (flat background, saturated ink) get their gradient at
 the first maximum in row-major order, in our backward pass, in ``jax.grad`` of our

@@ -231,7 +231,7 @@ def test_onnxruntime_runs_the_qdq_model(trained):
     session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
     logits, probabilities = session.run(["logits", "probabilities"], {"image": x})
     ours = trained.int8_logits
-    # Measured: 1.4e-3 (a handful of values round the other way across 1,000 images).
+    # Measured on the shipped default: 1.5e-3 (a handful of values round the other way).
     assert np.abs(logits - ours).max() / np.abs(ours).max() < 1e-2
     assert (logits.argmax(1) == ours.argmax(1)).mean() >= 0.99
     np.testing.assert_allclose(probabilities.sum(1), 1, rtol=1e-5)
