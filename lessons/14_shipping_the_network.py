@@ -18,12 +18,12 @@ Speed is measured in this one run, every implementation on the same images; noth
 should run on the machine meanwhile.
 """
 
-import time
+import sys
 
 import matplotlib.pyplot as plt
 import numpy as np
 import onnxruntime as ort
-from _lesson import Lesson
+from _lesson import NETWORKS, ROOT, Lesson
 
 from scratchcnn import __version__, pretrained
 from scratchcnn.data.mnist import load_mnist
@@ -34,6 +34,9 @@ from scratchcnn.gradcheck import relative_error
 from scratchcnn.inference import predict_logits
 from scratchcnn.quantize import predict_int8, quantize_network, quantized_onnx, size_bytes
 from scratchcnn.viz import save_figure
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from step_speed import median_seconds  # noqa: E402
 
 CALIBRATION_IMAGES = 1000  # from the training set: the test set never tunes anything
 
@@ -55,17 +58,8 @@ def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
 
 
 def images_per_second(fn, n: int, repeats: int) -> float:
-    """n / the best of ``repeats`` timed calls of fn(), after one warm-up call.
-
-    The best, not the median: on a shared 2-core machine every disturbance only adds time.
-    """
-    fn()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return n / min(times)
+    """n / the median time of fn() (the benchmark's timer, as in lesson 13)."""
+    return n / median_seconds(fn, repeats, warmup=1)
 
 
 # --8<-- [start:folding_check]
@@ -226,6 +220,7 @@ def main():
     quick = lesson.quick
     n_test, timing_images, repeats = (500, 200, 1) if quick else (10_000, 2_000, 5)
     names = ["default"] if quick else pretrained.available()
+    NETWORKS["shipped"].update(names)
 
     train_images, _ = load_mnist("train")
     test_images, test_labels = load_mnist("test")
