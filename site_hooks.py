@@ -61,7 +61,7 @@ def export_demo_models(folder: Path) -> dict:
     "gradient_file", "gradient_onnx_sha256", "gradient_bytes"}]}``.
     """
     from scratchcnn import pretrained
-    from scratchcnn.data.idx import write_atomically
+    from scratchcnn.files import write_atomically
 
     folder.mkdir(parents=True, exist_ok=True)
     index_path = folder / "index.json"

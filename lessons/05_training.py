@@ -29,8 +29,8 @@ from _lesson import Lesson
 from scratchcnn import models, optim
 from scratchcnn.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from scratchcnn.data.augment import AUGMENTATIONS, augment_batch
-from scratchcnn.data.idx import write_atomically
 from scratchcnn.data.preprocess import standardize_unit
+from scratchcnn.files import write_atomically
 from scratchcnn.inference import predict_logits
 from scratchcnn.metrics import accuracy
 from scratchcnn.train import (

@@ -32,7 +32,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, never a window
 
 from scratchcnn import pretrained  # noqa: E402
-from scratchcnn.data.idx import write_atomically  # noqa: E402
+from scratchcnn.files import write_atomically  # noqa: E402
 from scratchcnn.train import RECIPES, train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

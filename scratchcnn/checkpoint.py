@@ -60,7 +60,7 @@ settings, data checksums, metrics, history); NumPy or JAX numbers in it are stor
 JSON numbers, arrays as lists, and dict keys become strings, as JSON requires.
 
 Saving is atomic: the archive is written to a temporary file, flushed to the disk and
-renamed over the target (``scratchcnn.data.idx.write_atomically``), so a crash or a full
+renamed over the target (``scratchcnn.files.write_atomically``), so a crash or a full
 disk leaves the previous checkpoint intact. Loading reads every member, so the CRC-32
 that zip keeps for each member catches flipped bytes, and every problem raises
 :class:`CheckpointError`.
@@ -79,8 +79,8 @@ from typing import Any
 import numpy as np
 
 from scratchcnn import __version__
-from scratchcnn.data.idx import write_atomically
-from scratchcnn.errors import DataError, ScratchCNNError
+from scratchcnn.errors import ScratchCNNError, WriteError
+from scratchcnn.files import to_jsonable, write_atomically
 from scratchcnn.layers import Sequential
 from scratchcnn.models import MODELS, UnknownModelError, build
 from scratchcnn.pretrained import NAMES as PRETRAINED_NAMES
@@ -186,7 +186,7 @@ def save_checkpoint(
     try:
         # allow_pickle=False: refuse to write anything that would need pickle to read.
         write_atomically(path, lambda file: np.savez(file, allow_pickle=False, **entries))
-    except DataError as error:  # the OS refused (no space, no permission...)
+    except WriteError as error:  # the OS refused (no space, no permission...)
         raise CheckpointError(str(error)) from error
     return path
 
@@ -259,18 +259,11 @@ def _params_dtype(arrays: dict[str, np.ndarray]) -> str | None:
 def _encode_meta(meta: dict, path: Path) -> bytes:
     """The metadata as UTF-8 JSON; CheckpointError if ``info`` holds something JSON cannot."""
     try:
-        return json.dumps(meta, indent=2, ensure_ascii=False, default=_json_default).encode()
+        return json.dumps(to_jsonable(meta), indent=2, ensure_ascii=False, allow_nan=False).encode()
     except (TypeError, ValueError) as error:
         raise CheckpointError(
             f"cannot save checkpoint {path}: info is not JSON-serializable ({error})."
         ) from error
-
-
-def _json_default(value: Any) -> Any:
-    """Let NumPy/JAX numbers and small arrays in ``info`` become JSON numbers and lists."""
-    if hasattr(value, "__array__"):
-        return np.asarray(value).tolist()
-    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
 # --------------------------------------------------------------------------- loading

@@ -13,6 +13,10 @@ class DataError(ScratchCNNError, ValueError):
     """A data file is missing, corrupt, truncated, or not what it claims to be."""
 
 
+class WriteError(ScratchCNNError, OSError):
+    """A file cannot be written: no space, no permission, a missing folder."""
+
+
 class ChecksumError(DataError):
     """A data file's SHA-256 digest does not match the published one."""
 

@@ -44,9 +44,9 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from scratchcnn import __version__
-from scratchcnn.data.idx import write_atomically
 from scratchcnn.data.preprocess import MNIST_MEAN, MNIST_STD
 from scratchcnn.errors import ScratchCNNError, ShapeError
+from scratchcnn.files import write_atomically
 from scratchcnn.fold import fold_batchnorm
 from scratchcnn.layers import (
     AvgPool,

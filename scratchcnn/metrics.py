@@ -23,13 +23,13 @@ average gap between accuracy and confidence, each bin weighted by its share of e
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 
 from scratchcnn.errors import ShapeError
+from scratchcnn.files import to_jsonable
 from scratchcnn.ops.losses import log_softmax
 
 # The two summary rows of the report, and its overall accuracy entry (scikit-learn's keys).
@@ -415,23 +415,6 @@ def mean_cross_entropy(logits, labels) -> float:
     return float(-np.mean(log_probs[np.arange(len(labels)), labels]))
 
 
-def _jsonable(value):
-    """Lists, dicts, ints and floats only; NaN and infinities become None (JSON has none)."""
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, bool | np.bool_):
-        return bool(value)
-    if isinstance(value, int | np.integer):
-        return int(value)
-    if isinstance(value, float | np.floating):
-        return float(value) if math.isfinite(value) else None
-    return value
-
-
 @dataclass(frozen=True)
 class Evaluation:
     """Everything ``evaluate_logits`` measures on one set of predictions.
@@ -454,7 +437,7 @@ class Evaluation:
 
     def to_json(self) -> dict:
         """A dict of lists, floats and ints that ``json.dumps`` accepts; NaN -> None."""
-        return _jsonable(
+        return to_jsonable(
             {
                 "num_examples": self.num_examples,
                 "accuracy": self.accuracy,

@@ -34,10 +34,10 @@ import numpy as np
 from scratchcnn import __version__, attacks, models, optim
 from scratchcnn.checkpoint import check_compatible, load_checkpoint, save_checkpoint
 from scratchcnn.data.augment import AUGMENTATIONS, augment_batch
-from scratchcnn.data.idx import write_atomically
 from scratchcnn.data.mnist import find_mnist, read_split
 from scratchcnn.data.preprocess import standardize_unit
 from scratchcnn.errors import ScratchCNNError
+from scratchcnn.files import write_atomically
 from scratchcnn.inference import make_eval_step, predict_logits
 from scratchcnn.metrics import Evaluation, evaluate_logits
 from scratchcnn.ops.losses import softmax_cross_entropy_backward, softmax_cross_entropy_forward

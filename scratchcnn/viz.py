@@ -11,7 +11,7 @@ matplotlib.use("Agg")  # files only: lessons and the CLI never open a window
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from scratchcnn.data.idx import write_atomically  # noqa: E402
+from scratchcnn.files import write_atomically  # noqa: E402
 
 
 def save_figure(figure, path) -> Path:

@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from scratchcnn import files
 from scratchcnn.data import idx
 from scratchcnn.data.idx import IdxHeader, parse_idx_header, read_idx, write_idx
-from scratchcnn.errors import DataError
+from scratchcnn.errors import DataError, WriteError
 
 DTYPES = [np.uint8, np.int8, np.int16, np.int32, np.float32, np.float64]
 SHAPES = [(7,), (3, 4), (2, 3, 5), (2, 1, 3, 2)]
@@ -201,7 +202,7 @@ def test_write_rejects_arrays_idx_cannot_hold(tmp_path, array):
 
 def test_write_into_a_missing_folder(tmp_path):
     path = tmp_path / "no-such-folder" / "a.idx"
-    with pytest.raises(DataError, match="cannot write .*no-such-folder"):
+    with pytest.raises(WriteError, match="cannot write .*no-such-folder"):
         write_idx(path, np.zeros(3, np.uint8))
 
 
@@ -219,7 +220,7 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temp_file(tmp_path, monke
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(idx, "_write_payload", write_half_then_fail)
-    with pytest.raises(DataError, match="cannot write .*No space left on device"):
+    with pytest.raises(WriteError, match="cannot write .*No space left on device"):
         write_idx(path, np.arange(100, dtype=np.uint8))
 
     assert path.read_bytes() == before
@@ -235,7 +236,7 @@ def test_interrupted_write_cleans_up_and_reraises(tmp_path, monkeypatch, compres
     def interrupted(fd):
         raise KeyboardInterrupt  # not an OSError: passed on untouched
 
-    monkeypatch.setattr(idx.os, "fsync", interrupted)
+    monkeypatch.setattr(files.os, "fsync", interrupted)
     with pytest.raises(KeyboardInterrupt):
         write_idx(path, np.ones((2, 2), np.uint8), compress=compress)
 

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from scratchcnn.data import idx
+from scratchcnn import files
 from scratchcnn.data.kaggle import (
     PIXEL_COLUMNS,
     KaggleFormatError,
@@ -15,7 +15,7 @@ from scratchcnn.data.kaggle import (
     submission_text,
     write_submission,
 )
-from scratchcnn.errors import DataError, ScratchCNNError
+from scratchcnn.errors import DataError, ScratchCNNError, WriteError
 
 HEADER = ",".join(PIXEL_COLUMNS)
 
@@ -194,8 +194,8 @@ def test_failed_write_leaves_the_old_file_untouched(tmp_path, monkeypatch, faili
 
     # write_atomically calls os.fsync after writing the temporary file and os.replace
     # to move it into place: a failure at either step must change nothing.
-    monkeypatch.setattr(idx.os, failing, fail)
-    with pytest.raises(DataError, match="No space left on device"):
+    monkeypatch.setattr(files.os, failing, fail)
+    with pytest.raises(WriteError, match="No space left on device"):
         write_submission(path, np.array([1, 2, 3]))
     monkeypatch.undo()
     assert path.read_text() == "ImageId,Label\n1,3\n"

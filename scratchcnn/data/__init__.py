@@ -6,7 +6,6 @@ from scratchcnn.data.idx import (
     encode_idx_header,
     parse_idx_header,
     read_idx,
-    write_atomically,
     write_idx,
 )
 from scratchcnn.data.mnist import (
@@ -32,6 +31,5 @@ __all__ = [
     "read_idx",
     "read_split",
     "summarize_mnist",
-    "write_atomically",
     "write_idx",
 ]

@@ -19,14 +19,11 @@ that names the file and what is wrong, never a bare traceback from NumPy or gzip
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import math
 import os
 import struct
-import uuid
 import zlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -34,6 +31,7 @@ from typing import BinaryIO
 import numpy as np
 
 from scratchcnn.errors import DataError
+from scratchcnn.files import os_reason, write_atomically
 
 # --8<-- [start:dtype_codes]
 # The dtype each code stands for. ">" means big-endian: IDX stores multi-byte numbers
@@ -155,7 +153,7 @@ def read_idx_bytes(path: str | os.PathLike) -> bytes:
     try:
         raw = path.read_bytes()
     except OSError as error:
-        raise DataError(f"cannot read {path}: {_os_reason(error)}.") from error
+        raise DataError(f"cannot read {path}: {os_reason(error)}.") from error
     if not is_gzip(raw):
         return raw
     try:
@@ -178,11 +176,6 @@ def _describe_bad_magic(data: bytes, path: str | os.PathLike) -> str:
     if str(path).endswith(".gz"):
         description += " (its name ends in .gz but it does not hold gzip data either)"
     return description
-
-
-def _os_reason(error: OSError) -> str:
-    """The human part of an OSError ('No such file or directory'), without the path."""
-    return error.strerror or str(error)
 
 
 # --------------------------------------------------------------------------- writing
@@ -240,49 +233,3 @@ def _write_payload(file: BinaryIO, header: bytes, array: np.ndarray) -> None:
     """Write the header and then the numbers of ``array`` to an open binary file."""
     file.write(header)
     file.write(encode_idx_payload(array))
-
-
-# --8<-- [start:write_atomically]
-def write_atomically(path: str | os.PathLike, write_body: Callable[[BinaryIO], None]) -> None:
-    """Create ``path`` with the bytes ``write_body(file)`` writes, all or nothing.
-
-    We write into a temporary file in the same folder, flush it to the disk (fsync),
-    and only then rename it over ``path``. A rename within one file system is atomic,
-    so a reader (or a crash) sees either the old file or the complete new one, never
-    half a file. If anything fails, the temporary file is removed and the old file is
-    left as it was.
-    """
-    path = Path(path)
-    temp_path = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        # O_EXCL: never reuse an existing file. Mode 0o666 is filtered by the umask,
-        # so the result gets the same permissions as any ordinary new file.
-        fd = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    except OSError as error:
-        raise DataError(f"cannot write {path}: {_os_reason(error)}.") from error
-    try:
-        with os.fdopen(fd, "wb") as file:
-            write_body(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp_path, path)
-    except BaseException as error:
-        temp_path.unlink(missing_ok=True)
-        if isinstance(error, OSError):
-            raise DataError(f"cannot write {path}: {_os_reason(error)}.") from error
-        raise
-    _fsync_directory(path.parent)
-
-
-# --8<-- [end:write_atomically]
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make the rename itself durable on POSIX; skipped where a folder cannot be opened."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    with contextlib.suppress(OSError):
-        os.fsync(fd)
-    os.close(fd)

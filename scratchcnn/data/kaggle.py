@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from scratchcnn.data.idx import write_atomically
 from scratchcnn.errors import DataError, ScratchCNNError
+from scratchcnn.files import write_atomically
 
 IMAGE_SHAPE = (28, 28)
 NUM_PIXELS = IMAGE_SHAPE[0] * IMAGE_SHAPE[1]  # 784
@@ -182,7 +182,7 @@ def write_submission(path: str | os.PathLike, labels: np.ndarray) -> Path:
     """Write a Kaggle submission: ``ImageId,Label``, one line per label, ImageId from 1.
 
     ``labels`` (N,) are the predicted digits 0..9 of the test images, in file order. The
-    file appears complete or not at all (see :func:`~scratchcnn.data.idx.write_atomically`):
+    file appears complete or not at all (see :func:`~scratchcnn.files.write_atomically`):
     a failed write leaves an existing file untouched. Raises :class:`KaggleFormatError`
     for labels that are not digits and :class:`~scratchcnn.errors.DataError` when the
     file cannot be written (for example, its folder does not exist).

@@ -43,8 +43,9 @@ from pathlib import Path
 import numpy as np
 import platformdirs
 
-from scratchcnn.data.idx import read_idx, write_atomically, write_idx
+from scratchcnn.data.idx import read_idx, write_idx
 from scratchcnn.errors import ChecksumError, DataError
+from scratchcnn.files import write_atomically
 
 SPLITS = ("train", "test")
 IMAGE_SHAPE = (28, 28)

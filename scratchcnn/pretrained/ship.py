@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 
 from scratchcnn.checkpoint import load_for_model, save_checkpoint
-from scratchcnn.data.idx import write_atomically
+from scratchcnn.files import write_atomically
 from scratchcnn.pretrained import DESCRIPTIONS, FOLDER, MANIFEST, manifest
 
 KEPT_INFO = ("epoch", "seed", "config", "train_seconds")
