@@ -51,13 +51,20 @@ def define_env(env):
         return load(PRETRAINED)
 
     @env.macro
-    def lesson_table() -> str:
-        """Every lesson page with its title, script and how long its full run takes on a
-        fresh clone: the committed run's time without any training it did, plus the
-        training time (results/*.json) of every network it needs that is not shipped."""
-        lines = ["| lesson | page | script | full run on a fresh clone |", "|---|---|---|---:|"]
+    def lesson_table(about: dict) -> str:
+        """Every lesson page with its title, what it is about and what to read first
+        (``about``: {"01": (summary, prerequisites), ...}, from the index page), its script,
+        and how long its full run takes on a fresh clone: the committed run's time without
+        any training it did, plus the training time (results/*.json) of every network it
+        needs that is not shipped."""
+        lines = [
+            "| lesson | page | what you get | read first | script | full run on a fresh clone |",
+            "|---|---|---|---|---|---:|",
+        ]
         for page in sorted((ROOT / "site" / "lessons").glob("[0-9][0-9]-*.md")):
+            number = page.stem[:2]
             title = page.read_text().splitlines()[0].lstrip("# ").strip()
+            summary, before = about[number]  # a lesson missing from the index stops the build
             script = "lessons/" + page.stem.replace("-", "_") + ".py"
             lesson = results(page.stem)
             training = sum(run(name)["train_seconds"] for name in runs_to_train(lesson))
@@ -65,8 +72,19 @@ def define_env(env):
             total = duration(seconds + training)
             if training:
                 total += f" (training {duration(training)})"
-            lines.append(f"| {page.stem[:2]} | [{title}]({page.name}) | `{script}` | {total} |")
+            lines.append(f"| {number} | [{title}]({page.name}) | {summary} | {before} "
+                         f"| `{script}` | {total} |")  # fmt: skip
         return "\n".join(lines)
+
+    @env.macro
+    def lesson_tests(number: str) -> str:
+        """The test files ``pytest -m lessonNN`` runs, as Markdown: those that mark tests
+        ``pytest.mark.lessonNN``, and tests/test_site.py, which runs the lesson's script."""
+        mark = re.compile(rf"mark\.lesson{number}\b")
+        files = [f"`tests/{path.name}`" for path in sorted((ROOT / "tests").glob("test_*.py"))
+                 if path.name != "test_site.py" and mark.search(path.read_text())]  # fmt: skip
+        files.append("`tests/test_site.py` (the lesson's script, `--quick`)")
+        return ", ".join(files[:-1]) + " and " + files[-1] if len(files) > 1 else files[0]
 
     def runs_to_train(lesson: dict) -> set[str]:
         """The runs/ folders a fresh clone trains for a lesson's full run: those it used

@@ -111,6 +111,9 @@ def scratch_steps(model, backend: str):
                 lambda: eval_step(params, state, x))  # fmt: skip
     import jax
 
+    from scratchcnn.fast.cores import keep_freed_memory
+
+    keep_freed_memory()  # as the jax training backend does (scratchcnn/train/step.py)
     train_step, eval_step = jax.jit(train_step), jax.jit(eval_step)
     params, state, opt_state, x, y = jax.device_put((params, state, opt_state, x, y))
     key = jax.random.key(0)

@@ -61,7 +61,7 @@ def digit_grid(images, labels, path, per_class: int = 12):
     figure, axes = plt.subplots(NUM_CLASSES, per_class, figsize=(per_class * 0.6, 6.4))
     for k in range(NUM_CLASSES):
         for col in range(per_class):
-            axes[k, col].imshow(images[index[k, col]], cmap="gray_r", vmin=0, vmax=255)
+            axes[k, col].imshow(images[index[k, col]], cmap="gray", vmin=0, vmax=255)
             axes[k, col].set_xticks([])
             axes[k, col].set_yticks([])
         axes[k, 0].set_ylabel(str(k), rotation=0, labelpad=10, va="center", fontsize=11)
@@ -70,15 +70,16 @@ def digit_grid(images, labels, path, per_class: int = 12):
 
 
 def digit_as_numbers(image, label, path):
-    """One image with the value of every pixel written on it."""
+    """One image with the value of every pixel written on it: white ink on black, as
+    every digit in these lessons is drawn (0 is black)."""
     figure, axes = plt.subplots(figsize=(8.5, 8.5))
-    axes.imshow(image, cmap="gray_r", vmin=0, vmax=255)
+    axes.imshow(image, cmap="gray", vmin=0, vmax=255)
     for i in range(28):
         for j in range(28):
             value = int(image[i, j])
             if value:
                 axes.text(j, i, str(value), ha="center", va="center", fontsize=5.2,
-                          color="white" if value > 128 else "black")  # fmt: skip
+                          color="black" if value > 128 else "white")  # fmt: skip
     axes.set_xticks(range(0, 28, 4))
     axes.set_yticks(range(0, 28, 4))
     axes.set_xlabel("column j")
@@ -122,7 +123,7 @@ def mean_digits(images, labels, path):
     means.append(images.mean(axis=0))
     figure, axes = plt.subplots(1, 11, figsize=(13, 1.8))
     for k, (ax, mean) in enumerate(zip(axes, means)):
-        ax.imshow(mean, cmap="gray_r", vmin=0, vmax=255)
+        ax.imshow(mean, cmap="gray", vmin=0, vmax=255)
         ax.set_title(str(k) if k < NUM_CLASSES else "all", fontsize=10)
         ax.axis("off")
     figure.suptitle("The mean digit of each class (training images)", y=1.0)

@@ -73,7 +73,7 @@ def kernels_figure(image, path):
     grid = {"height_ratios": [1, 2.2], "hspace": 0.15}
     figure, axes = plt.subplots(2, 1 + len(HAND_KERNELS), figsize=(13, 4.4), gridspec_kw=grid)
     axes[0, 0].axis("off")
-    axes[1, 0].imshow(image[..., 0], cmap="gray_r", vmin=0, vmax=1)
+    axes[1, 0].imshow(image[..., 0], cmap="gray", vmin=0, vmax=1)  # white ink on black
     axes[1, 0].set_title("input", fontsize=9)
     for col, (name, k) in enumerate(HAND_KERNELS.items(), start=1):
         k = np.array(k)
@@ -170,16 +170,16 @@ def backward_figure(kernel, positions, path):
 def equal_ways(x, kernel, strides, padding) -> dict:
     """Forward: loops vs im2col. Backward: loops vs library vs the flipped-kernel convolution."""
     naive, naive_cache = conv2d_naive_forward(x, kernel, strides=strides, padding=padding)
-    fast, fast_cache = conv2d_forward(x, kernel, strides=strides, padding=padding)
+    im2col, im2col_cache = conv2d_forward(x, kernel, strides=strides, padding=padding)
     dout = np.random.default_rng(1).standard_normal(naive.shape).astype(x.dtype)
     dx_loops, g_loops = conv2d_naive_backward(dout, naive_cache)
-    dx_fast, g_fast = conv2d_backward(dout, fast_cache)
+    dx_library, g_library = conv2d_backward(dout, im2col_cache)
     dx_conv = input_grad_by_convolution(dout, kernel, x.shape, strides, padding)
     return {
-        "forward, im2col vs loops": relative_error(fast, naive),
-        "d input, library vs loops": relative_error(dx_fast, dx_loops),
+        "forward, im2col vs loops": relative_error(im2col, naive),
+        "d input, library vs loops": relative_error(dx_library, dx_loops),
         "d input, flipped-kernel convolution vs loops": relative_error(dx_conv, dx_loops),
-        "d kernel, library vs loops": relative_error(g_fast["kernel"], g_loops["kernel"]),
+        "d kernel, library vs loops": relative_error(g_library["kernel"], g_loops["kernel"]),
     }
 
 

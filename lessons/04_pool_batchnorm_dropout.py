@@ -72,8 +72,8 @@ def pooling_figure(digit, path):
     avg14, _ = avg_pool_forward(x, 2)
     max7, _ = max_pool_forward(max14, 2)
     routed, _ = max_pool_backward(np.ones_like(max14), cache)
-    panels = [(x, "input 28x28", "gray_r"), (max14, "max pool 2x2: 14x14", "gray_r"),
-              (avg14, "avg pool 2x2: 14x14", "gray_r"), (max7, "max pool twice: 7x7", "gray_r"),
+    panels = [(x, "input 28x28", "gray"), (max14, "max pool 2x2: 14x14", "gray"),
+              (avg14, "avg pool 2x2: 14x14", "gray"), (max7, "max pool twice: 7x7", "gray"),
               (routed, "max pool's gradient of 1s", "Reds")]  # fmt: skip
     figure, axes = plt.subplots(1, len(panels), figsize=(14, 3.2))
     for ax, (a, title, cmap) in zip(axes, panels):
@@ -261,7 +261,7 @@ def dropout_figure(digit, outs, means, error, rms_x, rate, path):
               (means[-1][..., 0], f"mean of {samples}")]  # fmt: skip
     for k, (a, title) in enumerate(panels):
         ax = figure.add_subplot(grid[0, k])
-        ax.imshow(a, cmap="gray_r", vmin=0, vmax=1)  # survivors (x2) are clipped to black
+        ax.imshow(a, cmap="gray", vmin=0, vmax=1)  # survivors (x2) are clipped to white
         ax.set_title(title, fontsize=9)
         ax.axis("off")
     ax = figure.add_subplot(grid[0, 6])

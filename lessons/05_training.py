@@ -2,14 +2,14 @@
 
 1. Our SGD, momentum and Adam (scratchcnn.optim) and optax's, from the same start on the
    same problem: both trajectories, and their largest difference.
-2. The learning-rate schedules of scratchcnn.optim, as `scratchcnn train --schedule` builds them.
-3. The default recipe trained on MNIST by the training loop written out (the loop of
-   scratchcnn.train without the bookkeeping), with the loss after every step and the
-   validation loss every few steps; first checked bit for bit against scratchcnn.train.
+2. The learning-rate schedules of scratchcnn.optim, as `scratchcnn train --schedule` builds them,
+   and how far below its peak the default one-cycle schedule is over its last quarter.
+3. The default recipe trained on MNIST by the library's loop (scratchcnn.train.train), with an
+   ``on_step`` that records the loss after every step and the validation loss every few steps.
 4. Early stopping on a small subset, where the network overfits within a few epochs.
 5. Checkpoints: a bit-exact round trip, a crash in the middle of a save, a pickle refused.
 
-    python lessons/05_training.py           # ~5 min on 2 cores (the training run: ~90 s)
+    python lessons/05_training.py           # 9 to 20 min on 2 shared cores, mostly training
     python lessons/05_training.py --quick   # seconds
 """
 
@@ -28,25 +28,12 @@ from _lesson import Lesson
 
 from scratchcnn import models, optim
 from scratchcnn.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from scratchcnn.data.augment import AUGMENTATIONS, augment_batch
-from scratchcnn.data.preprocess import standardize_unit
 from scratchcnn.files import write_atomically
-from scratchcnn.inference import predict_logits
-from scratchcnn.metrics import accuracy
-from scratchcnn.train import (
-    AUGMENT,
-    RECIPES,
-    SHUFFLE,
-    TrainConfig,
-    batches,
-    epoch_rng,
-    evaluate_split,
-    load_splits,
-    make_backend,
-    make_run_optimizer,
-    make_schedule,
-    train,
-)
+from scratchcnn.inference import make_eval_step, predict_logits
+from scratchcnn.metrics import accuracy, evaluate_logits
+from scratchcnn.train import RECIPES, TrainConfig, train
+from scratchcnn.train.data import load_splits
+from scratchcnn.train.step import make_schedule
 from scratchcnn.viz import save_figure
 
 COLORS = {"sgd": "tab:blue", "momentum": "tab:orange", "adam": "tab:green"}
@@ -138,7 +125,7 @@ def optimizer_figure(runs: dict, path):
 
 
 def schedule_curves(steps_per_epoch: int, epochs: int, lr: float) -> dict:
-    """lr at every step of a run, for each --schedule, built by train.make_schedule."""
+    """lr at every step of a run, for each --schedule, built by train.step.make_schedule."""
     base = TrainConfig(epochs=epochs, learning_rate=lr)
     configs = {
         "constant": dataclasses.replace(base, schedule="constant"),
@@ -157,6 +144,26 @@ def schedule_curves(steps_per_epoch: int, epochs: int, lr: float) -> dict:
     return curves
 
 
+def one_cycle_tail(config: TrainConfig, steps_per_epoch: int) -> dict:
+    """How far below its peak the one-cycle schedule of ``config`` is over its last quarter:
+    the factor at 3/4 of the run and at its last step, and when it first falls 10, 100 and
+    1000 times below the peak (as a fraction of the run)."""
+    total = config.epochs * steps_per_epoch
+    schedule = make_schedule(config, steps_per_epoch)
+    lr = np.array([float(schedule(t)) for t in range(total)])
+    peak, after_peak = lr.max(), np.arange(total) >= lr.argmax()
+    return {
+        "steps": total,
+        "peak": float(peak),
+        "below_peak_at_three_quarters": float(peak / lr[total * 3 // 4]),
+        "below_peak_at_last_step": float(peak / lr[-1]),
+        "run_fraction_when_below": {
+            str(factor): float(np.argmax(after_peak & (lr <= peak / factor)) / total)
+            for factor in (10, 100, 1000)
+        },
+    }
+
+
 def schedule_figure(curves: dict, steps_per_epoch: int, path):
     figure, axes = plt.subplots(figsize=(8, 3.4))
     for name, values in curves.items():
@@ -171,61 +178,38 @@ def schedule_figure(curves: dict, steps_per_epoch: int, path):
 # --------------------------------------------------------------------------- the run
 
 
-# --8<-- [start:loop]
-def train_recording(config: TrainConfig, splits, every: int):
-    """The loop of scratchcnn.train, written out: the loss of every step, the validation
-    loss every ``every`` steps. Same config, same random streams, so the same weights."""
-    model = models.build(config.model)
-    steps_per_epoch = -(-len(splits.train) // config.batch_size)  # ceil
-    schedule = make_schedule(config, steps_per_epoch)
-    optimizer = make_run_optimizer(config, schedule)
-    backend = make_backend(model, optimizer, config)  # our step; jax.jit on "jax"
-    params, state = model.init(config.seed)
-    opt_state = optimizer.init(params)
-    params, state, opt_state = (backend.to_device(t) for t in (params, state, opt_state))
-    curve, step, train_seconds = [], 0, 0.0
-    for epoch in range(config.epochs):
-        shuffle = epoch_rng(config.seed, epoch, SHUFFLE)  # a fresh stream per epoch
-        augment = epoch_rng(config.seed, epoch, AUGMENT)
-        dropout = backend.dropout_source(epoch)
-        for i, idx in enumerate(batches(len(splits.train), config.batch_size, shuffle)):
+# --8<-- [start:recorder]
+class StepRecorder:
+    """An ``on_step`` for ``train``: the loss and learning rate of every step, and every
+    ``every`` steps the loss on the validation images (timed apart from the training)."""
+
+    def __init__(self, config: TrainConfig, splits, every: int):
+        self.model, self.val, self.every = models.build(config.model), splits.val, every
+        self.steps_per_epoch = -(-len(splits.train) // config.batch_size)  # ceil
+        self.total = config.epochs * self.steps_per_epoch
+        self.schedule = make_schedule(config, self.steps_per_epoch)  # the run's schedule
+        self.eval_step = jax.jit(make_eval_step(self.model))
+        self.curve, self.eval_seconds = [], 0.0
+
+    def __call__(self, run, loss: float, accuracy: float) -> None:
+        step = run.step - 1  # the step just taken
+        row = {"step": step, "lr": float(self.schedule(step)), "loss": loss, "accuracy": accuracy}
+        if run.step % self.every == 0 or run.step == self.total:
             started = time.perf_counter()
-            images = augment_batch(splits.train.images[idx], augment,
-                                   AUGMENTATIONS[config.augment])  # fmt: skip
-            x = backend.to_device(standardize_unit(images[..., None]))
-            y = backend.to_device(splits.train.labels[idx].astype(np.int32))
-            lr = float(schedule(step))  # the rate of this update
-            params, state, opt_state, loss, acc = backend.train_step(
-                params, state, opt_state, x, y, dropout(i)
-            )
-            row = {"step": step, "lr": lr, "loss": float(loss), "accuracy": float(acc)}
-            train_seconds += time.perf_counter() - started
-            step += 1
-            if step % every == 0 or step == config.epochs * steps_per_epoch:
-                val = evaluate_split(backend, model, params, state, splits.val, 1000)
-                row.update(val_loss=val.loss, val_accuracy=val.accuracy)
-            curve.append(row)
-    trained = [backend.to_host(t) for t in (params, state, opt_state)]
-    return model, *trained, curve, train_seconds, backend
+            val = self.evaluate(run.params, run.state)
+            row.update(val_loss=val.loss, val_accuracy=val.accuracy)
+            self.eval_seconds += time.perf_counter() - started
+        self.curve.append(row)
+
+    def evaluate(self, params, state):
+        """Loss and accuracy on the validation images, with the jitted forward pass."""
+        logits = predict_logits(
+            self.model, params, state, self.val.images, eval_step=self.eval_step
+        )
+        return evaluate_logits(logits, self.val.labels)
 
 
-# --8<-- [end:loop]
-
-
-def same_as_train(config: TrainConfig, splits) -> dict:
-    """Run scratchcnn.train and the loop above on the same small config: equal weights?"""
-    result = train(config, progress=False, log=lambda line: None)
-    _, params, state, _, _, _, _ = train_recording(config, splits, every=10**9)
-    leaves = [(a, b) for name in params for key in params[name]
-              for a, b in [(params[name][key], result.params[name][key])]]  # fmt: skip
-    leaves += [(state[n][k], result.state[n][k]) for n in state for k in state[n]]
-    return {
-        "train_limit": config.train_limit,
-        "backend": config.backend,
-        "arrays": len(leaves),
-        "bit_identical": all(np.array_equal(a, b) for a, b in leaves),
-        "max_abs_difference": max(float(np.abs(a - b).max()) for a, b in leaves),
-    }
+# --8<-- [end:recorder]
 
 
 def curves_figure(curve: list[dict], steps_per_epoch: int, path):
@@ -375,32 +359,30 @@ def main():
     curves = schedule_curves(steps_per_epoch, 10, 3e-3)
     schedule_figure(curves, steps_per_epoch, lesson.path("schedules.png"))
 
+    tail = one_cycle_tail(RECIPES["default"], steps_per_epoch)
+
     config = dataclasses.replace(RECIPES["default"], seed=seed)
-    if quick:
-        config = dataclasses.replace(config, backend="numpy", train_limit=256, batch_size=64,
-                                     epochs=1, val_fraction=0.01, test_limit=500)  # fmt: skip
-    splits = load_splits(config)
-    check = dataclasses.replace(config, backend="numpy", train_limit=256, batch_size=64,
-                                epochs=1, test_limit=100)  # fmt: skip
-    equal = same_as_train(check, load_splits(check))
-
-    model, params, state, opt_state, curve, seconds, backend = train_recording(
-        config, splits, every=2 if quick else 50
-    )
-    test = evaluate_split(backend, model, params, state, splits.test, 1000)
-    run_steps_per_epoch = -(-len(splits.train) // config.batch_size)
-    curves_figure(curve, run_steps_per_epoch, lesson.path("learning_curves.png"))
-
     stop_config = TrainConfig(model="flax_cnn", train_limit=500, epochs=25, schedule="constant",
                               learning_rate=3e-3, val_fraction=0.05, early_stopping=4,
                               backend="numpy", seed=seed)  # fmt: skip
     if quick:
+        config = dataclasses.replace(config, backend="numpy", train_limit=256, batch_size=64,
+                                     epochs=1, val_fraction=0.01, test_limit=500)  # fmt: skip
         stop_config = dataclasses.replace(stop_config, train_limit=128, epochs=3, early_stopping=1,
                                           val_fraction=0.01, test_limit=200)  # fmt: skip
-    with tempfile.TemporaryDirectory() as tmp:
-        stopping = early_stopping_run(stop_config, Path(tmp) / "run")
-        early_stopping_figure(stopping, lesson.path("early_stopping.png"))
-        saved = checkpoint_demo(model, config, params, state, opt_state, Path(tmp))
+    splits = load_splits(config)
+    recorder = StepRecorder(config, splits, every=2 if quick else 50)
+    with tempfile.TemporaryDirectory() as folder:
+        tmp = Path(folder)
+        result = train(config, output_dir=tmp / "default", progress=False, on_step=recorder)
+        last = load_checkpoint(tmp / "default" / "last.npz")  # the weights and Adam's state
+        saved = checkpoint_demo(models.build(config.model), config, last.params, last.state,
+                                last.opt_state, tmp)  # fmt: skip
+        stopping = early_stopping_run(stop_config, tmp / "early")
+    curve, test = recorder.curve, result.test
+    seconds = result.train_seconds - recorder.eval_seconds  # without the recorder's evaluations
+    curves_figure(curve, recorder.steps_per_epoch, lesson.path("learning_curves.png"))
+    early_stopping_figure(stopping, lesson.path("early_stopping.png"))
 
     val = [r for r in curve if "val_loss" in r]
     lesson.finish({
@@ -409,16 +391,16 @@ def main():
         "optimizers_max_abs_difference": max(r["max_abs_difference"] for r in runs.values()),
         "schedules": {name: {"first": float(v[0]), "peak": float(v.max()),
                              "last": float(v[-1])} for name, v in curves.items()},
-        "loop_equals_train": equal,
+        "one_cycle_tail": tail,
         "training": {
             "config": config.to_json(),
             "train_images": len(splits.train),
             "val_images": len(splits.val),
             "test_images": len(splits.test),
             "steps": len(curve),
-            "steps_per_epoch": run_steps_per_epoch,
+            "steps_per_epoch": recorder.steps_per_epoch,
             "train_seconds": round(seconds, 1),
-            "images_per_second": round(len(curve) * config.batch_size / seconds),
+            "images_per_second": round(config.epochs * len(splits.train) / seconds),
             "first_loss": curve[0]["loss"],
             "final_val_loss": val[-1]["val_loss"],
             "final_val_accuracy": val[-1]["val_accuracy"],

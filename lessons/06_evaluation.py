@@ -64,7 +64,9 @@ def temperature_scaling(logits: np.ndarray, labels: np.ndarray) -> dict:
     }
 
 
-def summary(logits: np.ndarray, labels: np.ndarray) -> dict:
+def summary(logits: np.ndarray, labels: np.ndarray, target_top: float) -> dict:
+    """Every number the page shows for one network; target_top is the largest probability
+    of the smoothed training target (how many images the network is surer than that)."""
     evaluation = evaluate_logits(logits, labels)
     probs = softmax(logits)
     confidence = probs.max(axis=1)
@@ -83,6 +85,8 @@ def summary(logits: np.ndarray, labels: np.ndarray) -> dict:
         "mean_confidence": float(confidence.mean()),
         "mean_confidence_correct": float(confidence[correct].mean()),
         "mean_confidence_wrong": float(confidence[~correct].mean()) if (~correct).any() else None,
+        "max_confidence": float(confidence.max()),
+        "above_target_top": int((confidence > target_top).sum()),
         "most_confident_mistakes": evaluation.misclassified[:20],
         "temperature_scaling": temperature_scaling(logits, labels),
     }
@@ -132,7 +136,7 @@ def digit_grid(images, titles, colors, columns: int, path, suptitle: str):
     for ax in axes.flat:
         ax.axis("off")
     for ax, image, title, color in zip(axes.flat, images, titles, colors):
-        ax.imshow(image, cmap="gray_r", vmin=0, vmax=255)
+        ax.imshow(image, cmap="gray", vmin=0, vmax=255)  # white ink on black, as MNIST stores it
         ax.set_title(title, fontsize=7.5, color=color)
     figure.suptitle(suptitle, fontsize=10)
     save_figure(figure, path)
@@ -196,8 +200,10 @@ def main():
     images, labels = load_mnist("test")
     if lesson.quick:
         images, labels = images[:300], labels[:300]
+    smoothing = RECIPES["best"].label_smoothing
+    target_top = 1 - smoothing + smoothing / 10  # the smoothed target's largest probability
     logits = {name: network_logits(name, images, lesson.quick, lesson.seed) for name in NETWORKS}
-    results = {name: summary(logits[name], labels) for name in NETWORKS}
+    results = {name: summary(logits[name], labels, target_top) for name in NETWORKS}
 
     default = results["default"]
     confusion_figure(np.array(default["confusion_matrix"]),
@@ -208,14 +214,13 @@ def main():
     mistakes_figure(images, default["most_confident_mistakes"], lesson.path("mistakes.png"))
     reliability_figure(results, lesson.path("reliability.png"))
 
-    smoothing = RECIPES["best"].label_smoothing
     lesson.finish({
         "test_images": len(labels),
         "checkpoints": None if lesson.quick else {
             name: str(trained_checkpoint(name, lesson.seed).relative_to(ROOT))
             for name in NETWORKS},
         "label_smoothing": smoothing,
-        "smoothed_target_top": 1 - smoothing + smoothing / 10,
+        "smoothed_target_top": target_top,
         **results,
     })  # fmt: skip
 

@@ -12,9 +12,14 @@ missing: about 80 minutes on 2 cores for all eight (results/*.json, train_second
 
     python lessons/07_augmentation_ensembles.py           # ~2 min with the checkpoints
     python lessons/07_augmentation_ensembles.py --quick   # seconds (fresh, untrained weights)
+    python lessons/07_augmentation_ensembles.py --augmentation-figures  # the two figures
+                                                # that need no network, redrawn alone
 """
 
+import argparse
 import json
+import math
+import sys
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -66,7 +71,7 @@ def augmentation_figure(digit: np.ndarray, seed: int, path, samples: int = 8) ->
         batch = augment_batch(np.repeat(unit[None], samples, axis=0), rng, config)
         changed[name] = float(np.abs(batch - unit).mean() / unit.mean())
         for c, image in enumerate([unit, *batch]):
-            axes[r, c].imshow(image, cmap="gray_r", vmin=0, vmax=1)
+            axes[r, c].imshow(image, cmap="gray", vmin=0, vmax=1)
             axes[r, c].set(xticks=[], yticks=[])
         axes[r, 0].set_ylabel(name, fontsize=9)
     axes[0, 0].set_title("original", fontsize=9)
@@ -87,18 +92,36 @@ def elastic_figure(digit: np.ndarray, seed: int, path, sigmas=(1.0, 4.0, 8.0)) -
         distorted = bilinear_sample(unit, ys + dy, xs + dx)[0]
         sizes[str(sigma)] = float(np.sqrt((dy[0, 4:24, 4:24] ** 2).mean()))
         top, bottom = axes[0, c], axes[1, c]
-        top.imshow(unit[0], cmap="gray_r", vmin=0, vmax=1, alpha=0.3)
+        top.imshow(unit[0], cmap="gray", vmin=0, vmax=1, alpha=0.3)
         step = 2
         top.quiver(xs[::step, ::step], ys[::step, ::step], dx[0, ::step, ::step],
                    dy[0, ::step, ::step], angles="xy", scale_units="xy", scale=1,
                    color="tab:blue", width=0.006)  # fmt: skip
         top.set(xlim=(-0.5, 27.5), ylim=(27.5, -0.5), xticks=[], yticks=[])
         top.set_title(f"sigma = {sigma:g}: field (arrows to scale)", fontsize=9)
-        bottom.imshow(distorted, cmap="gray_r", vmin=0, vmax=1)
+        bottom.imshow(distorted, cmap="gray", vmin=0, vmax=1)
         bottom.set(xticks=[], yticks=[])
         bottom.set_title(f"distorted, alpha = 34, sigma = {sigma:g}", fontsize=9)
     save_figure(figure, path)
     return sizes
+
+
+def redraw_augmentation(lesson, digit) -> None:
+    """--augmentation-figures: redraw augmentation.png and elastic_field.png, which need no
+    network, and check that they measure what the full run's results.json says (to 1e-9:
+    a float64 sum may round its last bit differently from one run to the next)."""
+    results = json.loads(lesson.path("results.json").read_text())
+    measured = {
+        "augmentation_mean_change": augmentation_figure(digit, lesson.seed,
+                                                        lesson.path("augmentation.png")),
+        "elastic_rms_displacement": elastic_figure(digit, lesson.seed,
+                                                   lesson.path("elastic_field.png")),
+    }  # fmt: skip
+    for key, values in measured.items():
+        for name, value in values.items():
+            if not math.isclose(value, results[key][name], rel_tol=1e-9):
+                raise SystemExit(f"{key}[{name!r}] is {value}, results.json says "
+                                 f"{results[key][name]}: run the whole lesson")  # fmt: skip
 
 
 # --------------------------------------------------------------------------- networks
@@ -191,7 +214,7 @@ def mistakes_figure(images, labels, probs, path, limit: int = 30):
     for ax in axes.flat:
         ax.axis("off")
     for ax, i in zip(axes.flat, wrong):
-        ax.imshow(images[i], cmap="gray_r", vmin=0, vmax=255)
+        ax.imshow(images[i], cmap="gray", vmin=0, vmax=255)
         ax.set_title(f"{preds[i]} ({100 * probs[i].max():.0f}%), not {labels[i]}", fontsize=7.5,
                      color="tab:red")  # fmt: skip
     figure.suptitle("What the ensemble of six still gets wrong: prediction (probability), "
@@ -203,6 +226,9 @@ def mistakes_figure(images, labels, probs, path, limit: int = 30):
 
 
 def main():
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--augmentation-figures", action="store_true")
+    options, sys.argv[1:] = parser.parse_known_args()  # the rest is Lesson's
     lesson = Lesson(__file__, __doc__.splitlines()[0])
     seed = lesson.seed
     images, labels = load_mnist("test")
@@ -210,6 +236,8 @@ def main():
         images, labels = images[:200], labels[:200]
 
     digit = images[np.flatnonzero(labels == 4)[0]]
+    if options.augmentation_figures:
+        return redraw_augmentation(lesson, digit)
     changed = augmentation_figure(digit, seed, lesson.path("augmentation.png"))
     field = elastic_figure(digit, seed, lesson.path("elastic_field.png"))
 

@@ -7,7 +7,8 @@
 3. Saliency maps, the gradient of the log-probability of a class with respect to the
    input pixels, computed twice: by our hand-written backward pass (grad="manual") and
    by jax.grad through our forward pass (grad="jax"); the two are compared, and checked
-   against finite differences in float64.
+   against finite differences in float64, on the digits as they are and untied
+   (scratchcnn.parity.untie: a little noise, so that no max-pool window holds equal values).
 
 Networks: the shipped `default` and `best` (scratchcnn.pretrained); --retrain trains them
 into runs/ instead (default: ~4 min, best: ~25 min on 2 cores).
@@ -26,6 +27,7 @@ from scratchcnn.data.preprocess import standardize_unit
 from scratchcnn.gradcheck import relative_error
 from scratchcnn.layers import count_params
 from scratchcnn.metrics import softmax
+from scratchcnn.parity import untie
 from scratchcnn.viz import save_figure
 
 STAGES = {  # the outputs we draw, and what produced them
@@ -82,7 +84,7 @@ def activations_figure(digit: np.ndarray, maps: dict, path, channels: int = 12):
                                 layout="constrained")  # fmt: skip
     for r, (name, label) in enumerate(STAGES.items()):
         out = maps[name][0]
-        axes[r, 0].imshow(digit, cmap="gray_r") if r == 0 else axes[r, 0].axis("off")
+        axes[r, 0].imshow(digit, cmap="gray", vmin=0, vmax=1) if r == 0 else axes[r, 0].axis("off")
         for c, channel in enumerate(picks[name]):
             ax = axes[r, c + 1]
             image = out[:, :, channel]
@@ -135,7 +137,7 @@ def saliency_figure(x, labels, rows: list[tuple[str, np.ndarray]], titles: dict,
     figure, axes = plt.subplots(len(rows) + 1, count, figsize=(1.25 * count, 1.4 * (len(rows) + 1)),
                                 layout="constrained")  # fmt: skip
     for i in range(count):
-        axes[0, i].imshow(x[i, :, :, 0], cmap="gray_r", vmin=0, vmax=1)
+        axes[0, i].imshow(x[i, :, :, 0], cmap="gray", vmin=0, vmax=1)  # white ink on black
         axes[0, i].set_title(f"label {labels[i]}", fontsize=8)
         for r, (_, grad) in enumerate(rows, start=1):
             g = -grad[i, :, :, 0]
@@ -227,14 +229,20 @@ def main():
 
     _, grad_64 = loss_and_gradient(model, _as_float64(params), _as_float64(state),
                                    x.astype(np.float64), y, grad="manual")  # fmt: skip
+    _, untied_m = loss_and_gradient(model, params, state, untie(x, seed), y, grad="manual")
+    _, untied_j = loss_and_gradient(model, params, state, untie(x, seed), y, grad="jax")
     per_image = [
-        {"loss": float(losses_m[i]), "relative_error": relative_error(grad_m[i], grad_j[i])}
+        {"loss": float(losses_m[i]), "relative_error": relative_error(grad_m[i], grad_j[i]),
+         "relative_error_untied": relative_error(untied_m[i], untied_j[i]),
+         "largest_gradient": float(np.abs(grad_j[i]).max())}
         for i in range(len(x))
-    ]
+    ]  # fmt: skip
     many = unit[:100] if not quick else unit[:16]
     many_labels = labels[: len(many)].astype(np.int64)
     _, many_m = loss_and_gradient(model, params, state, many, many_labels, grad="manual")
     _, many_j = loss_and_gradient(model, params, state, many, many_labels, grad="jax")
+    _, many_um = loss_and_gradient(model, params, state, untie(many, seed), many_labels, "manual")
+    _, many_uj = loss_and_gradient(model, params, state, untie(many, seed), many_labels, "jax")
     directions, fd_images = (3 if quick else 10), 4
     fd = finite_difference_check(model, params, state, x[:fd_images], runner_up[:fd_images],
                                  directions, seed)  # fmt: skip
@@ -264,6 +272,8 @@ def main():
             "relative_error": relative_error(grad_m, grad_j),
             "loss_relative_error": relative_error(losses_m, losses_j),
             "relative_error_100": relative_error(many_m, many_j),
+            "relative_error_untied": relative_error(untied_m, untied_j),
+            "relative_error_100_untied": relative_error(many_um, many_uj),
             "images_100": len(many),
             "finite_difference_relative_error": fd,
             "finite_difference_directions": directions,

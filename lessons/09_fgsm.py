@@ -2,9 +2,11 @@
 
 The input gradient of the undefended default network (the shipped one) computed two ways,
 by jax.grad through our own forward pass and by our hand-written backward pass, and how far
-apart they are. Then the fast gradient sign method (Goodfellow et al. 2015): how well the
-first-order Taylor expansion predicts the loss it adds, the network's accuracy under FGSM
-at eps 0, 0.05, ..., 0.3 on all 10,000 test images, and a grid of adversarial examples.
+apart they are: on the test digits as they are, where max-pool windows on the flat
+background tie, and on the same digits with a little noise (parity.untie), where they do
+not. Then the fast gradient sign method (Goodfellow et al. 2015): how well the first-order
+Taylor expansion predicts the loss it adds, the network's accuracy under FGSM at eps 0,
+0.05, ..., 0.3 on all 10,000 test images, and a grid of adversarial examples.
 
     python lessons/09_fgsm.py           # a few minutes on 2 cores
     python lessons/09_fgsm.py --quick   # seconds: a network trained on 512 images
@@ -16,9 +18,11 @@ from _lesson import Lesson, undefended_network
 
 from scratchcnn import attacks, robustness
 from scratchcnn.data.mnist import load_mnist
-from scratchcnn.data.preprocess import to_unit_nhwc
+from scratchcnn.data.preprocess import MNIST_STD, standardize_unit, to_unit_nhwc
 from scratchcnn.gradcheck import relative_error
 from scratchcnn.inference import predict_probabilities
+from scratchcnn.ops.losses import log_softmax
+from scratchcnn.parity import untie
 from scratchcnn.viz import accuracy_vs_eps, adversarial_grid, save_figure
 
 EPS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3)
@@ -38,16 +42,34 @@ def per_image_error(g, reference) -> np.ndarray:
     return np.array([relative_error(a, b) for a, b in zip(g, reference)])
 
 
+# --8<-- [start:exact_label_gradient]
+def loss_and_gradient_exact(model, params, state, x, labels):
+    """loss_and_gradient_manual with exercise 3's fix: the label's entry of d loss / d logits
+    is -sum of the other classes' probabilities, never a number computed near 1."""
+    logits, _, caches = model.forward(params, state, standardize_unit(x), train=False)
+    log_probs = log_softmax(logits)
+    one_hot = labels[:, None] == np.arange(logits.shape[1])[None, :]
+    others = np.where(one_hot, 0, np.exp(log_probs))  # every class but the label, exact
+    dlogits = others - others.sum(axis=1, keepdims=True) * one_hot
+    dx, _ = model.backward(dlogits.astype(logits.dtype), caches)
+    return -log_probs[one_hot], dx / np.asarray(MNIST_STD, dtype=x.dtype)
+
+
+# --8<-- [end:exact_label_gradient]
+
+
 def compare_gradients(net, x, y) -> tuple[dict, dict, np.ndarray]:
-    """The input gradient by jax.grad and by our backward pass (float32), against our
-    backward pass in float64 as the reference."""
+    """The input gradient by jax.grad, by our backward pass and by our backward pass with
+    exercise 3's fix (float32), against our backward pass in float64 as the reference."""
     model, params, state = net
     loss_j, g_j = attacks.loss_and_gradient(*net, x, y, grad="jax")
     loss_m, g_m = attacks.loss_and_gradient(*net, x, y, grad="manual")
+    _, g_e = loss_and_gradient_exact(*net, x, y)
     loss_64, g_64 = attacks.loss_and_gradient(
         model, as_float64(params), as_float64(state), x.astype(np.float64), y, grad="manual"
     )
-    errors = {"jax": per_image_error(g_j, g_64), "manual": per_image_error(g_m, g_64)}
+    errors = {"jax": per_image_error(g_j, g_64), "manual": per_image_error(g_m, g_64),
+              "exact": per_image_error(g_e, g_64)}  # fmt: skip
     summary = {
         "images": len(y),
         "max_abs_gradient": float(np.abs(g_64).max()),
@@ -63,7 +85,11 @@ def compare_gradients(net, x, y) -> tuple[dict, dict, np.ndarray]:
                 "images_above_1e-3": int(np.sum(err > 1e-3)),
                 "sign_disagreements": int(np.sum(np.sign(g) != np.sign(g_64))),
             }
-            for name, err, g in (("jax", errors["jax"], g_j), ("manual", errors["manual"], g_m))
+            for name, err, g in (
+                ("jax", errors["jax"], g_j),
+                ("manual", errors["manual"], g_m),
+                ("exact", errors["exact"], g_e),
+            )  # fmt: skip
         },
         "images_with_loss_below_1e-6": int(np.sum(loss_64 < 1e-6)),
     }
@@ -112,21 +138,23 @@ def gradient_figure(x, g, labels, path, count: int = 6):
     save_figure(figure, path)
 
 
-def precision_figure(errors, path):
-    """Per-image relative error of the float32 gradients against float64, by loss."""
-    figure, axes = plt.subplots(figsize=(5.5, 3.6))
-    for name, marker, label in (("manual", "o", "our backward pass, float32"),
-                                ("jax", "x", "jax.grad, float32")):  # fmt: skip
-        axes.scatter(errors["loss"], np.maximum(errors[name], 1e-9), s=8, marker=marker,
-                     alpha=0.6, label=label)  # fmt: skip
-    losses = np.sort(errors["loss"][errors["loss"] > 0])
-    axes.plot(losses, np.minimum(2.0**-24 / losses, 1.5), "k--", lw=0.8,
-              label="$2^{-24}$ / loss")  # fmt: skip
-    axes.set(xscale="log", yscale="log", xlabel="loss of the image (float64)",
-             ylabel="relative error of its gradient",
-             title="Input gradients in float32 against float64")  # fmt: skip
-    axes.grid(alpha=0.3, which="both")
-    axes.legend(fontsize=8)
+def precision_figure(panels: dict, path):
+    """Per-image relative error of the float32 gradients against float64, by loss: one
+    panel per set of images ({title: errors})."""
+    figure, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8),
+                                sharey=True, squeeze=False)  # fmt: skip
+    for ax, (title, errors) in zip(axes[0], panels.items()):
+        for name, marker, label in (("manual", "o", "our backward pass, float32"),
+                                    ("jax", "x", "jax.grad, float32")):  # fmt: skip
+            ax.scatter(errors["loss"], np.maximum(errors[name], 1e-9), s=8, marker=marker,
+                       alpha=0.6, label=label)  # fmt: skip
+        losses = np.sort(errors["loss"][errors["loss"] > 0])
+        ax.plot(losses, np.minimum(2.0**-24 / losses, 1.5), "k--", lw=0.8,
+                label="$2^{-24}$ / loss")  # fmt: skip
+        ax.set(xscale="log", yscale="log", xlabel="loss of the image (float64)", title=title)
+        ax.grid(alpha=0.3, which="both")
+    axes[0, 0].set_ylabel("relative error of its gradient\n(float32 against float64)")
+    axes[0, 0].legend(fontsize=8)
     save_figure(figure, path)
 
 
@@ -155,9 +183,12 @@ def main():
 
     # 1. The input gradient, two ways.
     agreement, errors, g = compare_gradients(net, x[:n_small], y[:n_small])
-    print(f"jax.grad vs our backward: {agreement}", flush=True)
+    untied, untied_errors, _ = compare_gradients(net, untie(x[:n_small], lesson.seed), y[:n_small])
+    print(f"jax.grad vs our backward: {agreement}\nuntied: {untied}", flush=True)
     gradient_figure(x, g, y, lesson.path("input_gradients.png"))
-    precision_figure(errors, lesson.path("gradient_precision.png"))
+    precision_figure({"test digits as they are": errors,
+                      "the same digits untied (parity.untie)": untied_errors},
+                     lesson.path("gradient_precision.png"))  # fmt: skip
 
     # 2. How linear is the network around an image?
     taylor = {
@@ -185,6 +216,7 @@ def main():
     lesson.finish({
         "n_test": n_test,
         "gradients": agreement,
+        "gradients_untied": untied,
         "taylor": taylor["test images"],
         "taylor_noisy": taylor["test images + noise in [0.01, 0.02]"],
         "curve": curve,

@@ -2,8 +2,9 @@
 
 The ladder (the reference CNN's second convolution, 32 -> 32 channels at 28x28, 3x3 SAME,
 one batch of 128): the loops of the definition; im2col with one matrix multiply on the
-whole batch; the same im2col a cache-sized chunk of images at a time on every core (what
-scratchcnn's NumPy path does); our im2col compiled by jax.jit; and, for reference, XLA's
+whole batch (the plain op, scratchcnn/ops/conv.py); the same im2col a cache-sized chunk of
+images at a time on every core (the fast NumPy backend, scratchcnn/fast/conv.py); the plain
+im2col compiled by jax.jit; and, for reference, XLA's
 own convolution. Then a per-layer profile of one NumPy training step, and the step
 benchmark of benchmarks/step_speed.py drawn as a figure.
 
@@ -21,11 +22,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 from _lesson import ROOT, Lesson
 
+from scratchcnn.fast import FastOps
+from scratchcnn.fast import conv as fast_conv
 from scratchcnn.layers import Conv, layer_rng
 from scratchcnn.ops import conv
-from scratchcnn.ops.cores import on_all_cores
 from scratchcnn.ops.losses import softmax_cross_entropy_backward, softmax_cross_entropy_forward
-from scratchcnn.ops.windows import pad_hw
 from scratchcnn.viz import save_figure
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -59,12 +60,6 @@ def pure_python_ms(x, kernel, samples: int = 24) -> float:
     return 1e3 * per_output * n * h * w * kernel.shape[3]
 
 
-def whole_batch_im2col(x, kernel):
-    """im2col + one matmul over the whole batch at once (BLAS on every core)."""
-    geo = conv.conv_geometry(x.shape, kernel.shape, 1, "SAME")
-    return conv._conv_windows(pad_hw(x, geo.pads), kernel, None, geo)
-
-
 def conv_ladder(batch: int, repeats: int, seed: int) -> list[dict]:
     """Forward time of one convolution, implemented five ways, on the same batch."""
     rng = np.random.default_rng(seed)
@@ -78,8 +73,8 @@ def conv_ladder(batch: int, repeats: int, seed: int) -> list[dict]:
     reference = conv.conv2d_forward(x, kernel)[0]
     ways = [
         ("loops over output pixels", lambda: conv.conv2d_naive_forward(x, kernel)[0]),
-        ("im2col, whole batch", lambda: whole_batch_im2col(x, kernel)),
-        ("im2col, chunks on every core", lambda: on_all_cores_forward(x, kernel)),
+        ("im2col, whole batch", lambda: conv.conv2d_forward(x, kernel)[0]),  # BLAS on every core
+        ("im2col, chunks on every core", lambda: fast_forward(x, kernel)),
         ("im2col, jax.jit", lambda: jit_ours(xj, kj).block_until_ready()),
         ("XLA's own convolution", lambda: jit_xla(xj, kj).block_until_ready()),
     ]
@@ -98,9 +93,10 @@ def conv_ladder(batch: int, repeats: int, seed: int) -> list[dict]:
     return rows
 
 
-def on_all_cores_forward(x, kernel):
-    with on_all_cores():
-        return conv.conv2d_forward(x, kernel)[0]
+def fast_forward(x, kernel):
+    """The fast backend's convolution, set up as for a whole pass of a network."""
+    with FastOps.whole_pass():
+        return fast_conv.conv2d_forward(x, kernel)[0]
 
 
 def step_profile(batch: int, repeats: int, seed: int) -> list[dict]:
@@ -111,7 +107,7 @@ def step_profile(batch: int, repeats: int, seed: int) -> list[dict]:
     x = rng.standard_normal((batch, 28, 28, 1)).astype(np.float32)
     labels = rng.integers(0, 10, batch)
     forward, backward = {n: [] for n in model.names}, {n: [] for n in model.names}
-    with on_all_cores():
+    with FastOps.whole_pass():  # NumPy arrays: the layers run the fast backend
         for _ in range(repeats + 1):  # the first pass warms up, its times are dropped
             h, caches = x, []
             for i, (name, layer) in enumerate(zip(model.names, model.layers)):

@@ -79,6 +79,7 @@ from typing import Any
 import numpy as np
 
 from scratchcnn import __version__
+from scratchcnn.data.mnist import INPUT_SHAPE
 from scratchcnn.errors import ScratchCNNError, WriteError
 from scratchcnn.files import to_jsonable, write_atomically
 from scratchcnn.layers import Sequential
@@ -90,7 +91,6 @@ FORMAT = "scratchcnn-checkpoint"
 FORMAT_VERSION = 1
 META_ENTRY = "meta.json"
 TREE_NAMES = ("params", "state", "opt_state")
-DEFAULT_INPUT_SHAPE = (28, 28, 1)
 
 # Every zip archive (hence every .npz) starts with these four bytes: "PK\x03\x04".
 ZIP_MAGIC = b"PK\x03\x04"
@@ -124,7 +124,7 @@ class Checkpoint:
 # --------------------------------------------------------------------------- saving
 
 
-def architecture_of(name: str, model: Sequential, input_shape=DEFAULT_INPUT_SHAPE) -> dict:
+def architecture_of(name: str, model: Sequential, input_shape=INPUT_SHAPE) -> dict:
     """The ``architecture`` metadata: registry name, every layer's repr, input shape.
 
     A layer's repr lists all its hyperparameters (``Conv(features=32, kernel_size=3,
@@ -146,7 +146,7 @@ def save_checkpoint(
     state: Mapping,
     opt_state: Mapping | None = None,
     info: dict | None = None,
-    input_shape=DEFAULT_INPUT_SHAPE,
+    input_shape=INPUT_SHAPE,
 ) -> Path:
     """Write a checkpoint to ``path`` atomically and return the path.
 
@@ -489,7 +489,7 @@ def build_from_checkpoint(ckpt: Checkpoint) -> Sequential:
 
 
 def check_compatible(
-    ckpt: Checkpoint, model_name: str, model: Sequential, input_shape=DEFAULT_INPUT_SHAPE
+    ckpt: Checkpoint, model_name: str, model: Sequential, input_shape=INPUT_SHAPE
 ) -> None:
     """Raise CheckpointError unless ``ckpt`` holds weights for exactly this network.
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import json
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -20,6 +22,7 @@ import typer
 
 from scratchcnn.data.mnist import find_mnist, summarize_mnist
 from scratchcnn.errors import ScratchCNNError
+from scratchcnn.train.config import TrainConfig, flags
 
 app = typer.Typer(
     name="scratchcnn",
@@ -32,6 +35,7 @@ app = typer.Typer(
 )
 
 Command = TypeVar("Command", bound=Callable[..., Any])
+KEYWORD_ONLY = inspect.Parameter.KEYWORD_ONLY
 
 CHECKPOINT_HELP = (
     "A checkpoint file written by train, or the name of a pretrained network "
@@ -209,6 +213,68 @@ def _option(help_text: str, *names: str, **kw):
     return typer.Option(*names, help=help_text, show_default=False, **kw)
 
 
+def with_config_options(config_class) -> Callable[[Command], Command]:
+    """Give a command that takes ``**options`` one ``--flag`` per field of ``config_class``.
+
+    typer reads a command's options from its signature, so we write that signature: the
+    command's own parameters, with the config's fields after the first one.
+    """
+
+    def add(command: Command) -> Command:
+        own = list(inspect.signature(command, eval_str=True).parameters.values())
+        own = [p.replace(kind=KEYWORD_ONLY) for p in own if p.kind is not p.VAR_KEYWORD]
+        parameters = [*own[:1], *config_options(config_class), *own[1:]]
+        command.__signature__ = inspect.Signature(parameters)
+        return command
+
+    return add
+
+
+def config_options(config_class) -> list[inspect.Parameter]:
+    """One option per field of a dataclass such as ``TrainConfig``: its flags, help text and
+    ``min`` from the field's metadata (``scratchcnn.train.config.option``), its type from
+    the annotation. Every default is None, "the recipe's value"."""
+    hints = typing.get_type_hints(config_class)
+    options = []
+    for field in dataclasses.fields(config_class):
+        limits = {} if field.metadata["min"] is None else {"min": field.metadata["min"]}
+        option = _option(field.metadata["help"], *flags(field), **limits)
+        kind = _flag_type(hints[field.name])
+        options.append(inspect.Parameter(field.name, KEYWORD_ONLY, default=None,
+                                         annotation=Annotated[kind | None, option]))  # fmt: skip
+    return options
+
+
+def _flag_type(hint) -> type:
+    """The type typer parses a flag as: int | None -> int; tuple[int, ...] -> str ("5,8")."""
+    if typing.get_origin(hint) is tuple:
+        return str
+    return next(t for t in typing.get_args(hint) or (hint,) if t is not type(None))
+
+
+def _config_values(config_class, options: dict) -> dict:
+    """The options given on the command line (not None), as the config's fields take them."""
+    hints = typing.get_type_hints(config_class)
+    values = {}
+    for field in dataclasses.fields(config_class):
+        value = options[field.name]
+        if value is not None and typing.get_origin(hints[field.name]) is tuple:
+            value = _parse_tuple(value, typing.get_args(hints[field.name])[0], flags(field)[0])
+        if value is not None:
+            values[field.name] = value
+    return values
+
+
+def _parse_tuple(text: str, item: type, flag: str) -> tuple:
+    """ "5,8" -> (5, 8) for a tuple[int, ...] field."""
+    try:
+        return tuple(item(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise typer.BadParameter(
+            f"{flag} takes comma-separated numbers like 5,8; got {text!r}."
+        ) from None
+
+
 @app.command(
     epilog=(
         "Examples: scratchcnn train  (the default network, about 2 minutes)  |  "
@@ -218,6 +284,7 @@ def _option(help_text: str, *names: str, **kw):
         "scratchcnn train --output runs/lenet --resume ..."
     )
 )
+@with_config_options(TrainConfig)
 @reports_errors
 def train(
     recipe: Annotated[
@@ -225,77 +292,9 @@ def train(
         typer.Option(
             "--recipe",
             help="Start from a recipe: default, best, or a seed network's (lenet, flax_cnn, "
-            "bn_cnn, keras_cnn); flags override it.",
+            "bn_cnn, keras_cnn); the options below override it.",
         ),
     ] = "default",
-    model: Annotated[
-        str | None, _option("Architecture (see scratchcnn models).", "--model")
-    ] = None,
-    epochs: Annotated[
-        int | None, _option("Passes over the training set.", "--epochs", min=1)
-    ] = None,
-    batch_size: Annotated[int | None, _option("Images per step.", "--batch-size", min=1)] = None,
-    optimizer: Annotated[
-        str | None, _option("sgd, momentum, nesterov, adam or adamw.", "--optimizer")
-    ] = None,
-    learning_rate: Annotated[
-        float | None, _option("Peak learning rate.", "--lr", "--learning-rate")
-    ] = None,
-    schedule: Annotated[
-        str | None, _option("constant, milestones, cosine or one_cycle.", "--schedule")
-    ] = None,
-    warmup_epochs: Annotated[
-        float | None, _option("Linear warm-up length in epochs.", "--warmup-epochs", min=0)
-    ] = None,
-    milestones: Annotated[
-        str | None, _option("Epochs where lr is multiplied by gamma, e.g. 5,8.", "--milestones")
-    ] = None,
-    weight_decay: Annotated[
-        float | None, _option("Weight decay of the kernels.", "--weight-decay", min=0)
-    ] = None,
-    clip_norm: Annotated[
-        float | None, _option("Clip gradients to this global norm.", "--clip-norm")
-    ] = None,
-    label_smoothing: Annotated[
-        float | None, _option("Label smoothing in [0, 1).", "--label-smoothing")
-    ] = None,
-    augment: Annotated[
-        str | None, _option("Augmentation: none, affine or elastic.", "--augment")
-    ] = None,
-    val_fraction: Annotated[
-        float | None, _option("Share of training images held out.", "--val-fraction")
-    ] = None,
-    early_stopping: Annotated[
-        int | None, _option("Stop after this many epochs without progress.", "--early-stopping")
-    ] = None,
-    plateau_patience: Annotated[
-        int | None, _option("Halve lr after this many epochs without progress.", "--plateau")
-    ] = None,
-    adversarial: Annotated[
-        str | None,
-        _option("Adversarial training: none, fgsm, pgd or mixed.", "--adversarial"),
-    ] = None,
-    adversarial_eps: Annotated[
-        float | None, _option("L-infinity budget of the training attack.", "--adversarial-eps")
-    ] = None,
-    adversarial_steps: Annotated[
-        int | None, _option("PGD steps per batch (--adversarial pgd).", "--adversarial-steps")
-    ] = None,
-    seed: Annotated[int | None, _option("Seed of every random choice.", "--seed")] = None,
-    backend: Annotated[
-        str | None, _option("numpy, or jax (the same step, compiled).", "--backend")
-    ] = None,
-    train_limit: Annotated[
-        int | None, _option("Train on the first N training images only.", "--train-limit")
-    ] = None,
-    init_from: Annotated[
-        Path | None,
-        _option(
-            "Fine-tune: start from this checkpoint's (or pretrained network's) weights, "
-            "with a fresh optimizer.",
-            "--init",
-        ),
-    ] = None,
     output: Annotated[
         Path | None, _option("Folder for checkpoints and history.", "--output", "-o")
     ] = None,
@@ -305,6 +304,7 @@ def train(
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
+    **options: Any,
 ) -> None:
     """Train a network on MNIST and print its test accuracy.
 
@@ -318,31 +318,7 @@ def train(
 
     if recipe not in RECIPES:
         raise typer.BadParameter(f"unknown recipe {recipe!r}; choose one of: {', '.join(RECIPES)}.")
-    overrides = {
-        "model": model,
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "optimizer": optimizer,
-        "learning_rate": learning_rate,
-        "schedule": schedule,
-        "warmup_epochs": warmup_epochs,
-        "milestones": _parse_milestones(milestones),
-        "weight_decay": weight_decay,
-        "clip_norm": clip_norm,
-        "label_smoothing": label_smoothing,
-        "augment": augment,
-        "val_fraction": val_fraction,
-        "early_stopping": early_stopping,
-        "plateau_patience": plateau_patience,
-        "adversarial": adversarial,
-        "adversarial_eps": adversarial_eps,
-        "adversarial_steps": adversarial_steps,
-        "seed": seed,
-        "backend": backend,
-        "train_limit": train_limit,
-        "init_from": None if init_from is None else str(init_from),
-    }
-    config = dataclasses.replace(RECIPES[recipe], **_given(overrides))
+    config = dataclasses.replace(RECIPES[recipe], **_config_values(TrainConfig, options))
     result = run_training(
         config.validate(),
         data_dir=data_dir,
@@ -358,21 +334,6 @@ def train(
             f"test accuracy {result.test.accuracy:.2%} (loss {result.test.loss:.4f}) after "
             f"{len(result.history)} epochs, {result.train_seconds:.0f} s of training"
         )
-
-
-def _given(options: dict) -> dict:
-    return {name: value for name, value in options.items() if value is not None}
-
-
-def _parse_milestones(text: str | None) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    try:
-        return tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise typer.BadParameter(
-            f"--milestones takes comma-separated epochs like 5,8; got {text!r}."
-        ) from None
 
 
 # --------------------------------------------------------------------------- evaluate

@@ -25,5 +25,9 @@ class ShapeError(ScratchCNNError, ValueError):
     """An array or a layer configuration has a shape the operation cannot accept."""
 
 
+class InputError(ScratchCNNError, ValueError):
+    """A value has the right shape but not an accepted value: its type, dtype or range."""
+
+
 class WeightError(ScratchCNNError, ValueError):
     """A network's weights cannot be used: NaN or inf, or a BatchNorm variance below 0."""

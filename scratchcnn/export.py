@@ -44,6 +44,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from scratchcnn import __version__
+from scratchcnn.data.mnist import INPUT_SHAPE
 from scratchcnn.data.preprocess import MNIST_MEAN, MNIST_STD
 from scratchcnn.errors import ScratchCNNError, ShapeError
 from scratchcnn.files import write_atomically
@@ -68,7 +69,6 @@ LAYOUTS = ("nhwc", "nchw")
 # Opset 17 has every operator we use in its present form, and IR version 8 (the smallest
 # that carries opset 17) loads in every onnxruntime since 1.12, onnxruntime-web included.
 OPSET = 17
-IMAGE_SHAPE = (28, 28, 1)  # (H, W, C) of one MNIST digit
 INPUT_NAME = "image"
 BATCH = "batch"  # the symbolic batch dimension: any N works
 
@@ -303,7 +303,7 @@ def build_onnx(
             f"architecture {model_name!r} has no ReLU after a Conv layer to export as features."
         )
 
-    h, w, c = IMAGE_SHAPE
+    h, w, c = INPUT_SHAPE
     graph = _Graph(tensor=INPUT_NAME, shape=(c, h, w))
     _add_input(graph, layout)
     feature_shape = None
@@ -679,7 +679,7 @@ def build_gradient_onnx(
     for name, layer in zip(folded.names, folded.layers):
         _check_differentiable(name, layer, model_name)
 
-    h, w, c = IMAGE_SHAPE
+    h, w, c = INPUT_SHAPE
     graph = _Graph(tensor=INPUT_NAME, shape=(c, h, w))
     _add_input(graph, layout)
     steps: list[_Step] = []

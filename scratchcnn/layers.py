@@ -10,17 +10,49 @@ Every layer has three methods:
 ``Sequential`` chains layers and names them the way the Flax twin names its attributes
 (``conv1``, ``batchnorm1``, ``dense2``...), so params are ``{"conv1": {"kernel": ...,
 "bias": ...}, ...}`` on both sides and comparing them needs no renaming.
+
+Convolution, pooling and ReLU have two implementations behind one interface: the plain
+ops (``scratchcnn.ops.PlainOps``) and the fast NumPy backend (``scratchcnn.fast.FastOps``).
+``ops_for`` is the one place that chooses between them.
 """
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from scratchcnn.errors import ShapeError
-from scratchcnn.ops import activations, batchnorm, conv, dense, dropout, pool
-from scratchcnn.ops.cores import on_all_cores
+from scratchcnn.errors import InputError
+from scratchcnn.fast import FastOps
+from scratchcnn.ops import PlainOps, activations, batchnorm, conv, dense, dropout, pool
 from scratchcnn.ops.windows import as_pair
+
+_numpy_ops = FastOps  # what NumPy arrays run on; ``use_ops`` changes it for a block
+
+
+# --8<-- [start:ops_for]
+def ops_for(x):
+    """The implementation of the ops that computes on ``x``.
+
+    JAX arrays, and the tracers of ``jax.jit``, always get the plain ops: the fast ones
+    write into NumPy arrays and start threads. NumPy arrays get the fast NumPy backend,
+    unless a ``with use_ops(PlainOps):`` block asks for the plain ones.
+    """
+    return _numpy_ops if isinstance(x, np.ndarray) else PlainOps
+
+
+@contextmanager
+def use_ops(ops):
+    """Run NumPy arrays on ``ops`` (``PlainOps`` or ``FastOps``) inside the block."""
+    global _numpy_ops
+    previous, _numpy_ops = _numpy_ops, ops
+    try:
+        yield
+    finally:
+        _numpy_ops = previous
+
+
+# --8<-- [end:ops_for]
 
 
 def lecun_normal(rng: np.random.Generator, shape, fan_in: int, dtype) -> np.ndarray:
@@ -72,13 +104,13 @@ class Conv(Layer):
         return params, {}, (*geo.out_hw, self.features)
 
     def forward(self, params, state, x, *, train, rng=None):
-        out, cache = conv.conv2d_forward(
+        out, cache = ops_for(x).conv2d_forward(
             x, params["kernel"], params.get("bias"), self.strides, self.padding
         )
         return out, state, cache
 
     def backward(self, dout, cache, input_grad=True):
-        return conv.conv2d_backward(dout, cache, input_grad)
+        return ops_for(dout).conv2d_backward(dout, cache, input_grad)
 
 
 @dataclass(frozen=True)
@@ -109,11 +141,11 @@ class ReLU(Layer):
     kind = "relu"
 
     def forward(self, params, state, x, *, train, rng=None):
-        out, cache = activations.relu_forward(x)
+        out, cache = ops_for(x).relu_forward(x)
         return out, state, cache
 
     def backward(self, dout, cache):
-        return activations.relu_backward(dout, cache)
+        return ops_for(dout).relu_backward(dout, cache)
 
 
 @dataclass(frozen=True)
@@ -139,8 +171,8 @@ class _Pool(Layer):
 
     def init(self, rng, in_shape, dtype=np.float32):
         h, w, c = in_shape
-        *_, out_hw = pool.pool_geometry((h, w), self.window, self.strides, self.padding)
-        return {}, {}, (*out_hw, c)
+        geo = pool.pool_geometry((h, w), self.window, self.strides, self.padding)
+        return {}, {}, (*geo.out_hw, c)
 
 
 @dataclass(frozen=True)
@@ -150,11 +182,11 @@ class MaxPool(_Pool):
     kind = "maxpool"
 
     def forward(self, params, state, x, *, train, rng=None):
-        out, cache = pool.max_pool_forward(x, self.window, self.strides, self.padding)
+        out, cache = ops_for(x).max_pool_forward(x, self.window, self.strides, self.padding)
         return out, state, cache
 
     def backward(self, dout, cache):
-        return pool.max_pool_backward(dout, cache)
+        return ops_for(dout).max_pool_backward(dout, cache)
 
 
 @dataclass(frozen=True)
@@ -164,11 +196,11 @@ class AvgPool(_Pool):
     kind = "avgpool"
 
     def forward(self, params, state, x, *, train, rng=None):
-        out, cache = pool.avg_pool_forward(x, self.window, self.strides, self.padding)
+        out, cache = ops_for(x).avg_pool_forward(x, self.window, self.strides, self.padding)
         return out, state, cache
 
     def backward(self, dout, cache):
-        return pool.avg_pool_backward(dout, cache)
+        return ops_for(dout).avg_pool_backward(dout, cache)
 
 
 @dataclass(frozen=True)
@@ -225,7 +257,7 @@ class Dropout(Layer):
 
     def __post_init__(self):
         if not 0.0 <= self.rate <= 1.0:
-            raise ShapeError(f"dropout rate must be in [0, 1], got {self.rate}.")
+            raise InputError(f"dropout rate must be in [0, 1], got {self.rate}.")
 
     def forward(self, params, state, x, *, train, rng=None):
         if not train or self.rate == 0.0:
@@ -297,10 +329,15 @@ class Sequential:
             out.append((name, shape))
         return out
 
+    # --8<-- [start:forward_backward]
     def forward(self, params, state, x, *, train, rng=None):
-        """x: (N, H, W, C) -> (out, new_state, caches). rng is needed for dropout in train."""
+        """x: (N, H, W, C) -> (out, new_state, caches). rng is needed for dropout in train.
+
+        Each layer turns x into its output and keeps a cache for its backward pass; the
+        caches are returned in layer order.
+        """
         new_state, caches = {}, []
-        with on_all_cores():
+        with ops_for(x).whole_pass():
             for i, (name, layer) in enumerate(zip(self.names, self.layers)):
                 x, s, cache = layer.forward(
                     params.get(name, {}), state.get(name, {}), x, train=train, rng=layer_rng(rng, i)
@@ -313,11 +350,13 @@ class Sequential:
     def backward(self, dout, caches, input_grad=True):
         """Run every layer's backward in reverse. Returns (dx, grads shaped like params).
 
-        ``input_grad=False``: training needs no gradient for the images themselves, so a
-        first Conv layer skips it (dx is then None); attacks need it and keep the default.
+        Each layer turns the gradient of its output into the gradient of its input (and
+        of its params), using the cache its forward pass kept. ``input_grad=False``:
+        training needs no gradient for the images themselves, so a first Conv layer
+        skips it (dx is then None); attacks need it and keep the default.
         """
         grads = {}
-        with on_all_cores():
+        with ops_for(dout).whole_pass():
             for i in reversed(range(len(self.layers))):
                 name, layer, cache = self.names[i], self.layers[i], caches[i]
                 if i == 0 and not input_grad and isinstance(layer, Conv):
@@ -327,6 +366,8 @@ class Sequential:
                 if g:
                     grads[name] = g
         return dout, grads
+
+    # --8<-- [end:forward_backward]
 
 
 def count_params(params) -> int:

@@ -28,24 +28,26 @@ from typing import NamedTuple
 
 import numpy as np
 
-from scratchcnn.errors import ShapeError
+from scratchcnn.errors import InputError, ShapeError
 from scratchcnn.files import to_jsonable
+from scratchcnn.ops import losses
 from scratchcnn.ops.losses import log_softmax
 
 # The two summary rows of the report, and its overall accuracy entry (scikit-learn's keys).
 SUMMARY_KEYS = ("accuracy", "macro avg", "weighted avg")
 
 # ---------------------------------------------------------------------------------------
-# Input checks. Each raises ShapeError with one sentence naming the input and the problem.
+# Input checks. Each raises one sentence naming the input and the problem: ShapeError for
+# a wrong shape or length, InputError for a wrong value (type, dtype, range, emptiness).
 # ---------------------------------------------------------------------------------------
 
 
 def _check_num_classes(num_classes) -> int:
     """A class count must be a positive integer."""
     if isinstance(num_classes, bool) or not isinstance(num_classes, int | np.integer):
-        raise ShapeError(f"num_classes must be an integer, got {num_classes!r}.")
+        raise InputError(f"num_classes must be an integer, got {num_classes!r}.")
     if num_classes < 1:
-        raise ShapeError(f"num_classes must be at least 1, got {num_classes}.")
+        raise InputError(f"num_classes must be at least 1, got {num_classes}.")
     return int(num_classes)
 
 
@@ -59,9 +61,9 @@ def _as_class_indices(values, name: str) -> np.ndarray:
     if array.ndim != 1:
         raise ShapeError(f"{name} must be a 1-D array of class indices, got shape {array.shape}.")
     if array.size == 0:
-        raise ShapeError(f"{name} is empty: metrics need at least one example.")
+        raise InputError(f"{name} is empty: metrics need at least one example.")
     if not np.issubdtype(array.dtype, np.integer):
-        raise ShapeError(f"{name} must hold integer class indices, got dtype {array.dtype}.")
+        raise InputError(f"{name} must hold integer class indices, got dtype {array.dtype}.")
     return array
 
 
@@ -75,9 +77,9 @@ def _as_scores(values, name: str) -> np.ndarray:
     if array.ndim != 2:
         raise ShapeError(f"{name} must be a 2-D array (N, K), got shape {array.shape}.")
     if array.shape[0] == 0 or array.shape[1] == 0:
-        raise ShapeError(f"{name} is empty (shape {array.shape}): metrics need N, K >= 1.")
+        raise InputError(f"{name} is empty (shape {array.shape}): metrics need N, K >= 1.")
     if not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
-        raise ShapeError(f"{name} must hold real numbers, got dtype {array.dtype}.")
+        raise InputError(f"{name} must hold real numbers, got dtype {array.dtype}.")
     return array.astype(np.float64)
 
 
@@ -97,7 +99,7 @@ def _check_in_range(values: np.ndarray, num_classes: int, name: str) -> None:
     """
     low, high = values.min(), values.max()
     if low < 0 or high >= num_classes:
-        raise ShapeError(f"{name} must lie in [0, {num_classes}), got values from {low} to {high}.")
+        raise InputError(f"{name} must lie in [0, {num_classes}), got values from {low} to {high}.")
 
 
 def _check_probabilities(probs: np.ndarray) -> None:
@@ -108,10 +110,10 @@ def _check_probabilities(probs: np.ndarray) -> None:
     """
     # Written as "not all inside" so that NaN, which fails every comparison, is caught too.
     if not np.all((probs >= 0) & (probs <= 1)):
-        raise ShapeError("probs must lie in [0, 1]; pass softmax(logits), not the logits.")
+        raise InputError("probs must lie in [0, 1]; pass softmax(logits), not the logits.")
     worst = np.max(np.abs(probs.sum(axis=1) - 1))
     if worst > 1e-3:
-        raise ShapeError(f"each row of probs must sum to 1, but one is off by {worst:.3g}.")
+        raise InputError(f"each row of probs must sum to 1, but one is off by {worst:.3g}.")
 
 
 def _scores_and_labels(scores, labels, name: str = "logits") -> tuple[np.ndarray, np.ndarray]:
@@ -140,12 +142,12 @@ def _labels_and_preds(labels, preds, num_classes) -> tuple[np.ndarray, np.ndarra
 
 
 def softmax(logits) -> np.ndarray:
-    """Class probabilities from logits, computed in float64.
+    """Class probabilities from logits, checked and computed in float64.
 
-    logits: (N, K) -> probs: (N, K), each row summing to 1. We exponentiate the stable
-    ``log_softmax`` of the loss (max subtracted first), so large logits cannot overflow.
+    logits: (N, K) -> probs: (N, K), each row summing to 1: the loss's own ``softmax``
+    (``ops/losses.py``, max subtracted first, so large logits cannot overflow).
     """
-    return np.exp(log_softmax(_as_scores(logits, "logits")))
+    return losses.softmax(_as_scores(logits, "logits"))
 
 
 def accuracy(logits_or_preds, labels) -> float:
@@ -309,7 +311,7 @@ class ReliabilityBins(NamedTuple):
 def _check_n_bins(n_bins) -> int:
     """The number of bins must be a positive integer."""
     if isinstance(n_bins, bool) or not isinstance(n_bins, int | np.integer) or n_bins < 1:
-        raise ShapeError(f"n_bins must be a positive integer, got {n_bins!r}.")
+        raise InputError(f"n_bins must be a positive integer, got {n_bins!r}.")
     return int(n_bins)
 
 
@@ -387,7 +389,7 @@ def misclassified(logits, labels, limit: int | None = None) -> list[dict]:
     """
     logits, labels = _scores_and_labels(logits, labels)
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
-        raise ShapeError(f"limit must be None or a non-negative integer, got {limit!r}.")
+        raise InputError(f"limit must be None or a non-negative integer, got {limit!r}.")
     probs = softmax(logits)
     preds = probs.argmax(axis=1)
     confidences = probs.max(axis=1)

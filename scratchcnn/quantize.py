@@ -37,11 +37,12 @@ from onnx import numpy_helper
 
 from scratchcnn.data.preprocess import standardize_unit
 from scratchcnn.errors import ScratchCNNError, ShapeError
+from scratchcnn.fast.windows import extract_windows
 from scratchcnn.fold import fold_batchnorm
 from scratchcnn.inference import as_unit_images
 from scratchcnn.layers import Conv, Dense, Sequential
 from scratchcnn.ops.conv import conv_geometry
-from scratchcnn.ops.windows import extract_windows, pad_hw
+from scratchcnn.ops.windows import pad_hw
 
 INT8_MAX = 127  # symmetric int8: [-127, 127]; -128 is left out so that -x is always int8
 INT32_MAX = 2**31 - 1
@@ -269,7 +270,7 @@ def int32_matmul(a_q: np.ndarray, w_q: np.ndarray) -> np.ndarray:
 def int8_conv(x_q: np.ndarray, w_q: np.ndarray, layer: Conv) -> np.ndarray:
     """Integer convolution: int8 x (N, H, W, C), int8 HWIO w -> int32 sums (N, Ho, Wo, O).
 
-    The float convolution's im2col (``ops/windows.py``) works on integers as well: each
+    The float convolution's im2col (``fast/windows.py``) works on integers as well: each
     window becomes a row of kh*kw*C int8 values, and one integer matrix multiply does
     the rest. Padding with the integer 0 pads with the real value 0.0: with a zero
     point of 0, "zero" is the same in both worlds.

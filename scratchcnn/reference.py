@@ -19,6 +19,7 @@ import optax
 from flax import nnx
 
 from scratchcnn import layers as L
+from scratchcnn.data.mnist import INPUT_SHAPE
 from scratchcnn.ops.windows import as_pair
 
 
@@ -91,7 +92,7 @@ def twin_layer(layer: L.Layer, in_shape, *, rngs: nnx.Rngs, param_dtype=jnp.floa
 class FlaxSequential(nnx.Module):
     """The Flax twin of a ``Sequential``: one attribute per layer, with our names."""
 
-    def __init__(self, model: L.Sequential, in_shape=(28, 28, 1), *, param_dtype=jnp.float32):
+    def __init__(self, model: L.Sequential, in_shape=INPUT_SHAPE, *, param_dtype=jnp.float32):
         rngs = nnx.Rngs(0)  # weights are overwritten by to_flax; the seed does not matter
         self.layer_names = tuple(model.names)
         self.layer_kinds = tuple(layer.kind for layer in model.layers)
@@ -113,12 +114,12 @@ class FlaxSequential(nnx.Module):
         return x
 
 
-def twin(model: L.Sequential, in_shape=(28, 28, 1), param_dtype=jnp.float32) -> FlaxSequential:
+def twin(model: L.Sequential, in_shape=INPUT_SHAPE, param_dtype=jnp.float32) -> FlaxSequential:
     """A Flax twin of ``model`` with Flax's own random initial weights."""
     return FlaxSequential(model, in_shape, param_dtype=param_dtype)
 
 
-def to_flax(model: L.Sequential, params, state, in_shape=(28, 28, 1)) -> FlaxSequential:
+def to_flax(model: L.Sequential, params, state, in_shape=INPUT_SHAPE) -> FlaxSequential:
     """A Flax twin of ``model`` holding copies of our ``params`` and ``state``."""
     leaves = jax.tree.leaves(params)
     dtype = leaves[0].dtype if leaves else jnp.float32

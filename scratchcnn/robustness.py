@@ -124,7 +124,8 @@ def sanity_checks(
         all(b <= a + tolerance for a, b in zip(accs, accs[1:])),
         " -> ".join(f"{a:.1%}" for a in accs),
     )
-    # Steps must be able to cross the whole budget: 2.5 * eps / steps (Madry et al.).
+    # Steps must be able to cross the whole budget: 2.5 * eps / steps (the step rule of
+    # MadryLab's robustness library), here with eps = 1.
     reach = AttackConfig(**{**pgd_cfg.__dict__, "step_size": 2.5 / config.steps})
     at_one = accuracy_curve(model, params, state, x, y, [1.0], reach)[0]["accuracy"]
     report.add("eps = 1 leaves (almost) nothing", at_one <= tolerance, f"{at_one:.1%}")

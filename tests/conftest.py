@@ -3,6 +3,9 @@
 Data fixtures: where the real MNIST files are, the real arrays (loaded once per test
 session, so the 10 MB of training images are hashed and decompressed once), and an
 isolated search path so a test never stumbles on a copy of MNIST it did not create.
+
+Lesson marks (``python -m pytest -m lessonNN``, each page's "Check yourself") are set in
+the test files themselves: ``pytestmark = pytest.mark.lessonNN`` or on a test.
 """
 
 from __future__ import annotations
@@ -135,36 +138,3 @@ def served_site(built_site: Path):
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
-
-
-# --------------------------------------------------------------------------- lessons
-# Each lesson page's "check yourself" box says ``python -m pytest -m lessonNN``. The
-# tests that check a lesson's code are marked here, by file and (optionally) by a word
-# in the test's name, so the tests themselves stay organised by module.
-LESSON_TESTS = {
-    "lesson01": [("test_idx.py", ""), ("test_mnist.py", ""), ("test_cli_data.py", "")],
-    "lesson02": [("test_ops.py", "dense"), ("test_ops.py", "softmax"), ("test_ops.py", "loss"),
-                 ("test_ops.py", "numerical_gradient"), ("test_ops.py", "relu")],
-    "lesson03": [("test_conv.py", ""), ("test_ops.py", "conv"), ("test_ops.py", "padding"),
-                 ("test_fast_paths.py", "conv"), ("test_fast_paths.py", "im2col")],
-    "lesson04": [("test_ops.py", "pool"), ("test_ops.py", "batchnorm"),
-                 ("test_ops.py", "dropout"), ("test_fast_paths.py", "pool")],
-    "lesson05": [("test_optim.py", ""), ("test_train.py", ""), ("test_checkpoint.py", ""),
-                 ("test_train_kill.py", ""), ("test_cli_train.py", "train"),
-                 ("test_cli_train.py", "resume")],
-    "lesson06": [("test_metrics.py", ""), ("test_cli_train.py", "evaluate")],
-    "lesson07": [("test_augment.py", ""), ("test_models.py", "")],
-    "lesson09": [("test_attacks.py", "grad"), ("test_attacks.py", "fgsm")],
-    "lesson10": [("test_attacks.py", "pgd"), ("test_cli_attack.py", "")],
-    "lesson11": [("test_attacks.py", "training"), ("test_attacks.py", "mixed")],
-    "lesson12": [("test_images.py", ""), ("test_kaggle.py", ""), ("test_cli_train.py", "predict")],
-    "lesson14": [("test_pretrained.py", ""), ("test_export.py", ""), ("test_quantize.py", ""),
-                 ("test_demo.py", "")],
-}  # fmt: skip
-
-
-def pytest_collection_modifyitems(items):
-    for item in items:
-        for marker, rules in LESSON_TESTS.items():
-            if any(item.path.name == file and word in item.name for file, word in rules):
-                item.add_marker(getattr(pytest.mark, marker))

@@ -1,10 +1,12 @@
-"""The three checks of DESIGN.md, applied to one layer (one op) at a time.
+"""The three checks of every op, applied to one layer at a time, with either
+implementation of the ops (``PlainOps`` or the fast NumPy ``FastOps``):
 
 1. finite differences in float64 against our backward pass;
 2. our forward pass against the Flax twin's, in float32 and float64;
 3. our backward pass against ``jax.vjp`` of the Flax twin, for the input and every
    parameter (and the updated BatchNorm statistics in train mode).
 
+Checks 2 and 3 are ``scratchcnn parity``'s own (``parity.op_row``), with its tolerance.
 A layer is checked as a one-layer ``Sequential`` so that its Flax twin, weight conversion
 and dropout keys go through the same code as whole models do.
 """
@@ -13,13 +15,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scratchcnn import reference
+from scratchcnn import parity
+from scratchcnn.fast import FastOps
 from scratchcnn.gradcheck import numerical_gradient, relative_error
-from scratchcnn.layers import Sequential
-from scratchcnn.parity import randomized
+from scratchcnn.layers import Sequential, use_ops
+from scratchcnn.ops import PlainOps
 
 FD_TOLERANCE = 1e-7
-PARITY_TOLERANCE = {np.float32: 1e-5, np.float64: 1e-10}
+# For pytest.mark.parametrize: every op test runs on both implementations.
+BOTH_OPS = {"argnames": "ops", "argvalues": [PlainOps, FastOps], "ids": ["plain", "fast"]}
 
 
 def kink_free(rng, shape, dtype=np.float64):
@@ -38,7 +42,7 @@ def setup(layer, in_shape, batch, seed, dtype=np.float64):
     rng = np.random.default_rng(seed)
     model = Sequential([layer])
     params, state = model.init(rng, in_shape, dtype)
-    params, state = randomized(params, rng), randomized(state, rng)
+    params, state = parity.randomized(params, rng), parity.randomized(state, rng)
     x = kink_free(rng, (batch, *in_shape), dtype)
     out_shape = model.forward(params, state, x, train=False)[0].shape
     dout = rng.standard_normal(out_shape).astype(dtype)
@@ -48,7 +52,9 @@ def setup(layer, in_shape, batch, seed, dtype=np.float64):
 def check_finite_differences(layer, in_shape, *, batch=2, train=False, seed=0):
     """Check 1: our backward pass equals central differences (float64)."""
     model, params, state, x, dout = setup(layer, in_shape, batch, seed)
-    key = jax.random.key(seed)  # the same key every call: the same dropout mask
+    # The same key every call: the same dropout mask. Eval mode draws none, and skipping
+    # the key saves a JAX call per forward pass (thousands of them here).
+    key = jax.random.key(seed) if train else None
 
     def loss(_):
         out = model.forward(params, state, x, train=train, rng=key)[0]
@@ -66,36 +72,23 @@ def check_finite_differences(layer, in_shape, *, batch=2, train=False, seed=0):
 
 def check_flax_parity(layer, in_shape, *, batch=2, train=False, seed=0, dtype=np.float32):
     """Checks 2 and 3: forward and every gradient equal to the Flax twin's."""
-    tolerance = PARITY_TOLERANCE[dtype]
-    model, params, state, x, dout = setup(layer, in_shape, batch, seed, dtype)
-    key = jax.random.key(seed)
-    out, new_state, caches = model.forward(params, state, x, train=train, rng=key)
+    row = parity.op_row("op", layer, in_shape, train, dtype, seed=seed, batch=batch)
+    worst, error = row.worst
+    assert row.ok, f"{worst}: {error:.2e} > {row.tolerance:.0e} ({row.dtype})"
+
+
+def check_dtype_and_names(layer, in_shape, *, batch=2, train=False, seed=0):
+    """float32 in, float32 out; a gradient for every parameter, and only for those."""
+    model, params, state, x, dout = setup(layer, in_shape, batch, seed, np.float32)
+    out, _, caches = model.forward(params, state, x, train=train, rng=jax.random.key(seed))
     dx, grads = model.backward(dout, caches)
-
-    apply, flax_params = reference.functional(reference.to_flax(model, params, state, in_shape))
-    (flax_out, flax_state), vjp = jax.vjp(
-        lambda p, xx: apply(p, xx, train, key), flax_params, jnp.asarray(x)
-    )
-    flax_grads, flax_dx = vjp((jnp.asarray(dout), jax.tree.map(jnp.zeros_like, flax_state)))
-
-    assert out.dtype == dtype and dx.dtype == dtype
-    assert out.shape == flax_out.shape
-    assert relative_error(out, flax_out) <= tolerance, "forward"
-    assert relative_error(dx, flax_dx) <= tolerance, "d input"
-    assert set(grads) == set(flax_grads)
-    for name, arrays in flax_grads.items():
-        assert set(grads[name]) == set(arrays)
-        for key_name, flax_grad in arrays.items():
-            error = relative_error(grads[name][key_name], flax_grad)
-            assert error <= tolerance, f"d {name}.{key_name}: {error:.2e}"
-    if train:
-        for name, arrays in flax_state.items():
-            for key_name, value in arrays.items():
-                assert relative_error(new_state[name][key_name], value) <= tolerance
+    assert out.dtype == dx.dtype == np.float32
+    assert {n: set(g) for n, g in grads.items()} == {n: set(p) for n, p in params.items()}
+    assert all(g.dtype == np.float32 for arrays in grads.values() for g in arrays.values())
 
 
 def check_numpy_equals_jax(layer, in_shape, *, batch=2, train=False, seed=0):
-    """The same op code on jax.numpy arrays gives the NumPy results (float64)."""
+    """The NumPy results equal the plain code's on jax.numpy arrays (float64)."""
     model, params, state, x, dout = setup(layer, in_shape, batch, seed)
     key = jax.random.key(seed)
     out, _, caches = model.forward(params, state, x, train=train, rng=key)
@@ -113,9 +106,11 @@ def check_numpy_equals_jax(layer, in_shape, *, batch=2, train=False, seed=0):
             assert relative_error(g, grads_j[name][key_name]) <= 1e-12
 
 
-def check_all(layer, in_shape, *, batch=2, train=False, seed=0):
-    """All three checks of DESIGN.md plus NumPy == JAX, for one layer configuration."""
-    check_finite_differences(layer, in_shape, batch=batch, train=train, seed=seed)
-    for dtype in (np.float32, np.float64):
-        check_flax_parity(layer, in_shape, batch=batch, train=train, seed=seed, dtype=dtype)
-    check_numpy_equals_jax(layer, in_shape, batch=batch, train=train, seed=seed)
+def check_all(layer, in_shape, *, batch=2, train=False, seed=0, ops=FastOps):
+    """Every check above for one layer configuration, NumPy arrays running on ``ops``."""
+    with use_ops(ops):
+        check_finite_differences(layer, in_shape, batch=batch, train=train, seed=seed)
+        for dtype in (np.float32, np.float64):
+            check_flax_parity(layer, in_shape, batch=batch, train=train, seed=seed, dtype=dtype)
+        check_dtype_and_names(layer, in_shape, batch=batch, train=train, seed=seed)
+        check_numpy_equals_jax(layer, in_shape, batch=batch, train=train, seed=seed)

@@ -23,6 +23,7 @@ def network(mnist_test):
     return model, params, state, x, labels[:8].astype(np.int64)
 
 
+@pytest.mark.lesson09
 def test_jax_grad_equals_our_backward_pass(network):
     model, params, state, x, y = network
     loss_j, grad_j = loss_and_gradient(model, params, state, x, y, grad="jax")
@@ -32,6 +33,7 @@ def test_jax_grad_equals_our_backward_pass(network):
     assert grad_m.shape == x.shape
 
 
+@pytest.mark.lesson09
 def test_gradient_is_of_each_example_alone(network):
     """Summed, not averaged: one example's gradient is the same inside any batch."""
     model, params, state, x, y = network
@@ -40,6 +42,7 @@ def test_gradient_is_of_each_example_alone(network):
     assert relative_error(whole[2:3], single) < 1e-5
 
 
+@pytest.mark.lesson09
 @pytest.mark.parametrize("grad", ["jax", "manual"])
 def test_fgsm_moves_every_pixel_by_eps_within_the_image_range(network, grad):
     model, params, state, x, y = network
@@ -51,6 +54,7 @@ def test_fgsm_moves_every_pixel_by_eps_within_the_image_range(network, grad):
     assert loss_after.sum() > loss_before.sum()
 
 
+@pytest.mark.lesson09
 def test_fgsm_both_gradients_give_the_same_images(network):
     model, params, state, x, y = network
     a = fgsm(model, params, state, x, y, 0.2, grad="jax")
@@ -58,6 +62,7 @@ def test_fgsm_both_gradients_give_the_same_images(network):
     assert np.mean(a != b) < 1e-3  # a sign may flip where the gradient is ~0
 
 
+@pytest.mark.lesson09
 def test_fgsm_without_labels_attacks_the_prediction(network):
     model, params, state, x, _ = network
     predicted = attacks.predict(model, params, state, x)
@@ -66,6 +71,7 @@ def test_fgsm_without_labels_attacks_the_prediction(network):
     )
 
 
+@pytest.mark.lesson10
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 def test_pgd_respects_the_budget_and_raises_the_loss(network, norm):
     model, params, state, x, y = network
@@ -81,12 +87,15 @@ def test_pgd_respects_the_budget_and_raises_the_loss(network, norm):
     assert loss_after.mean() > loss_before.mean()
 
 
+@pytest.mark.lesson09
+@pytest.mark.lesson10
 def test_one_pgd_step_without_random_start_is_fgsm(network):
     model, params, state, x, y = network
     one = pgd(model, params, state, x, y, 0.1, steps=1, step_size=0.1, random_start=False)
     np.testing.assert_array_equal(one, fgsm(model, params, state, x, y, 0.1))
 
 
+@pytest.mark.lesson10
 def test_pgd_batch_equals_examples_one_by_one(network):
     model, params, state, x, y = network
     kw = {"steps": 3, "step_size": 0.05, "random_start": False, "grad": "manual"}
@@ -96,6 +105,7 @@ def test_pgd_batch_equals_examples_one_by_one(network):
         np.testing.assert_allclose(batch[i : i + 1], alone, atol=1e-6)
 
 
+@pytest.mark.lesson10
 def test_attacking_no_images_gives_no_images(network):
     model, params, state, x, y = network
     for attack in robustness.ATTACKS:
@@ -104,6 +114,7 @@ def test_attacking_no_images_gives_no_images(network):
         assert none.shape == (0, *x.shape[1:])
 
 
+@pytest.mark.lesson10
 def test_targeted_pgd_lowers_the_target_loss(network):
     model, params, state, x, _ = network
     target = np.full(len(x), 3)
@@ -113,6 +124,7 @@ def test_targeted_pgd_lowers_the_target_loss(network):
     assert after.mean() < before.mean()
 
 
+@pytest.mark.lesson10
 @pytest.mark.parametrize(
     ("kwargs", "phrase"),
     [({"eps": 1.5}, "eps"), ({"norm": "l1"}, "norm"), ({"steps": 0}, "steps"),
@@ -127,6 +139,7 @@ def test_bad_attack_parameters(network, kwargs, phrase):
 # --------------------------------------------------------------------------- training
 
 
+@pytest.mark.lesson11
 def test_training_attack_is_the_same_on_numpy_and_under_jit(network, monkeypatch):
     """With the random start fixed, the NumPy and jitted attacks give the same batch."""
     import jax
@@ -142,6 +155,7 @@ def test_training_attack_is_the_same_on_numpy_and_under_jit(network, monkeypatch
     assert np.abs(ours - x).max() <= 0.3 + 1e-6 and ours.min() >= 0 and ours.max() <= 1
 
 
+@pytest.mark.lesson11
 def test_mixed_training_batch_is_clean_plus_adversarial(network):
     model, params, state, x, y = network
     config = attacks.AdversarialTraining("mixed", eps=0.1)
@@ -151,6 +165,7 @@ def test_mixed_training_batch_is_clean_plus_adversarial(network):
     np.testing.assert_array_equal(yb, np.concatenate([y, y]))
 
 
+@pytest.mark.lesson11
 @pytest.mark.parametrize("backend", ["numpy", "jax"])
 @pytest.mark.parametrize("method", ["fgsm", "pgd", "mixed"])
 def test_adversarial_training_runs_on_both_backends(mnist_dir, backend, method):

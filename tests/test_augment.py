@@ -13,14 +13,14 @@ from scratchcnn.data.augment import (
     bilinear_sample,
     convolution_matrix,
     elastic_displacements,
-    elastic_distortion,
     gaussian_blur,
     gaussian_kernel,
     pixel_grid,
-    random_affine,
     rotation_scale_matrices,
 )
 from scratchcnn.errors import ShapeError
+
+pytestmark = pytest.mark.lesson07
 
 
 def digit_like(count: int = 8, size: int = 28, seed: int = 0) -> np.ndarray:
@@ -101,10 +101,6 @@ def test_bilinear_sample_rejects_mismatched_coordinates():
 def test_identity_affine_returns_the_input_exactly():
     images = digit_like(4)
     np.testing.assert_array_equal(affine_transform(images, *identity(4)), images)
-    out = random_affine(
-        images, np.random.default_rng(0), max_shift=0, max_rotation=0, scale_range=(1, 1)
-    )
-    np.testing.assert_array_equal(out, images)
 
 
 @pytest.mark.parametrize(("dy", "dx"), [(0, 2), (2, 0), (-3, 1), (1, -2), (0, -5)])
@@ -143,9 +139,9 @@ def test_scaling_by_two_magnifies_about_the_centre():
     assert out[0, 4, 4] == 1.0
 
 
-def test_random_affine_keeps_ink_and_range():
+def test_random_affine_keeps_each_images_ink_and_range():
     images = digit_like(64)
-    out = random_affine(images, np.random.default_rng(3))
+    out = augment_batch(images, np.random.default_rng(3), AUGMENTATIONS["affine"])
     assert out.shape == images.shape and out.dtype == np.float32
     assert out.min() >= 0 and out.max() <= 1
     ratio = out.sum(axis=(1, 2)) / images.sum(axis=(1, 2))
@@ -193,15 +189,15 @@ def test_elastic_field_size_matches_alpha_over_25():
     assert 34 / 25 * 0.8 < middle.std() < 34 / 25 * 1.2
 
 
-def test_elastic_with_alpha_zero_is_the_identity():
-    images = digit_like(5)
-    out = elastic_distortion(images, np.random.default_rng(0), alpha=0.0)
-    np.testing.assert_array_equal(out, images)
+def test_elastic_with_alpha_zero_moves_nothing():
+    dy, dx = elastic_displacements(np.random.default_rng(0), (5, 28, 28), alpha=0.0)
+    assert not dy.any() and not dx.any()
 
 
 def test_elastic_distortion_moves_pixels_but_keeps_ink():
     images = digit_like(32)
-    out = elastic_distortion(images, np.random.default_rng(7))
+    every = AugmentConfig(elastic_alpha=34.0, elastic_sigma=4.0, elastic_probability=1.0)
+    out = augment_batch(images, np.random.default_rng(7), every)
     assert out.shape == images.shape and out.dtype == np.float32
     assert out.min() >= 0 and out.max() <= 1
     assert not np.allclose(out, images)

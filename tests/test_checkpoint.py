@@ -29,6 +29,8 @@ from scratchcnn.errors import ScratchCNNError
 from scratchcnn.layers import Conv, Sequential
 from scratchcnn.models import build
 
+pytestmark = pytest.mark.lesson05
+
 # ----------------------------------------------------------------------------- helpers
 
 

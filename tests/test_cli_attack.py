@@ -9,6 +9,8 @@ from cli_checks import run
 
 from scratchcnn.train import TrainConfig, train
 
+pytestmark = pytest.mark.lesson10
+
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory, mnist_dir):

@@ -12,6 +12,8 @@ from scratchcnn.cli import app
 from scratchcnn.data.idx import write_idx
 from scratchcnn.data.mnist import DATA_DIR_ENV, ORIGINAL_FILES, save_prepared
 
+pytestmark = pytest.mark.lesson01
+
 runner = CliRunner()
 
 

@@ -2,10 +2,13 @@
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from scratchcnn import parity
 from scratchcnn.cli import app
+
+pytestmark = pytest.mark.lesson04
 
 runner = CliRunner()
 

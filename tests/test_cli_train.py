@@ -6,15 +6,22 @@ a non-zero exit status, and leave existing files untouched.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+import typer
 from cli_checks import assert_one_line_error, run
 from PIL import Image
 
+from scratchcnn.cli import app
 from scratchcnn.data.mnist import CACHE_DIR_ENV, DATA_DIR_ENV
+from scratchcnn.train import RECIPES, TrainConfig
+
+# The lesson each test checks: train -> lesson 5, evaluate -> 6, predict -> 12.
+lesson05, lesson06, lesson12 = pytest.mark.lesson05, pytest.mark.lesson06, pytest.mark.lesson12
 
 QUICK = ["--train-limit", "3000", "--val-fraction", "0.02", "--epochs", "1", "--quiet"]
 
@@ -36,6 +43,7 @@ def trained(tmp_path_factory, mnist_dir) -> tuple[Path, dict]:
     return out, json.loads(result.stdout)
 
 
+@lesson05
 def test_train_json_summary(trained):
     out, summary = trained
     assert 0.8 < summary["test_accuracy"] <= 1.0
@@ -44,6 +52,8 @@ def test_train_json_summary(trained):
     assert {p.name for p in out.iterdir()} >= {"best.npz", "last.npz", "history.json"}
 
 
+@lesson05
+@lesson06
 def test_evaluate_matches_the_training_run(trained, mnist_dir):
     """evaluate (NumPy forward) reproduces the test accuracy train measured (jitted)."""
     out, summary = trained
@@ -56,6 +66,7 @@ def test_evaluate_matches_the_training_run(trained, mnist_dir):
     assert text.exit_code == 0 and "confusion" in text.stdout.lower()
 
 
+@lesson05
 def test_train_prints_the_test_accuracy(mnist_dir):
     result = run("train", "--model", "lenet", "--train-limit", "256", "--val-fraction", "0.01",
                  "--epochs", "1", "--quiet", "--data-dir", mnist_dir)  # fmt: skip
@@ -89,6 +100,7 @@ def digit_variants(digit: np.ndarray, tmp_path: Path) -> list[Path]:
     return paths
 
 
+@lesson12
 def test_predict_reads_digits_however_they_are_drawn(trained, mnist_test, tmp_path):
     out, _ = trained
     images, labels = mnist_test
@@ -105,6 +117,7 @@ def test_predict_reads_digits_however_they_are_drawn(trained, mnist_test, tmp_pa
     assert text.exit_code == 0 and "photo.jpg: 7" in text.stdout
 
 
+@lesson12
 def test_predict_kaggle_writes_a_submission(trained, mnist_test, tmp_path):
     out, _ = trained
     images, _ = mnist_test
@@ -123,6 +136,7 @@ def test_predict_kaggle_writes_a_submission(trained, mnist_test, tmp_path):
 # --------------------------------------------------------------------------- refusals
 
 
+@lesson12
 def test_predict_refusals_leave_files_alone(trained, tmp_path):
     out, _ = trained
     checkpoint = out / "best.npz"
@@ -161,6 +175,7 @@ def test_bad_checkpoints_are_refused(trained, tmp_path, mnist_dir):
     assert_one_line_error(result, "lenet", "default")
 
 
+@lesson05
 @pytest.mark.parametrize(
     ("flags", "phrases"),
     [
@@ -174,11 +189,13 @@ def test_bad_flags_are_usage_errors(flags, phrases):
     assert_usage_error(run("train", *flags), *phrases)
 
 
+@lesson05
 def test_unknown_architecture_is_one_line(mnist_dir):
     result = run("train", "--model", "resnet9000", "--data-dir", mnist_dir)
     assert_one_line_error(result, "resnet9000", "lenet")
 
 
+@lesson05
 def test_resume_refusals_keep_the_run(trained, mnist_dir):
     out, _ = trained
     before = {p.name: p.read_bytes() for p in out.iterdir()}
@@ -190,6 +207,7 @@ def test_resume_refusals_keep_the_run(trained, mnist_dir):
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
+@lesson05
 def test_missing_data_is_one_line(tmp_path, isolated_mnist_search, monkeypatch):
     import tensorflow_datasets as tfds
 
@@ -205,13 +223,55 @@ def test_missing_data_is_one_line(tmp_path, isolated_mnist_search, monkeypatch):
     assert not (tmp_path / "o" / "last.npz").exists()
 
 
-@pytest.mark.parametrize("command", ["train", "evaluate", "predict"])
+@pytest.mark.parametrize(
+    "command",
+    [
+        pytest.param("train", marks=lesson05),
+        pytest.param("evaluate", marks=lesson06),
+        pytest.param("predict", marks=lesson12),
+    ],
+)
 def test_help_shows_examples(command):
     result = run(command, "--help")
     assert result.exit_code == 0
     assert "Example" in result.stdout
 
 
+@lesson05
+def test_train_has_a_flag_for_every_config_field():
+    """The train options are made from TrainConfig: each field's flags and help text (its
+    limits: test_bad_flags_are_usage_errors)."""
+    options = {p.name: p for p in typer.main.get_command(app).commands["train"].params}
+    for field in dataclasses.fields(TrainConfig):
+        option = options[field.name]
+        assert option.help == field.metadata["help"], field.name
+        assert option.default is None  # None: the recipe's value
+        expected = field.metadata["flags"] or ("--" + field.name.replace("_", "-"),)
+        assert tuple(option.opts) == expected
+    assert options["learning_rate"].opts == ["--lr", "--learning-rate"]
+    help_text = run("train", "--help").stdout
+    assert "--adversarial-eps" in help_text and "--plateau-factor" in help_text
+
+
+@lesson05
+def test_train_flags_reach_the_config(mnist_dir):
+    """Every kind of flag (int, float, None-able, comma-separated, an alias) lands in the
+    config the run records; the others keep the recipe's values."""
+    result = run("train", "--model", "lenet", "--train-limit", "256", "--test-limit", "100",
+                 "--epochs", "2", "--learning-rate", "0.002", "--schedule", "milestones",
+                 "--milestones", "1", "--gamma", "0.5", "--plateau", "1", "--plateau-factor",
+                 "0.25", "--clip-norm", "1.5", "--backend", "numpy", "--data-dir", mnist_dir,
+                 "--json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    config = json.loads(result.stdout)["config"]
+    given = {"model": "lenet", "train_limit": 256, "test_limit": 100, "epochs": 2,
+             "learning_rate": 0.002, "schedule": "milestones", "milestones": [1], "gamma": 0.5,
+             "plateau_patience": 1, "plateau_factor": 0.25, "clip_norm": 1.5,
+             "backend": "numpy"}  # fmt: skip
+    assert config == {**RECIPES["default"].to_json(), **given}
+
+
+@lesson05
 def test_init_fine_tunes_from_a_checkpoint(trained, mnist_dir, tmp_path):
     """--init starts from the checkpoint's weights: one more epoch at a tiny learning rate
     keeps its accuracy (fresh weights would start near 10%) and barely moves a weight."""
@@ -231,6 +291,7 @@ def test_init_fine_tunes_from_a_checkpoint(trained, mnist_dir, tmp_path):
         np.testing.assert_allclose(after[key], before[key], atol=1e-4)
 
 
+@lesson05
 def test_init_refuses_a_checkpoint_of_another_network(trained, mnist_dir, tmp_path):
     out, _ = trained
     result = run("train", *QUICK, "--model", "lenet", "--init", out / "best.npz",

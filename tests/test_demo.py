@@ -33,6 +33,8 @@ from PIL import Image, ImageDraw
 
 from scratchcnn.data.images import ImageError, mnistify
 
+pytestmark = pytest.mark.lesson14
+
 ROOT = Path(__file__).resolve().parents[1]
 SHOTS = ROOT / "build" / "screenshots"
 VENDOR = ROOT / "site" / "assets" / "vendor" / "onnxruntime-web"

@@ -41,6 +41,8 @@ from scratchcnn.layers import (
 )
 from scratchcnn.metrics import softmax
 
+pytestmark = pytest.mark.lesson14
+
 TOLERANCE = 1e-5
 
 

@@ -42,6 +42,8 @@ from scratchcnn.layers import (
     Sequential,
 )
 
+pytestmark = pytest.mark.lesson14
+
 TOLERANCE = 1e-4  # per image, relative to that image's largest gradient entry
 LOSS_TOLERANCE = 1e-5  # absolute, and relative to the loss (float32 log-softmax)
 

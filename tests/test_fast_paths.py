@@ -1,20 +1,20 @@
-"""The NumPy fast paths equal the plain whole-batch code.
+"""The fast NumPy backend (``scratchcnn/fast/``) equals the plain whole-batch ops.
 
-On NumPy arrays the convolution, pooling and ReLU split the batch into chunks and run
-them on every core (``scratchcnn/ops/cores.py``), and take NumPy-only shortcuts
-(a strided view for im2col, in-place col2im, ``maximum`` instead of ``where``). On JAX
-arrays the same functions run the plain code on the whole batch. So comparing NumPy
-against JAX (float64) compares the fast path against the plain one; the batches here are
-big enough to be cut into several chunks, and test_conv.py compares both with the loops.
+On NumPy arrays ``FastOps`` splits the batch into chunks and runs them on every core, and
+takes NumPy-only shortcuts (a strided view for im2col, in-place col2im, ``maximum``
+instead of ``where``). Here both run on the same NumPy arrays (float64), on batches big
+enough to be cut into several chunks; test_conv.py and test_ops.py check both against
+the loops, finite differences and Flax.
 """
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from threadpoolctl import threadpool_info
 
+from scratchcnn.fast import FastOps, cores
+from scratchcnn.fast import windows as fast_windows
 from scratchcnn.gradcheck import relative_error
-from scratchcnn.ops import activations, conv, cores, pool, windows
+from scratchcnn.ops import PlainOps, windows
 from scratchcnn.ops.conv import conv2d_naive_backward, conv2d_naive_forward
 
 pytestmark = pytest.mark.lesson13
@@ -28,10 +28,7 @@ def small_chunks(monkeypatch):
     monkeypatch.setattr(cores, "WINDOW_ROWS_PER_CHUNK", 1500)
 
 
-def as_jax(*arrays):
-    return [jnp.asarray(a) for a in arrays]
-
-
+@pytest.mark.lesson03
 @pytest.mark.parametrize(
     ("c_in", "c_out", "strides", "padding", "use_bias"),
     [(1, 8, 1, "SAME", True), (3, 6, 1, "SAME", False), (8, 4, 1, "SAME", True),
@@ -43,56 +40,60 @@ def test_chunked_conv_equals_whole_batch_and_loops(c_in, c_out, strides, padding
     x = rng.standard_normal((BATCH, 28, 28, c_in))
     k = rng.standard_normal((3, 3, c_in, c_out))
     b = rng.standard_normal(c_out) if use_bias else None
-    out, cache = conv.conv2d_forward(x, k, b, strides, padding)
+    out, cache = FastOps.conv2d_forward(x, k, b, strides, padding)
     assert cores.images_per_chunk(out.shape[1] * out.shape[2]) < BATCH  # really chunked
-    out_jax, cache_jax = conv.conv2d_forward(*as_jax(x, k), None if b is None else jnp.asarray(b),
-                                             strides, padding)  # fmt: skip
-    assert relative_error(out, np.asarray(out_jax)) <= 1e-12
-    dout = rng.standard_normal(out.shape)
-    dx, grads = conv.conv2d_backward(dout, cache)
-    dx_jax, grads_jax = conv.conv2d_backward(jnp.asarray(dout), cache_jax)
+    out_plain, cache_plain = PlainOps.conv2d_forward(x, k, b, strides, padding)
     naive_out, naive_cache = conv2d_naive_forward(x, k, b, strides, padding)
-    dx_naive, grads_naive = conv2d_naive_backward(dout, naive_cache)
+    assert relative_error(out, out_plain) <= 1e-12
     assert relative_error(out, naive_out) <= 1e-12
-    for ours, plain, loops in [(dx, dx_jax, dx_naive)] + [
-        (grads[name], grads_jax[name], grads_naive[name]) for name in grads_naive
+    dout = rng.standard_normal(out.shape)
+    dx, grads = FastOps.conv2d_backward(dout, cache)
+    dx_plain, grads_plain = PlainOps.conv2d_backward(dout, cache_plain)
+    dx_naive, grads_naive = conv2d_naive_backward(dout, naive_cache)
+    for fast, plain, loops in [(dx, dx_plain, dx_naive)] + [
+        (grads[name], grads_plain[name], grads_naive[name]) for name in grads_naive
     ]:
-        assert relative_error(ours, np.asarray(plain)) <= 1e-12
-        assert relative_error(ours, loops) <= 1e-12
+        assert relative_error(fast, plain) <= 1e-12
+        assert relative_error(fast, loops) <= 1e-12
 
 
+@pytest.mark.lesson04
 @pytest.mark.parametrize(
     ("window", "strides", "padding"),
     [(2, None, "VALID"), (3, 2, "SAME"), ((2, 3), (1, 2), "VALID")],
     ids=["tiles", "overlapping", "rectangular"],
 )
-def test_numpy_max_pool_equals_jax_path_with_ties(window, strides, padding):
+def test_fast_pooling_equals_plain_with_ties(window, strides, padding):
     rng = np.random.default_rng(2)
     x = rng.integers(0, 3, (BATCH, 28, 28, 4)).astype(np.float64)  # many exact ties
-    out, cache = pool.max_pool_forward(x, window, strides, padding)
-    out_jax, cache_jax = pool.max_pool_forward(jnp.asarray(x), window, strides, padding)
-    np.testing.assert_array_equal(out, out_jax)
+    out, cache = FastOps.max_pool_forward(x, window, strides, padding)
+    out_plain, cache_plain = PlainOps.max_pool_forward(x, window, strides, padding)
+    np.testing.assert_array_equal(out, out_plain)
     dout = rng.standard_normal(out.shape)
-    dx, _ = pool.max_pool_backward(dout, cache)
-    dx_jax, _ = pool.max_pool_backward(jnp.asarray(dout), cache_jax)
-    np.testing.assert_array_equal(dx, dx_jax)
+    dx, _ = FastOps.max_pool_backward(dout, cache)
+    np.testing.assert_array_equal(dx, PlainOps.max_pool_backward(dout, cache_plain)[0])
     assert np.count_nonzero(dx) <= dout.size  # one winner per window, ties or not
+    avg, cache = FastOps.avg_pool_forward(x, window, strides, padding)
+    avg_plain, cache_plain = PlainOps.avg_pool_forward(x, window, strides, padding)
+    assert relative_error(avg, avg_plain) <= 1e-15
+    dx, _ = FastOps.avg_pool_backward(dout, cache)
+    assert relative_error(dx, PlainOps.avg_pool_backward(dout, cache_plain)[0]) <= 1e-15
 
 
-def test_numpy_relu_on_halves_equals_jax_path():
+def test_relu_split_per_core_equals_plain():
     rng = np.random.default_rng(3)
     x = rng.standard_normal((BATCH, 28, 28, 32))
     x[0, 0, 0, :4] = 0.0
     dout = rng.standard_normal(x.shape)
-    out, cache = activations.relu_forward(x)
-    out_jax, cache_jax = activations.relu_forward(jnp.asarray(x))
-    np.testing.assert_array_equal(out, out_jax)
+    out, cache = FastOps.relu_forward(x)
+    out_plain, cache_plain = PlainOps.relu_forward(x)
+    np.testing.assert_array_equal(out, out_plain)
     np.testing.assert_array_equal(
-        activations.relu_backward(dout, cache)[0],
-        activations.relu_backward(jnp.asarray(dout), cache_jax)[0],
+        FastOps.relu_backward(dout, cache)[0], PlainOps.relu_backward(dout, cache_plain)[0]
     )
 
 
+@pytest.mark.lesson03
 @pytest.mark.parametrize("channels", [1, 32])
 def test_strided_view_im2col_equals_stacked_taps(channels):
     x = np.random.default_rng(4).standard_normal((3, 11, 9, channels))
@@ -100,17 +101,24 @@ def test_strided_view_im2col_equals_stacked_taps(channels):
         out_hw = tuple(
             windows.output_size(n, k, s, (0, 0)) for n, k, s in zip((11, 9), window, strides)
         )
-        stacked = np.stack(windows.window_taps(x, window, strides, out_hw), axis=3)
         np.testing.assert_array_equal(
-            windows._extract_windows_numpy(x, window, strides, out_hw), stacked
+            fast_windows.extract_windows(x, window, strides, out_hw),
+            windows.extract_windows(x, window, strides, out_hw),
         )
 
 
-def test_tiled_scatter_equals_the_general_one():
-    dwindows = np.random.default_rng(5).standard_normal((2, 4, 3, 6, 5))  # 2x3 windows
-    tiled = windows.scatter_windows(dwindows, (8, 9), (2, 3), (2, 3))
-    general = windows.scatter_windows(jnp.asarray(dwindows), (8, 9), (2, 3), (2, 3))
-    np.testing.assert_array_equal(tiled, general)
+@pytest.mark.parametrize(
+    ("window", "strides", "padded_hw"), [((2, 3), (2, 3), (8, 9)), ((3, 2), (2, 1), (9, 4))]
+)
+def test_in_place_col2im_equals_the_plain_one(window, strides, padded_hw):
+    """Tiling windows (a reordering) and overlapping ones (adds in place)."""
+    ho, wo = ((p - k) // s + 1 for p, k, s in zip(padded_hw, window, strides))
+    dwindows = np.random.default_rng(5).standard_normal((2, ho, wo, window[0] * window[1], 5))
+    np.testing.assert_allclose(
+        fast_windows.scatter_windows(dwindows, padded_hw, window, strides),
+        windows.scatter_windows(dwindows, padded_hw, window, strides),
+        rtol=1e-15, atol=1e-15,
+    )  # fmt: skip
 
 
 def numpy_blas_threads() -> list[int]:
@@ -123,7 +131,21 @@ def test_for_each_chunk_keeps_batch_order_and_restores_blas_threads():
     before = numpy_blas_threads()
     seen = cores.for_each_chunk(lambda part: (part.start, part.stop), 10, 3)
     assert seen == [(0, 3), (3, 6), (6, 9), (9, 10)]
-    with cores.on_all_cores():
+    with FastOps.whole_pass():
         inside = numpy_blas_threads()
         assert cores.for_each_chunk(lambda part: part.stop - part.start, 4, 4) == [4]
     assert before and set(inside) == {1} and numpy_blas_threads() == before
+
+
+def test_only_numpy_arrays_run_on_the_fast_backend():
+    """JAX arrays (and jit's tracers) always take the plain ops; NumPy the chosen ones."""
+    import jax.numpy as jnp
+
+    from scratchcnn.layers import ops_for, use_ops
+
+    assert ops_for(np.zeros(2)) is FastOps and ops_for(jnp.zeros(2)) is PlainOps
+    with use_ops(PlainOps):
+        assert ops_for(np.zeros(2)) is PlainOps
+    with use_ops(FastOps):
+        assert ops_for(jnp.zeros(2)) is PlainOps
+    assert ops_for(np.zeros(2)) is FastOps

@@ -15,6 +15,8 @@ from scratchcnn.data import idx
 from scratchcnn.data.idx import IdxHeader, parse_idx_header, read_idx, write_idx
 from scratchcnn.errors import DataError, WriteError
 
+pytestmark = pytest.mark.lesson01
+
 DTYPES = [np.uint8, np.int8, np.int16, np.int32, np.float32, np.float64]
 SHAPES = [(7,), (3, 4), (2, 3, 5), (2, 1, 3, 2)]
 

@@ -16,6 +16,8 @@ from scratchcnn.data.images import (
 )
 from scratchcnn.errors import ScratchCNNError, ShapeError
 
+pytestmark = pytest.mark.lesson12
+
 
 def draw_nine(size=(120, 160), box=(20, 20, 100, 140), ink=0, paper=255, mode="L"):
     """A '9' (a loop and a tail) drawn with Pillow: an image of ``size``, digit in ``box``."""

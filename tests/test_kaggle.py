@@ -17,6 +17,8 @@ from scratchcnn.data.kaggle import (
 )
 from scratchcnn.errors import DataError, ScratchCNNError, WriteError
 
+pytestmark = pytest.mark.lesson12
+
 HEADER = ",".join(PIXEL_COLUMNS)
 
 

@@ -10,8 +10,8 @@ import pytest
 from scratchcnn import models
 from scratchcnn.attacks import loss_and_gradient
 from scratchcnn.data.preprocess import standardize_unit
+from scratchcnn.fast.cores import on_all_cores
 from scratchcnn.gradcheck import relative_error
-from scratchcnn.ops.cores import on_all_cores
 from scratchcnn.parity import randomized, untie
 
 pytestmark = pytest.mark.lesson08

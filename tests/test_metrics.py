@@ -13,7 +13,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from scratchcnn import metrics as M
-from scratchcnn.errors import ShapeError
+from scratchcnn.errors import InputError, ShapeError
+
+pytestmark = pytest.mark.lesson06
 
 
 def random_case(seed: int, n: int, k: int, absent: bool):
@@ -294,38 +296,65 @@ good_logits = np.zeros((3, 4))
 good_labels = np.array([0, 1, 3])
 
 bad_calls = {
-    "lengths differ": (lambda: M.accuracy(good_logits, [0, 1]), "same length"),
-    "preds lengths differ": (lambda: M.confusion_matrix([0, 1], [0], 4), "same length"),
-    "label too large": (lambda: M.confusion_matrix([0, 4], [0, 1], 4), r"\[0, 4\)"),
-    "negative label": (lambda: M.per_class_accuracy([-1, 0], [0, 0], 4), r"\[0, 4\)"),
-    "pred too large": (lambda: M.classification_report([0, 1], [0, 9], 4), "preds"),
-    "label beyond logits": (lambda: M.evaluate_logits(good_logits, [0, 1, 4], 4), "labels"),
-    "logits 1-D float": (lambda: M.misclassified(np.zeros(3), good_labels), "2-D"),
-    "logits 3-D": (lambda: M.softmax(np.zeros((2, 3, 4))), "2-D"),
-    "probs 3-D": (lambda: M.expected_calibration_error(np.zeros((3, 4, 1)), good_labels), "2-D"),
-    "empty": (lambda: M.accuracy(np.zeros((0, 4)), np.array([], dtype=int)), "empty"),
-    "empty labels": (lambda: M.confusion_matrix([], [], 4), "empty"),
-    "float labels": (lambda: M.accuracy(good_logits, [0.0, 1.0, 3.0]), "integer"),
-    "float preds": (lambda: M.accuracy(np.array([0.2, 0.1, 0.7]), good_labels), "integer"),
-    "columns != num_classes": (lambda: M.evaluate_logits(good_logits, good_labels), "columns"),
+    "lengths differ": (lambda: M.accuracy(good_logits, [0, 1]), "same length", ShapeError),
+    "preds lengths differ": (lambda: M.confusion_matrix([0, 1], [0], 4), "same length", ShapeError),
+    "label too large": (lambda: M.confusion_matrix([0, 4], [0, 1], 4), r"\[0, 4\)", InputError),
+    "negative label": (lambda: M.per_class_accuracy([-1, 0], [0, 0], 4), r"\[0, 4\)", InputError),
+    "pred too large": (lambda: M.classification_report([0, 1], [0, 9], 4), "preds", InputError),
+    "label beyond logits": (
+        lambda: M.evaluate_logits(good_logits, [0, 1, 4], 4),
+        "labels",
+        InputError,
+    ),
+    "logits 1-D float": (lambda: M.misclassified(np.zeros(3), good_labels), "2-D", ShapeError),
+    "logits 3-D": (lambda: M.softmax(np.zeros((2, 3, 4))), "2-D", ShapeError),
+    "probs 3-D": (
+        lambda: M.expected_calibration_error(np.zeros((3, 4, 1)), good_labels),
+        "2-D",
+        ShapeError,
+    ),
+    "empty": (lambda: M.accuracy(np.zeros((0, 4)), np.array([], dtype=int)), "empty", InputError),
+    "empty labels": (lambda: M.confusion_matrix([], [], 4), "empty", InputError),
+    "float labels": (lambda: M.accuracy(good_logits, [0.0, 1.0, 3.0]), "integer", InputError),
+    "float preds": (
+        lambda: M.accuracy(np.array([0.2, 0.1, 0.7]), good_labels),
+        "integer",
+        InputError,
+    ),
+    "columns != num_classes": (
+        lambda: M.evaluate_logits(good_logits, good_labels),
+        "columns",
+        ShapeError,
+    ),
     "logits as probs": (
         lambda: M.expected_calibration_error(np.full((3, 4), 2.0), good_labels),
         "softmax",
+        InputError,
     ),
     "rows not summing to 1": (
         lambda: M.reliability_bins(np.full((3, 4), 0.5), good_labels),
         "sum to 1",
+        InputError,
     ),
-    "zero bins": (lambda: M.reliability_bins(np.full((3, 4), 0.25), good_labels, 0), "n_bins"),
-    "bad limit": (lambda: M.misclassified(good_logits, good_labels, limit=-1), "limit"),
-    "bad num_classes": (lambda: M.confusion_matrix([0], [0], num_classes=0), "num_classes"),
+    "zero bins": (
+        lambda: M.reliability_bins(np.full((3, 4), 0.25), good_labels, 0),
+        "n_bins",
+        InputError,
+    ),
+    "bad limit": (lambda: M.misclassified(good_logits, good_labels, limit=-1), "limit", InputError),
+    "bad num_classes": (
+        lambda: M.confusion_matrix([0], [0], num_classes=0),
+        "num_classes",
+        InputError,
+    ),
 }
 
 
 @pytest.mark.parametrize("name", bad_calls)
-def test_bad_inputs_raise_shape_error(name):
-    call, pattern = bad_calls[name]
-    with pytest.raises(ShapeError, match=pattern) as info:
+def test_bad_inputs_raise_one_clear_error(name):
+    """ShapeError for a wrong shape or length, InputError for a wrong value."""
+    call, pattern, error = bad_calls[name]
+    with pytest.raises(error, match=pattern) as info:
         call()
     message = str(info.value)
     assert message.endswith(".") and message.count(". ") == 0  # one sentence

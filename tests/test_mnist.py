@@ -27,6 +27,8 @@ from scratchcnn.data.mnist import (
 )
 from scratchcnn.errors import ChecksumError, DataError
 
+pytestmark = pytest.mark.lesson01
+
 TRAIN_CLASS_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 TEST_CLASS_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 ORIGINAL_NAMES = tuple(ORIGINAL_FILES.values())

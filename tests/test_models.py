@@ -13,6 +13,8 @@ from scratchcnn.layers import count_params
 from scratchcnn.ops.losses import softmax_cross_entropy_backward, softmax_cross_entropy_forward
 from scratchcnn.parity import compare_network, randomized, untie
 
+pytestmark = pytest.mark.lesson07
+
 MODEL_NAMES = sorted(models.MODELS)
 TOLERANCE = {np.float32: 1e-5, np.float64: 1e-10}
 

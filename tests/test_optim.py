@@ -22,6 +22,8 @@ from scratchcnn import optim
 from scratchcnn.errors import ScratchCNNError
 from scratchcnn.gradcheck import relative_error
 
+pytestmark = pytest.mark.lesson05
+
 STEPS = 100
 
 

@@ -23,6 +23,8 @@ from scratchcnn.checkpoint import CheckpointError, load_checkpoint, load_for_mod
 from scratchcnn.cli import app
 from scratchcnn.inference import predict_logits
 
+pytestmark = pytest.mark.lesson14
+
 runner = CliRunner()
 
 # The accuracy each shipped network must reach (README, RESULTS.md, lesson 11).

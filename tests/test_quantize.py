@@ -26,6 +26,8 @@ from scratchcnn.quantize import (
     size_bytes,
 )
 
+pytestmark = pytest.mark.lesson14
+
 # --------------------------------------------------------------------------- weights
 
 

@@ -10,18 +10,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from scratchcnn import models, optim
+from scratchcnn import attacks, models, optim
 from scratchcnn.checkpoint import load_checkpoint
+from scratchcnn.data.preprocess import standardize_unit
 from scratchcnn.gradcheck import relative_error
 from scratchcnn.layers import BatchNorm, Conv, Dense, Flatten, MaxPool, ReLU, Sequential
-from scratchcnn.train import (
-    ConfigError,
-    ResumeError,
-    TrainConfig,
-    batches,
-    make_train_step,
-    train,
-)
+from scratchcnn.ops.losses import softmax_cross_entropy_forward
+from scratchcnn.optim import ConfigError
+from scratchcnn.train import RECIPES, ResumeError, TrainConfig, make_train_step, train
+from scratchcnn.train.data import batches
+
+pytestmark = pytest.mark.lesson05
 
 # Small runs: a few hundred real training images, so each run takes a second or two.
 TINY = TrainConfig(
@@ -87,8 +86,7 @@ def test_jitted_step_equals_numpy_step(mnist_train):
     opt_state = optimizer.init(params)
     jp, js, jo = (jax.tree.map(jnp.asarray, t) for t in (params, state, opt_state))
     for i in range(5):
-        x = ((images[i * 32 : (i + 1) * 32] / 255.0 - 0.1307) / 0.3081)[..., None]
-        x = x.astype(np.float32)
+        x = (images[i * 32 : (i + 1) * 32, ..., None] / np.float32(255)).astype(np.float32)
         y = labels[i * 32 : (i + 1) * 32].astype(np.int32)
         params, state, opt_state, loss, accuracy = step(params, state, opt_state, x, y, None)
         jp, js, jo, jloss, jaccuracy = jitted(jp, js, jo, jnp.asarray(x), jnp.asarray(y), None)
@@ -101,6 +99,27 @@ def test_jitted_step_equals_numpy_step(mnist_train):
     for name in state:
         for key in state[name]:
             assert relative_error(state[name][key], np.asarray(js[name][key])) < 1e-5
+
+
+@pytest.mark.parametrize("adversarial", [None, "fgsm"])
+def test_the_step_standardizes_unit_images_itself(mnist_train, adversarial):
+    """The step takes images in [0, 1], with or without adversarial training: its loss is
+    the network's loss on the standardized batch (the attacked one when adversarial)."""
+    model = bn_net_without_dropout()
+    optimizer = optim.SGD(0.1)
+    attack = TrainConfig(adversarial=adversarial or "none", adversarial_eps=0.1)
+    step = make_train_step(model, optimizer, adversarial=attack.adversarial_training())
+    images, labels = mnist_train
+    x = (images[:16, ..., None] / np.float32(255)).astype(np.float32)
+    y = labels[:16].astype(np.int32)
+    params, state = model.init(0)
+    _, _, _, loss, _ = step(params, state, optimizer.init(params), x, y, np.random.default_rng(1))
+    if adversarial:  # the same attack, from the same random start
+        x, y = attacks.training_batch(model, params, state, x, y, np.random.default_rng(1),
+                                      attack.adversarial_training())  # fmt: skip
+    logits, _, _ = model.forward(params, state, standardize_unit(x), train=True)
+    expected, _ = softmax_cross_entropy_forward(logits, y)
+    assert float(loss) == float(expected)
 
 
 def test_batches_cover_every_index_once():
@@ -225,8 +244,6 @@ def test_resume_refuses_other_options(mnist_dir, tmp_path):
 
 
 def test_every_recipe_is_valid():
-    from scratchcnn.train import RECIPES
-
     for name, config in RECIPES.items():
         assert config.validate() is config, name
         assert config.model in models.MODELS

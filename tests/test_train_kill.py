@@ -8,8 +8,12 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from scratchcnn.checkpoint import load_checkpoint
 from scratchcnn.train import TrainConfig, train
+
+pytestmark = pytest.mark.lesson05
 
 FLAGS = {
     "--model": "lenet",

@@ -167,29 +167,6 @@ def random_affine_params(
     return rotation_scale_matrices(angles, scales), offsets
 
 
-def random_affine(
-    images: np.ndarray,
-    rng: np.random.Generator,
-    *,
-    max_shift: float = 2.0,
-    max_rotation: float = 10.0,
-    scale_range: tuple[float, float] = (0.9, 1.1),
-) -> np.ndarray:
-    """Rotate, scale and shift each image by its own random amounts: (N, H, W) -> same.
-
-    Rotation and scaling are about the image centre and composed with the shift into one
-    matrix and offset, so each image is resampled once (every resampling blurs a little).
-    """
-    matrices, offsets = random_affine_params(
-        rng,
-        len(images),
-        max_shift=max_shift,
-        max_rotation=max_rotation,
-        scale_range=scale_range,
-    )
-    return affine_transform(images, matrices, offsets)
-
-
 # --------------------------------------------------------------------------- elastic
 
 
@@ -263,20 +240,6 @@ def elastic_displacements(
 
 
 # --8<-- [end:elastic_displacements]
-
-
-def elastic_distortion(
-    images: np.ndarray, rng: np.random.Generator, *, alpha: float = 34.0, sigma: float = 4.0
-) -> np.ndarray:
-    """Distort each image by its own random elastic field: (N, H, W) -> (N, H, W).
-
-    Output pixel p reads the input at p + d(p), with d from :func:`elastic_displacements`.
-    ``alpha = 0`` returns the images unchanged.
-    """
-    _, height, width = images.shape
-    dy, dx = elastic_displacements(rng, images.shape, alpha=alpha, sigma=sigma)
-    ys, xs = pixel_grid(height, width)
-    return bilinear_sample(images, ys + dy, xs + dx)
 
 
 # --------------------------------------------------------------------------- batches

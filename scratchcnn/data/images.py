@@ -24,9 +24,10 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from scratchcnn.data.mnist import IMAGE_SHAPE
 from scratchcnn.errors import ScratchCNNError, ShapeError
 
-MNIST_SIZE = 28  # side of the final image
+MNIST_SIZE = IMAGE_SHAPE[0]  # side of the final image (MNIST digits are square)
 DIGIT_BOX = 20  # side of the box the digit is scaled to fit, as in MNIST
 
 # After the background is removed and ink scaled to peak at 1, pixels above this level

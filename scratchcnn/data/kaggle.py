@@ -24,15 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
+from scratchcnn.data.mnist import IMAGE_SHAPE, NUM_CLASSES
 from scratchcnn.errors import DataError, ScratchCNNError
 from scratchcnn.files import write_atomically
 
-IMAGE_SHAPE = (28, 28)
 NUM_PIXELS = IMAGE_SHAPE[0] * IMAGE_SHAPE[1]  # 784
 PIXEL_COLUMNS = tuple(f"pixel{index}" for index in range(NUM_PIXELS))
 LABEL_COLUMN = "label"
 SUBMISSION_HEADER = "ImageId,Label"
-NUM_CLASSES = 10
 
 # An integer as a CSV field may write it: optional spaces and sign, ASCII digits only.
 _INTEGER = re.compile(r"\s*[+-]?[0-9]+\s*")

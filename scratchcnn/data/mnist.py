@@ -48,7 +48,8 @@ from scratchcnn.errors import ChecksumError, DataError
 from scratchcnn.files import write_atomically
 
 SPLITS = ("train", "test")
-IMAGE_SHAPE = (28, 28)
+IMAGE_SHAPE = (28, 28)  # (H, W) of one digit: the project's one place for it
+INPUT_SHAPE = (*IMAGE_SHAPE, 1)  # (H, W, C) of one digit as the networks read it (NHWC)
 NUM_CLASSES = 10
 
 # The four files of the MNIST database, by (split, kind). "t10k" is the test set.
@@ -341,11 +342,6 @@ def verify_sha256(path: Path, expected: str, reference: str = "the expected dige
             f"{reference} is {expected}."
         )
     return actual
-
-
-def clear_digest_cache() -> None:
-    """Forget every digest computed so far: the next load hashes its files again."""
-    _DIGEST_CACHE.clear()
 
 
 # A manifest line, as written by `sha256sum`: 64 hex digits, two spaces, a file name.

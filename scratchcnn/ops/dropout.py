@@ -11,7 +11,7 @@ identity. The mask comes from an explicit generator, never from hidden global st
 
 import numpy as np
 
-from scratchcnn.errors import ShapeError
+from scratchcnn.errors import InputError
 from scratchcnn.ops._xp import namespace
 
 
@@ -32,7 +32,7 @@ def dropout_forward(x, rate, rng, broadcast_dims=()):
     drops whole channels (see ``channel_dropout_forward``).
     """
     if not 0.0 <= rate <= 1.0:
-        raise ShapeError(f"dropout rate must be in [0, 1], got {rate}.")
+        raise InputError(f"dropout rate must be in [0, 1], got {rate}.")
     xp = namespace(x)
     if rate == 0.0:
         return x, None

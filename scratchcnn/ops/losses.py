@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from scratchcnn.errors import ShapeError
+from scratchcnn.errors import InputError, ShapeError
 from scratchcnn.ops._xp import namespace
 
 
@@ -13,11 +13,13 @@ def check_labels(labels: np.ndarray, logits_shape) -> None:
     contribute nothing to the loss.
     """
     n, k = logits_shape
-    if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
+    if labels.shape != (n,):
         raise ShapeError(f"labels must be {n} integers for logits of shape {logits_shape}, "
-                         f"got {labels.dtype} array of shape {labels.shape}.")  # fmt: skip
+                         f"got an array of shape {labels.shape}.")  # fmt: skip
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise InputError(f"labels must be integers, got dtype {labels.dtype}.")
     if labels.size and (labels.min() < 0 or labels.max() >= k):
-        raise ShapeError(
+        raise InputError(
             f"labels must lie in [0, {k}), got values from {labels.min()} to {labels.max()}."
         )
 
@@ -31,6 +33,11 @@ def log_softmax(logits):
     xp = namespace(logits)
     shifted = logits - xp.max(logits, axis=1, keepdims=True)
     return shifted - xp.log(xp.sum(xp.exp(shifted), axis=1, keepdims=True))
+
+
+def softmax(logits):
+    """Probabilities p = exp(log p), each row summing to 1. logits: (N, K) -> (N, K)."""
+    return namespace(logits).exp(log_softmax(logits))
 
 
 # --8<-- [end:log_softmax]

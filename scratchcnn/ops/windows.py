@@ -7,12 +7,12 @@ a stride over a (possibly padded) input. This file answers three questions once:
 - ``extract_windows``: gather every window into one array (the famous *im2col*);
 - ``scatter_windows``: the adjoint of ``extract_windows``: add per-window gradients back
   to the pixels they came from (*col2im*). Overlapping windows add up.
+
+Both run on NumPy and on JAX arrays; ``scratchcnn/fast/windows.py`` has NumPy-only
+versions that copy faster and add in place.
 """
 
 import numbers
-
-import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from scratchcnn.errors import ShapeError
 from scratchcnn.ops._xp import namespace
@@ -93,6 +93,7 @@ def pad_hw(x, pads, value=0.0):
     return xp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)), constant_values=value)
 
 
+# --8<-- [start:window_taps]
 def window_taps(x_padded, window, strides, out_hw):
     """Tap (di, dj) of every window at once: kh*kw strided slices, each (N, Ho, Wo, C).
 
@@ -107,6 +108,9 @@ def window_taps(x_padded, window, strides, out_hw):
     ]
 
 
+# --8<-- [end:window_taps]
+
+
 # --8<-- [start:extract_windows]
 def extract_windows(x_padded, window, strides, out_hw):
     """im2col: every window of x, stacked.
@@ -114,27 +118,11 @@ def extract_windows(x_padded, window, strides, out_hw):
     x_padded: (N, Hp, Wp, C) -> windows: (N, Ho, Wo, kh*kw, C), where
     ``windows[n, i, j, di*kw + dj, c] == x_padded[n, i*sh + di, j*sw + dj, c]``.
     """
-    if isinstance(x_padded, np.ndarray) and window[1] * x_padded.shape[3] >= 16:
-        return _extract_windows_numpy(x_padded, window, strides, out_hw)
     xp = namespace(x_padded)
     return xp.stack(window_taps(x_padded, window, strides, out_hw), axis=3)
 
 
 # --8<-- [end:extract_windows]
-
-
-def _extract_windows_numpy(x_padded, window, strides, out_hw):
-    """``extract_windows`` as one copy of a strided view of every window (NumPy only).
-
-    In the view, one window row (kw pixels x C channels) is kw*C adjacent values, so the
-    copy moves long contiguous runs: about twice as fast as stacking the kh*kw taps when
-    kw*C >= 16, slower for shorter rows (one-channel images).
-    """
-    (kh, kw), (sh, sw), (ho, wo) = window, strides, out_hw
-    n, c = x_padded.shape[0], x_padded.shape[3]
-    view = sliding_window_view(x_padded, window, axis=(1, 2))  # (N, H', W', C, kh, kw)
-    view = view[:, : sh * (ho - 1) + 1 : sh, : sw * (wo - 1) + 1 : sw]
-    return view.transpose(0, 1, 2, 4, 5, 3).reshape(n, ho, wo, kh * kw, c)
 
 
 # --8<-- [start:dilate_hw]
@@ -159,15 +147,12 @@ def dilate_hw(x, strides):
 
 
 def scatter_windows(dwindows, padded_hw, window, strides):
-    """col2im, the adjoint of ``extract_windows``: add each window's values back in place.
+    """col2im, the adjoint of ``extract_windows``: add each window's values back to its pixels.
 
     dwindows: (N, Ho, Wo, kh*kw, C) -> (N, Hp, Wp, C). Offset (di, dj) of every window
-    lands on the strided grid starting at (di, dj). NumPy adds each offset's values into
-    one buffer; JAX arrays are immutable, so there we dilate and pad each offset's grid
-    to full size and sum (same result, more memory traffic).
+    lands on the strided grid starting at (di, dj). JAX arrays cannot be added into in
+    place, so each offset's grid is dilated and padded to full size, and the grids summed.
     """
-    if isinstance(dwindows, np.ndarray):
-        return _scatter_windows_numpy(dwindows, padded_hw, window, strides)
     (kh, kw), (hp, wp) = window, padded_hw
     total = 0
     for k in range(kh * kw):
@@ -176,24 +161,6 @@ def scatter_windows(dwindows, padded_hw, window, strides):
         placed = pad_hw(grid, ((di, hp - di - grid.shape[1]), (dj, wp - dj - grid.shape[2])))
         total = total + placed
     return total
-
-
-def _scatter_windows_numpy(dwindows, padded_hw, window, strides):
-    """``scatter_windows`` with in-place adds into strided views (NumPy only)."""
-    (kh, kw), (sh, sw), (hp, wp) = window, strides, padded_hw
-    n, ho, wo, _, c = dwindows.shape
-    if (sh, sw) == (kh, kw) and (hp, wp) == (ho * kh, wo * kw):
-        # The windows tile the image without overlap (2x2 pooling): nothing adds up,
-        # scattering is only a reordering of the values.
-        tiles = dwindows.reshape(n, ho, wo, kh, kw, c).transpose(0, 1, 3, 2, 4, 5)
-        return tiles.reshape(n, hp, wp, c)
-    out = np.zeros((n, hp, wp, c), dtype=dwindows.dtype)
-    for k in range(kh * kw):
-        di, dj = divmod(k, kw)
-        out[:, di : di + sh * (ho - 1) + 1 : sh, dj : dj + sw * (wo - 1) + 1 : sw, :] += dwindows[
-            :, :, :, k, :
-        ]
-    return out
 
 
 def crop_hw(x, pads):

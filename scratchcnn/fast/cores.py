@@ -9,13 +9,17 @@ NumPy releases the GIL inside copies and matrix multiplies, so plain threads suf
 
 BLAS must run on one thread meanwhile: the parallelism is already across chunks, and
 two BLAS threads per chunk thread fight over the cores (the step gets 1.5x slower).
-``on_all_cores()`` sets that for a whole forward or backward pass; outside it,
-``for_each_chunk`` sets it for each call, which costs waking BLAS's threads afterwards.
+``on_all_cores()`` sets that for a whole forward or backward pass (``FastOps.whole_pass``);
+outside it, ``for_each_chunk`` sets it for each call, which costs waking BLAS's threads
+afterwards.
 
 One more cost is outside NumPy: glibc's malloc hands every large freed array back to the
 kernel, so the next step's arrays of the same size fault their pages in again: about
 16,000 page faults per training step of the reference CNN, 15% of its time.
-``on_all_cores()`` therefore also asks malloc, once, to keep freed memory for reuse.
+``on_all_cores()`` therefore also asks malloc, once, to keep freed memory for reuse. XLA's
+CPU buffers come from the same malloc, so the jax training backend and the jitted attacks
+(``train/step.py``, ``attacks.py``) ask for it too: without it, a jitted forward pass of
+the default network takes about twice as long on this project's 2-core machine.
 """
 
 import ctypes
@@ -56,7 +60,7 @@ def for_each_chunk(work, n: int, chunk: int) -> list:
 # --8<-- [end:for_each_chunk]
 
 
-def on_halves(work, array) -> None:
+def split_per_core(work, array) -> None:
     """``work(batch_slice)`` on one slice of ``array``'s batch per core, for element-wise
     work: it has no cache-sized working set, and gains from every core's memory
     bandwidth. Small arrays are not worth the threads' hand-over (~0.1 ms)."""

@@ -1,0 +1,30 @@
+"""The fast NumPy backend: the ops of ``scratchcnn.ops`` that dominate a CPU training step,
+engineered for speed. Same inputs, same outputs, same caches; only NumPy arrays.
+
+- ``cores.py``: threads, cache-sized chunks of the batch, BLAS threads, malloc;
+- ``windows.py``: im2col as one strided copy, col2im adding in place;
+- ``conv.py``, ``pool.py``, ``activations.py``: the convolution, pooling and ReLU.
+
+``FastOps`` puts them behind the interface of ``scratchcnn.ops.PlainOps``; the layers
+run them on NumPy arrays (``layers.ops_for``). Lesson 13 measures what each trick buys.
+"""
+
+from scratchcnn.fast import activations, conv, cores, pool
+from scratchcnn.ops import PlainOps
+
+
+class FastOps(PlainOps):
+    """The fast NumPy versions (chunked, threaded, in place). NumPy arrays only."""
+
+    name = "fast numpy"
+    relu_forward = staticmethod(activations.relu_forward)
+    relu_backward = staticmethod(activations.relu_backward)
+    conv2d_forward = staticmethod(conv.conv2d_forward)
+    conv2d_backward = staticmethod(conv.conv2d_backward)
+    max_pool_forward = staticmethod(pool.max_pool_forward)
+    max_pool_backward = staticmethod(pool.max_pool_backward)
+    avg_pool_forward = staticmethod(pool.avg_pool_forward)
+    avg_pool_backward = staticmethod(pool.avg_pool_backward)
+    # Around a whole pass: single-threaded BLAS (our threads use the cores) and malloc
+    # keeping freed memory (see cores.py).
+    whole_pass = staticmethod(cores.on_all_cores)

@@ -1,0 +1,110 @@
+"""The convolution of ``scratchcnn/ops/conv.py`` on NumPy arrays, made fast on a CPU.
+
+The same maths (im2col + one matrix multiply), a cache-sized chunk of images at a time on
+every core (``cores.py``), with im2col as one strided copy (``windows.py``), the input
+gradient by the cheaper of two routes, and results written in place. Lesson 13 measures
+each step.
+"""
+
+import numpy as np
+
+from scratchcnn.fast.cores import for_each_chunk, images_per_chunk
+from scratchcnn.fast.windows import extract_windows, scatter_windows
+from scratchcnn.ops._xp import total
+from scratchcnn.ops.conv import ConvCache, conv_geometry, input_grad_flipped_kernel, padded_size
+from scratchcnn.ops.windows import crop_hw, pad_hw
+
+
+def window_rows(x_pad, geo):
+    """im2col as a matrix: x_pad (n, Hp, Wp, C) -> (n*Ho*Wo, kh*kw*C), one row per window."""
+    windows = extract_windows(x_pad, geo.window, geo.strides, geo.out_hw)
+    return windows.reshape(-1, windows.shape[3] * windows.shape[4])
+
+
+def convolve(x_pad, kernel, geo):
+    """im2col, then one ``@``. x_pad: (n, Hp, Wp, C) -> (n, Ho, Wo, O), without bias."""
+    n, (ho, wo), c_out = x_pad.shape[0], geo.out_hw, kernel.shape[3]
+    return (window_rows(x_pad, geo) @ kernel.reshape(-1, c_out)).reshape(n, ho, wo, c_out)
+
+
+def chunk_size(geo) -> int:
+    """Images per chunk: as many as keep the chunk's window rows cache-sized."""
+    return images_per_chunk(geo.out_hw[0] * geo.out_hw[1])
+
+
+# --8<-- [start:conv_forward]
+def conv2d_forward(x, kernel, bias=None, strides=1, padding="SAME"):
+    """``ops.conv.conv2d_forward``, a cache-sized chunk of images at a time, on every core.
+
+    Each chunk writes its matrix product straight into its slice of the output.
+    """
+    geo = conv_geometry(x.shape, kernel.shape, strides, padding)
+    c_out = kernel.shape[3]
+    out = np.empty((x.shape[0], *geo.out_hw, c_out), np.result_type(x, kernel))
+
+    def chunk(batch):
+        rows = window_rows(pad_hw(x[batch], geo.pads), geo)
+        chunk_out = out[batch].reshape(rows.shape[0], c_out)  # a view: written in place
+        np.matmul(rows, kernel.reshape(-1, c_out), out=chunk_out)
+        if bias is not None:
+            chunk_out += bias
+
+    for_each_chunk(chunk, x.shape[0], chunk_size(geo))
+    return out, ConvCache(x, kernel, geo, bias is not None)
+
+
+# --8<-- [end:conv_forward]
+
+
+def conv2d_backward(dout, cache, input_grad=True):
+    """``ops.conv.conv2d_backward``, a chunk of images at a time, on every core.
+
+    Each chunk adds its own share of the kernel and bias gradients; the shares are summed
+    at the end. The input gradient takes the cheaper route: col2im moves kh*kw*C_in values
+    per pixel, the flipped-kernel convolution kh*kw*C_out.
+    """
+    x, kernel, geo = cache.x, cache.kernel, cache.geo
+    route = input_grad_col2im if kernel.shape[2] < kernel.shape[3] else input_grad_by_convolution
+    dx = np.empty(x.shape, dout.dtype) if input_grad else None
+
+    def chunk(batch):
+        if input_grad:
+            dx[batch] = route(dout[batch], kernel, geo, padded_size(x, geo))
+        kernel_share = kernel_grad(pad_hw(x[batch], geo.pads), dout[batch], geo)
+        return kernel_share, total(dout[batch], (0, 1, 2))
+
+    shares = for_each_chunk(chunk, x.shape[0], chunk_size(geo))
+    grads = {"kernel": total(np.stack([k for k, _ in shares]), 0)}  # float64 accumulation
+    if cache.has_bias:
+        grads["bias"] = total(np.stack([b for _, b in shares]), 0)
+    return dx, grads
+
+
+def kernel_grad(x_pad, dout, geo):
+    """rows.T @ dout, one product per image, added in float64 (``total``).
+
+    A first layer sees raw images with a constant background and, with BatchNorm after
+    it, dout sums to ~0, so the kernel gradient is a small difference of large sums; one
+    long float32 accumulation over the batch loses ~1e-5 of it.
+    """
+    n, shape = x_pad.shape[0], (*geo.window, x_pad.shape[3], dout.shape[3])
+    rows = window_rows(x_pad, geo).reshape(n, -1, shape[0] * shape[1] * shape[2])
+    per_image = rows.transpose(0, 2, 1) @ dout.reshape(n, -1, shape[3])
+    return total(per_image, 0).reshape(shape)
+
+
+def input_grad_col2im(dout, kernel, geo, padded_hw):
+    """dx by col2im: dout (n, Ho, Wo, O) -> dx (n, H, W, C).
+
+    Each output pixel's gradient times the kernel gives the gradient of its window
+    (one matrix multiply); ``scatter_windows`` adds the windows back onto the pixels.
+    """
+    n, (ho, wo), (kh, kw), (c_in, c_out) = dout.shape[0], geo.out_hw, geo.window, kernel.shape[2:]
+    dwindows = dout.reshape(-1, c_out) @ kernel.reshape(-1, c_out).T  # (n*Ho*Wo, kh*kw*C)
+    dwindows = dwindows.reshape(n, ho, wo, kh * kw, c_in)
+    return crop_hw(scatter_windows(dwindows, padded_hw, geo.window, geo.strides), geo.pads)
+
+
+def input_grad_by_convolution(dout, kernel, geo, padded_hw):
+    """dx as the plain version computes it, with this file's faster im2col."""
+    return input_grad_flipped_kernel(dout, kernel, geo, padded_hw, convolve=convolve)

@@ -1,0 +1,190 @@
+"""The training loop: shuffled mini-batches -> the train step -> validation -> files.
+
+``train`` runs whole epochs of ``train_one_epoch``; after each one it measures the
+validation split, decides about early stopping and reduce-on-plateau (``after_epoch``)
+and saves the run's folder. Every random draw depends only on ``(seed, epoch, stream)``
+(``scratchcnn.train.data``), so a run resumed after epoch *k* ends with the same weights,
+bit for bit, as the run that never stopped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from scratchcnn import models, optim
+from scratchcnn.checkpoint import check_compatible, load_checkpoint
+from scratchcnn.data.augment import AUGMENTATIONS, augment_batch
+from scratchcnn.pretrained import resolve_checkpoint
+from scratchcnn.train.config import TrainConfig
+from scratchcnn.train.data import AUGMENT, SHUFFLE, Split, batches, epoch_rng, load_splits
+from scratchcnn.train.progress import ProgressBar, format_epoch
+from scratchcnn.train.runs import RunFolder, RunState, TrainResult, prepare_output_dir
+from scratchcnn.train.step import evaluate_split, make_backend, make_run_optimizer, make_schedule
+
+# on_step(run, loss, accuracy): called after every step, e.g. to record each step's loss.
+OnStep = Callable[[RunState, float, float], None]
+
+
+# --8<-- [start:train]
+def train(
+    config: TrainConfig,
+    *,
+    data_dir=None,
+    output_dir=None,
+    resume: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    on_step: OnStep | None = None,
+) -> TrainResult:
+    """Train ``config.model`` on MNIST, evaluate on the test set, return the result.
+
+    ``output_dir`` receives checkpoints and the history; ``resume`` continues the run
+    saved there. With validation data, the best epoch's weights (lowest validation loss)
+    are the ones evaluated and returned.
+    """
+    config.validate()
+    splits = load_splits(config, data_dir)  # before any folder is made: data may be missing
+    model = models.build(config.model)
+    initial = None if resume else initial_weights(model, config)  # a bad --init stops here
+    path = prepare_output_dir(output_dir, resume)
+    folder = RunFolder(path, config, model, splits.checksums) if path else None
+    steps_per_epoch = -(-len(splits.train) // config.batch_size)  # ceil
+    schedule = make_schedule(config, steps_per_epoch)
+    optimizer = make_run_optimizer(config, schedule)
+    backend = make_backend(model, optimizer, config)  # our step; jax.jit on "jax"
+    plateau = make_plateau(config)
+    if resume:
+        run = folder.resume(plateau)
+        log(f"resuming {path} after epoch {run.epoch} of {config.epochs}")
+    else:
+        params, state = initial
+        run = RunState(params, state, optimizer.init(params))
+    best = folder.best_weights() if resume and run.best_epoch else None
+    best = best or (run.params, run.state)
+
+    run.params, run.state = backend.to_device(run.params), backend.to_device(run.state)
+    run.opt_state = backend.to_device(run.opt_state)
+    while run.epoch < config.epochs and not run.stopped_early:
+        started = time.perf_counter()
+        record = train_one_epoch(run, backend, splits.train, config, progress, on_step)
+        if len(splits.val):
+            val = evaluate_split(
+                backend, model, run.params, run.state, splits.val, config.eval_batch_size
+            )
+            record.update(val_loss=val.loss, val_accuracy=val.accuracy)
+        record["lr"] = float(optim.current_lr(schedule, backend.to_host(run.opt_state)))
+        seconds = time.perf_counter() - started
+        run.train_seconds += seconds
+        record["seconds"] = round(seconds, 3)
+        run.epoch += 1
+        # Without validation data the latest epoch counts as the best one.
+        improved = after_epoch(run, record, config, plateau) or not len(splits.val)
+        if improved:
+            best = (run.params, run.state)
+        run.history.append(record)
+        if folder:
+            folder.save(run, backend.to_host, plateau, improved)
+        log(format_epoch(record, config.epochs))
+
+    params, state = best
+    test = evaluate_split(backend, model, params, state, splits.test, config.eval_batch_size)
+    result = TrainResult(
+        config,
+        backend.to_host(params),
+        backend.to_host(state),
+        run.history,
+        test,
+        run.train_seconds,
+        run.best_epoch if len(splits.val) else run.epoch,
+        run.stopped_early,
+        path,
+    )
+    if folder:
+        folder.write_summary(result)
+    return result
+
+
+# --8<-- [end:train]
+
+
+# --8<-- [start:train_one_epoch]
+def train_one_epoch(
+    run: RunState,
+    backend,
+    split: Split,
+    config: TrainConfig,
+    progress: bool = False,
+    on_step: OnStep | None = None,
+) -> dict:
+    """One pass over the shuffled training images. Returns the epoch's history record."""
+    shuffle = epoch_rng(config.seed, run.epoch, SHUFFLE)  # a fresh stream per epoch
+    augment = epoch_rng(config.seed, run.epoch, AUGMENT)
+    dropout = backend.dropout_source(run.epoch)
+    total_loss, total_correct, seen = 0.0, 0, 0
+    started = time.perf_counter()
+    with ProgressBar(progress, len(split), run.epoch + 1, config.epochs) as bar:
+        for i, idx in enumerate(batches(len(split), config.batch_size, shuffle)):
+            images = augment_batch(split.images[idx], augment, AUGMENTATIONS[config.augment])
+            x = backend.to_device(images[..., None])  # (B, 28, 28, 1) in [0, 1]
+            y = backend.to_device(split.labels[idx].astype(np.int32))
+            run.params, run.state, run.opt_state, loss, accuracy = backend.train_step(
+                run.params, run.state, run.opt_state, x, y, dropout(i)
+            )
+            run.step += 1
+            loss, accuracy = float(loss), float(accuracy)
+            total_loss += loss * len(idx)
+            total_correct += accuracy * len(idx)
+            seen += len(idx)
+            speed = seen / (time.perf_counter() - started)
+            bar.advance(len(idx), total_loss / seen, total_correct / seen, speed)
+            if on_step is not None:
+                on_step(run, loss, accuracy)
+    return {
+        "epoch": run.epoch + 1,
+        "train_loss": total_loss / seen,
+        "train_accuracy": total_correct / seen,
+        "images_per_second": round(seen / (time.perf_counter() - started), 1),
+    }
+
+
+# --8<-- [end:train_one_epoch]
+
+
+# --8<-- [start:early_stopping]
+def after_epoch(run: RunState, record: dict, config: TrainConfig, plateau) -> bool:
+    """Early stopping and reduce-on-plateau bookkeeping. Returns: is this the best epoch?"""
+    if "val_loss" not in record:
+        return False
+    improved = record["val_loss"] < run.best_val_loss
+    if improved:
+        run.best_val_loss, run.best_epoch, run.bad_epochs = record["val_loss"], run.epoch, 0
+    else:
+        run.bad_epochs += 1
+    if config.early_stopping is not None and run.bad_epochs >= config.early_stopping:
+        run.stopped_early = True
+    if plateau is not None:
+        scale = plateau.step(record["val_loss"])
+        run.opt_state = optim.set_lr_scale(run.opt_state, scale)
+    return improved
+
+
+# --8<-- [end:early_stopping]
+
+
+def make_plateau(config: TrainConfig) -> optim.ReduceOnPlateau | None:
+    if config.plateau_patience is None:
+        return None
+    return optim.ReduceOnPlateau(factor=config.plateau_factor, patience=config.plateau_patience)
+
+
+def initial_weights(model, config: TrainConfig):
+    """Fresh random weights, or (``init_from``) a checkpoint's weights and BatchNorm
+    statistics to fine-tune; the optimizer and the schedule start afresh either way."""
+    if config.init_from is None:
+        return model.init(config.seed)
+    ckpt = load_checkpoint(resolve_checkpoint(config.init_from))
+    check_compatible(ckpt, config.model, model)
+    return ckpt.params, ckpt.state
