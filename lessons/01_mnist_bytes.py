@@ -79,7 +79,7 @@ def digit_as_numbers(image, label, path):
             value = int(image[i, j])
             if value:
                 axes.text(j, i, str(value), ha="center", va="center", fontsize=5.2,
-                          color="black" if value > 128 else "white")  # fmt: skip
+                          color="black" if value > 128 else "white")
     axes.set_xticks(range(0, 28, 4))
     axes.set_yticks(range(0, 28, 4))
     axes.set_xlabel("column j")
@@ -148,7 +148,7 @@ def main():
     lesson = Lesson(__file__, __doc__.splitlines()[0])
     location = find_mnist()
     files = {f"{split}_{kind}": header_fields(location.path(split, kind))
-             for split, kind in ORIGINAL_FILES}  # fmt: skip
+             for split, kind in ORIGINAL_FILES}
 
     train_images, train_labels = read_split(location, "train")
     test_images, test_labels = read_split(location, "test")
@@ -200,7 +200,7 @@ def main():
         "never_inked_within_border": int(border_distance.max(initial=-1)) + 1,
         "nearest_mean_accuracy": round(accuracy, 4),
         "ink_per_class": [round(float(m.mean() / 255), 4) for m in means[:NUM_CLASSES]],
-    })  # fmt: skip
+    })
 
 
 if __name__ == "__main__":

@@ -128,7 +128,7 @@ def flax_parity(images, labels, hidden, dtypes) -> dict:
         out[f"network, {dtype}"] = parity.compare_network(
             model, params, state, images.astype(dtype), train=True,
             key=jax.random.key(0), loss_labels=labels,
-        )  # fmt: skip
+        )
     return {k: {q: float(f"{v:.2e}") for q, v in d.items()} for k, d in out.items()}
 
 
@@ -147,7 +147,7 @@ def train(params, x, y, x_test, y_test, *, epochs, batch, lr, eval_every, seed):
             index = order[start : start + batch]
             loss, grads = loss_and_grads(params, x[index], y[index])
             params = {name: {k: p - lr * grads[name][k] for k, p in layer.items()}
-                      for name, layer in params.items()}  # fmt: skip
+                      for name, layer in params.items()}
             step += 1
             curve["step"].append(step)
             curve["loss"].append(float(loss))
@@ -168,7 +168,7 @@ def sweep_figure(eps_values, curves, path):
     figure, axes = plt.subplots(figsize=(6.5, 3.6))
     for (name, errors), color in zip(curves.items(), ("tab:blue", "tab:orange")):
         axes.loglog(eps_values, np.maximum(errors, 1e-17), "o-", ms=3, color=color,
-                    label=f"loss computed in {name}")  # fmt: skip
+                    label=f"loss computed in {name}")
     axes.invert_xaxis()
     axes.set_xlabel("finite-difference step eps (smaller to the right)")
     axes.set_ylabel("relative error vs backprop")
@@ -185,14 +185,14 @@ def curve_figure(curve, batch, steps_per_epoch, path):
     smooth = np.convolve(loss, np.ones(window) / window, mode="valid")
     left.plot(curve["step"], loss, color="tab:blue", alpha=0.25, lw=0.8, label="each batch")
     left.plot(curve["step"][window - 1 :], smooth, color="tab:blue",
-              label=f"mean of {window} batches")  # fmt: skip
+              label=f"mean of {window} batches")
     left.axhline(np.log(10), color="gray", ls="--", lw=0.8, label="ln 10 (uniform guess)")
     left.set_xlabel(f"SGD step (batch {batch}; {steps_per_epoch} steps per epoch)")
     left.set_ylabel("training loss (cross-entropy)")
     left.set_ylim(0, 2.6)
     left.legend(fontsize=8)
     right.plot(curve["eval_step"], 100 * np.asarray(curve["test_accuracy"]), "o-", ms=3,
-               color="tab:green")  # fmt: skip
+               color="tab:green")
     right.set_xlabel("SGD step")
     right.set_ylabel("test accuracy (%)")
     right.set_ylim(80, 100)
@@ -209,12 +209,12 @@ def softmax_figure(panels, path):
         onehot = (k == label).astype(float)
         ax.bar(k - 0.2, probs, 0.4, label="softmax p", color="tab:blue")
         ax.bar(k + 0.2, probs - onehot, 0.4, label="p - onehot = d loss / d logits",
-               color="tab:red")  # fmt: skip
+               color="tab:red")
         ax.axhline(0, color="black", lw=0.6)
         ax.set_xticks(k)
         ax.set_xlabel("class")
         ax.set_title(f"{title}\n(true class {label}, predicted {int(np.argmax(probs))})",
-                     fontsize=10)  # fmt: skip
+                     fontsize=10)
     axes[0].set_ylim(-1.05, 1.05)
     axes[0].legend(fontsize=7, loc="lower left")
     save_figure(figure, path)
@@ -266,7 +266,7 @@ def main():
     initial, _ = mlp(hidden).init(lesson.seed, (784,), np.float32)
     initial_probs = softmax(predict(initial, x_test))
     params, curve = train(initial, x, y, x_test, y_test, epochs=epochs, batch=batch, lr=lr,
-                          eval_every=eval_every, seed=lesson.seed)  # fmt: skip
+                          eval_every=eval_every, seed=lesson.seed)
     final_logits = predict(params, x_test)  # after the last step: loss and accuracy agree
     probs = softmax(final_logits)
     wrong = int(np.flatnonzero(np.argmax(probs, axis=1) != y_test)[0])
@@ -275,7 +275,7 @@ def main():
     softmax_figure([(initial_probs[0], y_test[0], "test image 0, before training"),
                     (probs[0], y_test[0], "test image 0, after training"),
                     (probs[wrong], y_test[wrong], f"test image {wrong}, after training")],
-                   lesson.path("softmax_gradient.png"))  # fmt: skip
+                   lesson.path("softmax_gradient.png"))
     change = params["dense1"]["kernel"] - initial["dense1"]["kernel"]
     weights_figure(change, lesson.path("first_layer_weights.png"))
     initial_loss = float(softmax_cross_entropy_forward(predict(initial, x_test), y_test)[0])
@@ -287,9 +287,9 @@ def main():
         "eps_values": [float(f"{e:.3g}") for e in eps_values],
         "eps_sweep": {k: [float(f"{v:.3g}") for v in e] for k, e in sweep.items()},
         "best_eps": {k: {"eps": float(f"{e:.2g}"), "error": float(f"{v:.2g}")}
-                     for k, (e, v) in best.items()},  # fmt: skip
+                     for k, (e, v) in best.items()},
         "error_at_1e-6": {k: float(f"{e[int(np.argmin(np.abs(eps_values - 1e-6)))]:.2g}")
-                          for k, e in sweep.items()},  # fmt: skip
+                          for k, e in sweep.items()},
         "float32_backward_vs_float64": float(f"{backward_in_float32(check_params, xs, ys):.2e}"),
         "flax": flax,
         "train": {
@@ -311,7 +311,7 @@ def main():
             "wrong_p_true": round(float(probs[wrong, y_test[wrong]]), 4),
             "wrong_p_predicted": round(float(probs[wrong].max()), 4),
         },
-    })  # fmt: skip
+    })
 
 
 if __name__ == "__main__":

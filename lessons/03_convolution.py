@@ -57,7 +57,7 @@ def input_grad_by_convolution(dout, kernel, x_shape, strides, padding):
     hp, wp = (x_shape[1 + a] + sum(pads[a]) for a in (0, 1))  # the padded input's size
     spread = dilate_hw(dout, (sh, sw))
     spread = pad_hw(spread, ((kh - 1, kh - 1 + hp - ((ho - 1) * sh + kh)),
-                             (kw - 1, kw - 1 + wp - ((wo - 1) * sw + kw))))  # fmt: skip
+                             (kw - 1, kw - 1 + wp - ((wo - 1) * sw + kw))))
     flipped = kernel[::-1, ::-1].transpose(0, 1, 3, 2)  # (kh, kw, C_out, C_in)
     dx_padded, _ = conv2d_naive_forward(spread, flipped, padding="VALID")
     return crop_hw(dx_padded, pads)
@@ -99,7 +99,7 @@ def im2col_figure(path):
     highlight = 5  # window (1, 2)
     hi, hj = divmod(highlight, 3)
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2),
-                                         gridspec_kw={"width_ratios": [1, 1.7]})  # fmt: skip
+                                         gridspec_kw={"width_ratios": [1, 1.7]})
     left.imshow(np.zeros((5, 5)), cmap="Greys", vmin=0, vmax=1)
     for (i, j), v in np.ndenumerate(x[0, :, :, 0]):
         left.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=11)
@@ -108,7 +108,7 @@ def im2col_figure(path):
     right.imshow(np.zeros((9, 9)), cmap="Greys", vmin=0, vmax=1)
     for (i, j), v in np.ndenumerate(rows):
         right.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=10,
-                   color="tab:red" if i == highlight else "black")  # fmt: skip
+                   color="tab:red" if i == highlight else "black")
     right.add_patch(Rectangle((-0.5, highlight - 0.5), 9, 1, fill=False, ec="tab:red", lw=2.5))
     right.set_yticks(range(9), [f"({i}, {j})" for i in range(3) for j in range(3)])
     right.set_xticks(range(9), [f"{di},{dj}" for di in range(3) for dj in range(3)])
@@ -127,7 +127,7 @@ def annotate(ax, a, fmt="{:.0f}"):
     for (i, j), v in np.ndenumerate(a):
         if v:
             ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=7,
-                    color="white" if abs(v) > 0.6 * scale else "black")  # fmt: skip
+                    color="white" if abs(v) > 0.6 * scale else "black")
 
 
 def backward_figure(kernel, positions, path):
@@ -153,7 +153,7 @@ def backward_figure(kernel, positions, path):
         (by_loops[0, :, :, 0], "dx by the loops (11x11)"),
     ]
     figure, axes = plt.subplots(1, len(panels), figsize=(16, 3.3),
-                                gridspec_kw={"width_ratios": [3, 6, 15, 3, 11, 11]})  # fmt: skip
+                                gridspec_kw={"width_ratios": [3, 6, 15, 3, 11, 11]})
     for ax, (a, title) in zip(axes, panels):
         scale = max(np.abs(a).max(), 1e-12)
         ax.imshow(a, cmap="seismic", vmin=-scale, vmax=scale)
@@ -162,7 +162,7 @@ def backward_figure(kernel, positions, path):
         ax.set_xticks([])
         ax.set_yticks([])
     figure.suptitle("The backward pass of a 3x3 stride-2 convolution: each gradient pixel "
-                    "stamps a copy of K onto its window", y=1.02)  # fmt: skip
+                    "stamps a copy of K onto its window", y=1.02)
     save_figure(figure, path)
     return relative_error(by_loops, by_conv)
 
@@ -224,7 +224,7 @@ def flax_parity(images, dtypes, seed) -> dict:
         diffs = parity.compare_network(
             model, params, state, images.astype(dtype), train=False, key=jax.random.key(0),
             dout=rng.standard_normal(out_shape).astype(dtype),
-        )  # fmt: skip
+        )
         rows[f"3x3, 1 -> 32 channels, {len(images)} digits, {dtype}"] = {
             k.replace("conv1.", ""): v for k, v in diffs.items()
         }
@@ -271,7 +271,7 @@ def main():
         },
         "finite_differences": {k: float(f"{v:.2e}") for k, v in finite_differences(0).items()},
         "flax": flax,
-    })  # fmt: skip
+    })
 
 
 if __name__ == "__main__":

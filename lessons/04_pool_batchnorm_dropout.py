@@ -74,7 +74,7 @@ def pooling_figure(digit, path):
     routed, _ = max_pool_backward(np.ones_like(max14), cache)
     panels = [(x, "input 28x28", "gray"), (max14, "max pool 2x2: 14x14", "gray"),
               (avg14, "avg pool 2x2: 14x14", "gray"), (max7, "max pool twice: 7x7", "gray"),
-              (routed, "max pool's gradient of 1s", "Reds")]  # fmt: skip
+              (routed, "max pool's gradient of 1s", "Reds")]
     figure, axes = plt.subplots(1, len(panels), figsize=(14, 3.2))
     for ax, (a, title, cmap) in zip(axes, panels):
         ax.imshow(a[0, :, :, 0], cmap=cmap, vmin=0, vmax=1)
@@ -137,7 +137,7 @@ def batchnorm_study(train_images, test_images, steps, batch, seed):
     params = {"scale": np.ones(8, np.float32), "bias": np.zeros(8, np.float32)}
     state = {"mean": np.zeros(8, np.float32), "var": np.ones(8, np.float32)}  # Flax's init
     ideal = batchnorm_forward(held_out, params, {"mean": pop_mean, "var": pop_var},
-                              train=False)[0]  # fmt: skip
+                              train=False)[0]
     history = train_batchnorm(batches, held_out, params, state)
     train_out = batchnorm_forward(held_out, params, state, train=True)[0]  # batch statistics
 
@@ -163,7 +163,7 @@ def batchnorm_study(train_images, test_images, steps, batch, seed):
                    "init_mean_gap": np.abs(pop_mean), "init_var_gap": np.abs(1 - pop_var),
                    "running_mean": np.array([h["state"]["mean"] for h in history]),
                    "pop_mean": pop_mean, "eval_vs_ideal": eval_vs_ideal,
-                   "eval_vs_train": eval_vs_train},  # fmt: skip
+                   "eval_vs_train": eval_vs_train},
         "results": {
             "steps": steps,
             "batch": batch,
@@ -175,7 +175,7 @@ def batchnorm_study(train_images, test_images, steps, batch, seed):
             },
             "predicted_gap": {str(s): round(MOMENTUM**s, 4) for s in checkpoints},
             "eval_vs_ideal_rms": {str(s): round(float(eval_vs_ideal[s - 1]), 4)
-                                  for s in checkpoints},  # fmt: skip
+                                  for s in checkpoints},
             "eval_vs_train_rms_final": round(float(eval_vs_train[-1]), 4),
             "fresh_eval_vs_ideal_rms": round(rms(fresh_eval - ideal), 4),
             "ideal_rms": round(rms(ideal), 4),
@@ -184,7 +184,7 @@ def batchnorm_study(train_images, test_images, steps, batch, seed):
                                                            4),
             "same_image_two_batches_eval_max_diff": float(np.abs(eval_a - eval_b).max()),
         },
-    }  # fmt: skip
+    }
 
 
 def bn_stats_figure(c, path):
@@ -213,7 +213,7 @@ def bn_stats_figure(c, path):
 def bn_eval_figure(c, path):
     figure, axes = plt.subplots(figsize=(7, 3.4))
     axes.semilogy(c["t"], c["eval_vs_ideal"],
-                  label="eval mode vs eval with the data's exact statistics")  # fmt: skip
+                  label="eval mode vs eval with the data's exact statistics")
     axes.semilogy(c["t"], c["eval_vs_train"], label="eval mode vs train mode (batch statistics)")
     axes.set_xlabel("training step")
     axes.set_ylabel("RMS difference of outputs")
@@ -249,7 +249,7 @@ def dropout_study(digit, rate, samples, seed):
         "predicted_after_last": round(float(np.sqrt(rate / (1 - rate) / samples)), 4),
         "eval_is_identity": bool(np.array_equal(
             L.Dropout(rate).forward({}, {}, big, train=False)[0], big)),
-    }  # fmt: skip
+    }
 
 
 def dropout_figure(digit, outs, means, error, rms_x, rate, path):
@@ -258,7 +258,7 @@ def dropout_figure(digit, outs, means, error, rms_x, rate, path):
     samples = len(outs)
     panels = [(digit[..., 0], "input"), (outs[0][..., 0], "one mask"),
               (outs[1][..., 0], "another mask"), (means[9][..., 0], "mean of 10"),
-              (means[-1][..., 0], f"mean of {samples}")]  # fmt: skip
+              (means[-1][..., 0], f"mean of {samples}")]
     for k, (a, title) in enumerate(panels):
         ax = figure.add_subplot(grid[0, k])
         ax.imshow(a, cmap="gray", vmin=0, vmax=1)  # survivors (x2) are clipped to white
@@ -273,7 +273,7 @@ def dropout_figure(digit, outs, means, error, rms_x, rate, path):
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     figure.suptitle(f"Inverted dropout, rate {rate}: survivors are scaled by "
-                    f"1/(1 - rate) = {1 / (1 - rate):g}, so the average is the input")  # fmt: skip
+                    f"1/(1 - rate) = {1 / (1 - rate):g}, so the average is the input")
     save_figure(figure, path)
 
 
@@ -283,7 +283,7 @@ def dropout_figure(digit, outs, means, error, rms_x, rate, path):
 def flax_parity(dtypes) -> dict:
     """Worst relative difference per op family over the ``scratchcnn parity`` cases."""
     families = {"max pool": "max pool", "avg pool": "avg pool", "batch norm": "batch norm",
-                "dropout": "dropout", "channel dropout": "channel dropout"}  # fmt: skip
+                "dropout": "dropout", "channel dropout": "channel dropout"}
     rows = {}
     for dtype in dtypes:
         for name, layer, in_shape, train in parity.OP_CASES:
@@ -303,7 +303,7 @@ def flax_parity(dtypes) -> dict:
                 key = key.replace("batchnorm1.", "")
                 worst[key] = max(worst.get(key, 0.0), value)
     return {k: {q: (v if q == "cases" else float(f"{v:.2e}")) for q, v in d.items()}
-            for k, d in rows.items()}  # fmt: skip
+            for k, d in rows.items()}
 
 
 def main():
@@ -333,7 +333,7 @@ def main():
         "steps_to_1_percent": round(float(np.log(0.01) / np.log(MOMENTUM)), 1),
         "dropout": drop,
         "flax": flax_parity(dtypes),
-    })  # fmt: skip
+    })
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ OPTIMIZERS = {
     "adam": (lambda lr: optim.Adam(lr), lambda lr: optax.adam(lr), 0.1),
     "adamw": (lambda lr: optim.AdamW(lr, weight_decay=0.1),
               lambda lr: optax.adamw(lr, weight_decay=0.1), 0.1),
-}  # fmt: skip
+}
 
 
 def valley_loss(w):
@@ -98,7 +98,7 @@ def ours_vs_optax(name: str, steps: int) -> dict:
 
 def optimizer_figure(runs: dict, path):
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained",
-                                         gridspec_kw={"width_ratios": [1.6, 1]})  # fmt: skip
+                                         gridspec_kw={"width_ratios": [1.6, 1]})
     xs, ys = np.meshgrid(np.linspace(-4.5, 1.5, 200), np.linspace(-2, 2, 200))
     zs = 0.5 * (CURVATURE[0, 0] * xs**2 + CURVATURE[1, 1] * ys**2)
     left.contour(xs, ys, zs, levels=np.geomspace(0.05, 60, 12), colors="0.8", linewidths=0.8)
@@ -112,7 +112,7 @@ def optimizer_figure(runs: dict, path):
     left.plot(*START, "k*", ms=10)
     left.plot(0, 0, "k+", ms=10)
     left.set(xlabel="$w_1$ (gentle direction)", ylabel="$w_2$ (steep direction)",
-             title="lines: scratchcnn.optim, circles: optax (every 4th step)")  # fmt: skip
+             title="lines: scratchcnn.optim, circles: optax (every 4th step)")
     left.title.set_fontsize(9)
     left.legend(fontsize=8, loc="lower right")
     right.set(xlabel="step", ylabel="loss $f(w)$ (log scale)", title="loss along the way")
@@ -169,7 +169,7 @@ def schedule_figure(curves: dict, steps_per_epoch: int, path):
     for name, values in curves.items():
         axes.plot(np.arange(len(values)) / steps_per_epoch, 1e3 * values, label=name, lw=1.6)
     axes.set(xlabel="epoch", ylabel="learning rate (x 1e-3)",
-             title=f"--schedule, over 10 epochs of {steps_per_epoch} steps")  # fmt: skip
+             title=f"--schedule, over 10 epochs of {steps_per_epoch} steps")
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     save_figure(figure, path)
@@ -225,11 +225,11 @@ def curves_figure(curve: list[dict], steps_per_epoch: int, path):
     a.semilogy(steps, loss, color="tab:blue", alpha=0.25, lw=0.8, label="batch loss")
     a.semilogy(steps[window - 1 :], smooth, color="tab:blue", label=f"mean of {window} steps")
     a.semilogy(val_x, [r["val_loss"] for r in val], "o-", color="tab:red", ms=3,
-               label="validation loss")  # fmt: skip
+               label="validation loss")
     a.set(xlabel="epoch", ylabel="cross-entropy (log scale)", title="loss")
     b.plot(steps[window - 1 :], 100 * smooth_acc, color="tab:blue", label="training batches")
     b.plot(val_x, [100 * r["val_accuracy"] for r in val], "o-", color="tab:red", ms=3,
-           label="validation")  # fmt: skip
+           label="validation")
     b.set(xlabel="epoch", ylabel="accuracy (%)", ylim=(90, 100), title="accuracy")
     c.plot(steps, [1e3 * r["lr"] for r in curve], color="k")
     c.set(xlabel="epoch", ylabel="learning rate (x 1e-3)", title="one-cycle schedule")
@@ -273,19 +273,19 @@ def early_stopping_figure(run: dict, path):
     figure, (a, b) = plt.subplots(1, 2, figsize=(10, 3.4), layout="constrained")
     a.plot(epochs, [h["train_loss"] for h in history], "o-", ms=3, label="training loss")
     a.plot(epochs, [h["val_loss"] for h in history], "o-", ms=3, color="tab:red",
-           label="validation loss")  # fmt: skip
+           label="validation loss")
     b.plot(epochs, [100 * h["train_accuracy"] for h in history], "o-", ms=3, label="training")
     b.plot(epochs, [100 * h["val_accuracy"] for h in history], "o-", ms=3, color="tab:red",
-           label="validation")  # fmt: skip
+           label="validation")
     for axes in (a, b):
         axes.axvline(run["best_epoch"], color="tab:green", ls="--", lw=1,
-                     label=f"best epoch ({run['best_epoch']})")  # fmt: skip
+                     label=f"best epoch ({run['best_epoch']})")
         axes.grid(alpha=0.3)
         axes.set_xlabel("epoch")
         axes.legend(fontsize=8)
     a.set(ylabel="cross-entropy (log scale)",
           title=f"stopped after epoch {run['epochs_run']}: {run['patience']} epochs "
-          "without a lower validation loss")  # fmt: skip
+          "without a lower validation loss")
     a.title.set_fontsize(10)
     b.set(ylabel="accuracy (%)", title=f"{run['train_limit']} training images: overfitting")
     a.set_yscale("log")
@@ -303,11 +303,11 @@ def checkpoint_demo(model, config, params, state, opt_state, folder: Path) -> di
     """Save, load, compare; crash in the middle of a save; offer a pickle to the loader."""
     path = folder / "default.npz"
     save_checkpoint(path, model_name=config.model, model=model, params=params, state=state,
-                    opt_state=opt_state, info={"config": config.to_json()})  # fmt: skip
+                    opt_state=opt_state, info={"config": config.to_json()})
     loaded = load_checkpoint(path)
     pairs = [(params, loaded.params), (state, loaded.state), (opt_state, loaded.opt_state)]
     leaves = [(a, b) for ours, theirs in pairs
-              for a, b in zip(optim.tree_leaves(ours), optim.tree_leaves(theirs))]  # fmt: skip
+              for a, b in zip(optim.tree_leaves(ours), optim.tree_leaves(theirs))]
     round_trip = all(a.dtype == b.dtype and np.array_equal(a, b) for a, b in leaves)
 
     # --8<-- [start:crash]
@@ -364,12 +364,12 @@ def main():
     config = dataclasses.replace(RECIPES["default"], seed=seed)
     stop_config = TrainConfig(model="flax_cnn", train_limit=500, epochs=25, schedule="constant",
                               learning_rate=3e-3, val_fraction=0.05, early_stopping=4,
-                              backend="numpy", seed=seed)  # fmt: skip
+                              backend="numpy", seed=seed)
     if quick:
         config = dataclasses.replace(config, backend="numpy", train_limit=256, batch_size=64,
-                                     epochs=1, val_fraction=0.01, test_limit=500)  # fmt: skip
+                                     epochs=1, val_fraction=0.01, test_limit=500)
         stop_config = dataclasses.replace(stop_config, train_limit=128, epochs=3, early_stopping=1,
-                                          val_fraction=0.01, test_limit=200)  # fmt: skip
+                                          val_fraction=0.01, test_limit=200)
     splits = load_splits(config)
     recorder = StepRecorder(config, splits, every=2 if quick else 50)
     with tempfile.TemporaryDirectory() as folder:
@@ -377,7 +377,7 @@ def main():
         result = train(config, output_dir=tmp / "default", progress=False, on_step=recorder)
         last = load_checkpoint(tmp / "default" / "last.npz")  # the weights and Adam's state
         saved = checkpoint_demo(models.build(config.model), config, last.params, last.state,
-                                last.opt_state, tmp)  # fmt: skip
+                                last.opt_state, tmp)
         stopping = early_stopping_run(stop_config, tmp / "early")
     curve, test = recorder.curve, result.test
     seconds = result.train_seconds - recorder.eval_seconds  # without the recorder's evaluations
@@ -412,7 +412,7 @@ def main():
         },
         "early_stopping": stopping,
         "checkpoint": saved,
-    })  # fmt: skip
+    })
 
 
 if __name__ == "__main__":

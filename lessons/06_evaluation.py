@@ -108,7 +108,7 @@ def confusion_figure(counts: np.ndarray, title: str, path):
                 dark = i != j and counts[i, j] > 0.6 * off.max()
                 axes.text(j, i, str(counts[i, j]), ha="center", va="center",
                           fontsize=7 if i == j else 8,
-                          color="0.25" if i == j else ("white" if dark else "black"))  # fmt: skip
+                          color="0.25" if i == j else ("white" if dark else "black"))
     axes.set(xticks=range(k), yticks=range(k), xlabel="predicted class", ylabel="true class")
     axes.set_title(title, fontsize=10)
     figure.colorbar(image, ax=axes, shrink=0.8, label="mistakes (off the diagonal)")
@@ -123,7 +123,7 @@ def per_class_figure(results: dict, path):
         axes.bar(classes + offset, values, width=0.4, label=label)
     low = min(min(results[n]["per_class_accuracy"]) for n in NETWORKS)
     axes.set(xticks=classes, xlabel="true class", ylabel="accuracy within the class (%)",
-             ylim=(max(0.0, 100 * low - 0.5), 100))  # fmt: skip
+             ylim=(max(0.0, 100 * low - 0.5), 100))
     axes.grid(alpha=0.3, axis="y")
     axes.legend(fontsize=8, loc="lower left")
     save_figure(figure, path)
@@ -132,7 +132,7 @@ def per_class_figure(results: dict, path):
 def digit_grid(images, titles, colors, columns: int, path, suptitle: str):
     rows = -(-len(images) // columns)
     figure, axes = plt.subplots(rows, columns, figsize=(1.15 * columns, 1.35 * rows),
-                                squeeze=False, layout="constrained")  # fmt: skip
+                                squeeze=False, layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
     for ax, image, title, color in zip(axes.flat, images, titles, colors):
@@ -156,20 +156,20 @@ def predictions_figure(images, labels, logits, path, first: int = 30, wrong: int
         colors.append("tab:green" if right else "tab:red")
     digit_grid(images[shown], titles, colors, 10, path,
                f"Test images #0-{first - 1}, then the first mistakes: "
-               "prediction (confidence)")  # fmt: skip
+               "prediction (confidence)")
 
 
 def mistakes_figure(images, mistakes: list[dict], path):
     shown = mistakes[:20]
     titles = [f"{m['prediction']} ({100 * m['confidence']:.0f}%), not {m['label']}"
-              for m in shown]  # fmt: skip
+              for m in shown]
     digit_grid(images[[m["index"] for m in shown]], titles, ["tab:red"] * len(shown), 10, path,
-               "The most confident mistakes: prediction (confidence), true label")  # fmt: skip
+               "The most confident mistakes: prediction (confidence), true label")
 
 
 def reliability_figure(results: dict, path):
     figure, axes = plt.subplots(2, 2, figsize=(9, 5.6), sharex=True, layout="constrained",
-                                gridspec_kw={"height_ratios": [2.2, 1]})  # fmt: skip
+                                gridspec_kw={"height_ratios": [2.2, 1]})
     for column, (name, label) in enumerate(NETWORKS.items()):
         bins = results[name]["reliability"]
         lower, upper = np.array(bins["lower"]), np.array(bins["upper"])
@@ -178,17 +178,17 @@ def reliability_figure(results: dict, path):
         confidence = np.array([np.nan if c is None else c for c in bins["confidence"]])
         top, bottom = axes[0, column], axes[1, column]
         top.bar(centres, accuracy, width=width, edgecolor="k", lw=0.5, color="tab:blue",
-                label="accuracy in the bin")  # fmt: skip
+                label="accuracy in the bin")
         top.plot(confidence, confidence, "o", color="tab:orange", ms=4,
-                 label="mean confidence in the bin")  # fmt: skip
+                 label="mean confidence in the bin")
         top.plot([0, 1], [0, 1], "k--", lw=0.8, label="perfect calibration")
         top.set(ylim=(0, 1.02), ylabel="accuracy")
         top.set_title(f"{label}: ECE {results[name]['ece']:.4f}", fontsize=10)
         top.legend(fontsize=7.5, loc="upper left")
         bottom.bar(centres, np.maximum(bins["count"], 0.8), width=width, edgecolor="k", lw=0.5,
-                   color="0.6")  # fmt: skip
+                   color="0.6")
         bottom.set(yscale="log", ylim=(0.8, 2e4), xlabel="confidence (largest probability)",
-                   ylabel="images")  # fmt: skip
+                   ylabel="images")
     save_figure(figure, path)
 
 
@@ -208,7 +208,7 @@ def main():
     default = results["default"]
     confusion_figure(np.array(default["confusion_matrix"]),
                      f"default: {default['mistakes']} mistakes on {len(labels):,} test images",
-                     lesson.path("confusion_matrix.png"))  # fmt: skip
+                     lesson.path("confusion_matrix.png"))
     per_class_figure(results, lesson.path("per_class_accuracy.png"))
     predictions_figure(images, labels, logits["default"], lesson.path("predictions.png"))
     mistakes_figure(images, default["most_confident_mistakes"], lesson.path("mistakes.png"))
@@ -222,7 +222,7 @@ def main():
         "label_smoothing": smoothing,
         "smoothed_target_top": target_top,
         **results,
-    })  # fmt: skip
+    })
 
 
 if __name__ == "__main__":

@@ -64,7 +64,7 @@ def augmentation_figure(digit: np.ndarray, seed: int, path, samples: int = 8) ->
         "elastic preset": AUGMENTATIONS["elastic"],
     }
     figure, axes = plt.subplots(len(rows), samples + 1, figsize=(1.1 * (samples + 1), 3.6),
-                                layout="constrained")  # fmt: skip
+                                layout="constrained")
     changed = {}
     for r, (name, config) in enumerate(rows.items()):
         rng = np.random.default_rng([seed, r])
@@ -84,7 +84,7 @@ def elastic_figure(digit: np.ndarray, seed: int, path, sigmas=(1.0, 4.0, 8.0)) -
     unit = (digit.astype(np.float32) / 255)[None]
     ys, xs = pixel_grid(28, 28)
     figure, axes = plt.subplots(2, len(sigmas), figsize=(3.0 * len(sigmas), 6),
-                                layout="constrained")  # fmt: skip
+                                layout="constrained")
     sizes = {}
     for c, sigma in enumerate(sigmas):
         rng = np.random.default_rng([seed, 7])  # the same noise for every sigma
@@ -96,7 +96,7 @@ def elastic_figure(digit: np.ndarray, seed: int, path, sigmas=(1.0, 4.0, 8.0)) -
         step = 2
         top.quiver(xs[::step, ::step], ys[::step, ::step], dx[0, ::step, ::step],
                    dy[0, ::step, ::step], angles="xy", scale_units="xy", scale=1,
-                   color="tab:blue", width=0.006)  # fmt: skip
+                   color="tab:blue", width=0.006)
         top.set(xlim=(-0.5, 27.5), ylim=(27.5, -0.5), xticks=[], yticks=[])
         top.set_title(f"sigma = {sigma:g}: field (arrows to scale)", fontsize=9)
         bottom.imshow(distorted, cmap="gray", vmin=0, vmax=1)
@@ -116,12 +116,12 @@ def redraw_augmentation(lesson, digit) -> None:
                                                         lesson.path("augmentation.png")),
         "elastic_rms_displacement": elastic_figure(digit, lesson.seed,
                                                    lesson.path("elastic_field.png")),
-    }  # fmt: skip
+    }
     for key, values in measured.items():
         for name, value in values.items():
             if not math.isclose(value, results[key][name], rel_tol=1e-9):
                 raise SystemExit(f"{key}[{name!r}] is {value}, results.json says "
-                                 f"{results[key][name]}: run the whole lesson")  # fmt: skip
+                                 f"{results[key][name]}: run the whole lesson")
 
 
 # --------------------------------------------------------------------------- networks
@@ -151,9 +151,9 @@ def networks_figure(rows: list[dict], path):
         axes.scatter(row["train_seconds"], 100 * row["test_accuracy"], s=size, alpha=0.6)
         axes.annotate(f"{row['name']}\n{row['parameters']:,} params",
                       (row["train_seconds"], 100 * row["test_accuracy"]), fontsize=8,
-                      xytext=(7, -4), textcoords="offset points")  # fmt: skip
+                      xytext=(7, -4), textcoords="offset points")
     axes.set(xscale="log", xlabel="training time on 2 CPU cores (s, log scale)",
-             ylabel="test accuracy (%)")  # fmt: skip
+             ylabel="test accuracy (%)")
     axes.set_title("One run each (seed 0); marker area grows with the parameters", fontsize=10)
     axes.margins(x=0.3, y=0.15)
     axes.grid(alpha=0.3)
@@ -194,7 +194,7 @@ def overlap_figure(wrong: dict, path):
     for i in range(len(names)):
         for j in range(len(names)):
             axes.text(j, i, str(shared[i, j]), ha="center", va="center", fontsize=8,
-                      color="white" if shared[i, j] > shared.max() / 2 else "black")  # fmt: skip
+                      color="white" if shared[i, j] > shared.max() / 2 else "black")
     axes.set(xticks=range(len(names)), yticks=range(len(names)))
     axes.set_xticklabels(names, rotation=45, ha="right")
     axes.set_yticklabels(names)
@@ -210,15 +210,15 @@ def mistakes_figure(images, labels, probs, path, limit: int = 30):
     columns = 10
     rows = max(1, -(-len(wrong) // columns))
     figure, axes = plt.subplots(rows, columns, figsize=(1.15 * columns, 1.35 * rows),
-                                squeeze=False, layout="constrained")  # fmt: skip
+                                squeeze=False, layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
     for ax, i in zip(axes.flat, wrong):
         ax.imshow(images[i], cmap="gray", vmin=0, vmax=255)
         ax.set_title(f"{preds[i]} ({100 * probs[i].max():.0f}%), not {labels[i]}", fontsize=7.5,
-                     color="tab:red")  # fmt: skip
+                     color="tab:red")
     figure.suptitle("What the ensemble of six still gets wrong: prediction (probability), "
-                    "true label", fontsize=10)  # fmt: skip
+                    "true label", fontsize=10)
     save_figure(figure, path)
 
 
@@ -243,14 +243,14 @@ def main():
 
     seeds = {s: probabilities("default", s, images, lesson.quick) for s in DEFAULT_SEEDS}
     probs = {name: seeds[seed] if name == "default" and seed in seeds
-             else probabilities(name, seed, images, lesson.quick) for name in MEMBERS}  # fmt: skip
+             else probabilities(name, seed, images, lesson.quick) for name in MEMBERS}
 
     networks = []
     for name in MEMBERS:
         params, _ = models.build(name).init(0)
         accuracy = float((probs[name].argmax(axis=1) == labels).mean())
         networks.append({"name": name, "parameters": count_params(params),
-                         "test_accuracy": accuracy, **recorded_run(name, seed)})  # fmt: skip
+                         "test_accuracy": accuracy, **recorded_run(name, seed)})
     networks_figure(networks, lesson.path("networks.png"))
 
     wrong = {name: probs[name].argmax(axis=1) != labels for name in MEMBERS}
@@ -258,7 +258,7 @@ def main():
     three_seeds = ensemble(list(seeds.values()))
     rows = [{"name": n, "errors": int(wrong[n].sum())} for n in MEMBERS]
     rows += [{"name": f"default, seed {s}", "errors": int((p.argmax(1) != labels).sum())}
-             for s, p in seeds.items() if s != seed]  # fmt: skip
+             for s, p in seeds.items() if s != seed]
     augmented = ensemble([probs[name] for name in AUGMENTED])
     for name, probs_of in (
         ("ensemble: 3 default seeds", three_seeds),
@@ -295,7 +295,7 @@ def main():
         "checkpoints": None if lesson.quick else sorted({
             str(trained_checkpoint(n, s).relative_to(ROOT))
             for n, s in [(m, seed) for m in MEMBERS] + [("default", s) for s in DEFAULT_SEEDS]}),
-    })  # fmt: skip
+    })
 
 
 if __name__ == "__main__":

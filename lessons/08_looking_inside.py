@@ -81,7 +81,7 @@ def activations_figure(digit: np.ndarray, maps: dict, path, channels: int = 12):
     second = np.argsort(-maps["relu2"][0].std(axis=(0, 1)))[:channels]
     picks = {"relu1": first, "maxpool1": first, "relu2": second, "maxpool2": second}
     figure, axes = plt.subplots(len(STAGES), channels + 1, figsize=(1.05 * (channels + 1), 5.2),
-                                layout="constrained")  # fmt: skip
+                                layout="constrained")
     for r, (name, label) in enumerate(STAGES.items()):
         out = maps[name][0]
         axes[r, 0].imshow(digit, cmap="gray", vmin=0, vmax=1) if r == 0 else axes[r, 0].axis("off")
@@ -135,7 +135,7 @@ def saliency_figure(x, labels, rows: list[tuple[str, np.ndarray]], titles: dict,
     """Row 0: the digits; then one row per map, -d loss / dx = d log p(class) / dx."""
     count = len(x)
     figure, axes = plt.subplots(len(rows) + 1, count, figsize=(1.25 * count, 1.4 * (len(rows) + 1)),
-                                layout="constrained")  # fmt: skip
+                                layout="constrained")
     for i in range(count):
         axes[0, i].imshow(x[i, :, :, 0], cmap="gray", vmin=0, vmax=1)  # white ink on black
         axes[0, i].set_title(f"label {labels[i]}", fontsize=8)
@@ -179,7 +179,7 @@ def finite_difference_check(model, params, state, x, labels, directions: int, se
 
 def _as_float64(tree):
     return {k: _as_float64(v) if isinstance(v, dict) else v.astype(np.float64)
-            for k, v in tree.items()}  # fmt: skip
+            for k, v in tree.items()}
 
 
 # --------------------------------------------------------------------------- main
@@ -199,7 +199,7 @@ def main():
         "default: conv1, 32 filters of 3x3": (kernel, scale),
         "default: trained minus random start": (kernel - start, scale),
         "best: conv1, 32 filters of 5x5": (best_kernel, float(np.abs(best_kernel).max())),
-    }, lesson.path("filters.png"))  # fmt: skip
+    }, lesson.path("filters.png"))
 
     index = 0  # the first test image
     unit = (images[: 1000 if not quick else 100] / np.float32(255))[..., None]
@@ -225,10 +225,10 @@ def main():
         ("d log p(label) / dx\njax.grad", grad_j),
         (f"SmoothGrad, label\n{samples} noisy copies", smooth),
         ("SmoothGrad toward\nthe runner-up", toward),
-    ], {4: [f"toward {c}" for c in runner_up]}, lesson.path("saliency.png"))  # fmt: skip
+    ], {4: [f"toward {c}" for c in runner_up]}, lesson.path("saliency.png"))
 
     _, grad_64 = loss_and_gradient(model, _as_float64(params), _as_float64(state),
-                                   x.astype(np.float64), y, grad="manual")  # fmt: skip
+                                   x.astype(np.float64), y, grad="manual")
     _, untied_m = loss_and_gradient(model, params, state, untie(x, seed), y, grad="manual")
     _, untied_j = loss_and_gradient(model, params, state, untie(x, seed), y, grad="jax")
     per_image = [
@@ -236,7 +236,7 @@ def main():
          "relative_error_untied": relative_error(untied_m[i], untied_j[i]),
          "largest_gradient": float(np.abs(grad_j[i]).max())}
         for i in range(len(x))
-    ]  # fmt: skip
+    ]
     many = unit[:100] if not quick else unit[:16]
     many_labels = labels[: len(many)].astype(np.int64)
     _, many_m = loss_and_gradient(model, params, state, many, many_labels, grad="manual")
@@ -245,7 +245,7 @@ def main():
     _, many_uj = loss_and_gradient(model, params, state, untie(many, seed), many_labels, "jax")
     directions, fd_images = (3 if quick else 10), 4
     fd = finite_difference_check(model, params, state, x[:fd_images], runner_up[:fd_images],
-                                 directions, seed)  # fmt: skip
+                                 directions, seed)
 
     maps_shapes = {name: list(maps[name].shape[1:]) for name in model.names}
     lesson.finish({
@@ -282,7 +282,7 @@ def main():
             "manual_vs_float64": relative_error(grad_m, grad_64),
             "jax_vs_float64": relative_error(grad_j, grad_64),
         },
-    })  # fmt: skip
+    })
 
 
 if __name__ == "__main__":

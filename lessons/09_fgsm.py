@@ -69,7 +69,7 @@ def compare_gradients(net, x, y) -> tuple[dict, dict, np.ndarray]:
         model, as_float64(params), as_float64(state), x.astype(np.float64), y, grad="manual"
     )
     errors = {"jax": per_image_error(g_j, g_64), "manual": per_image_error(g_m, g_64),
-              "exact": per_image_error(g_e, g_64)}  # fmt: skip
+              "exact": per_image_error(g_e, g_64)}
     summary = {
         "images": len(y),
         "max_abs_gradient": float(np.abs(g_64).max()),
@@ -89,7 +89,7 @@ def compare_gradients(net, x, y) -> tuple[dict, dict, np.ndarray]:
                 ("jax", errors["jax"], g_j),
                 ("manual", errors["manual"], g_m),
                 ("exact", errors["exact"], g_e),
-            )  # fmt: skip
+            )
         },
         "images_with_loss_below_1e-6": int(np.sum(loss_64 < 1e-6)),
     }
@@ -107,7 +107,7 @@ def taylor_rows(net, x, y) -> list[dict]:
         actual = adv_loss - loss
         rows.append({"eps": eps, "predicted": float(predicted.mean()),
                      "actual": float(actual.mean()),
-                     "ratio": float(actual.mean() / predicted.mean())})  # fmt: skip
+                     "ratio": float(actual.mean() / predicted.mean())})
     return rows
 
 
@@ -128,7 +128,7 @@ def gradient_figure(x, g, labels, path, count: int = 6):
         scale = float(np.abs(g[i]).max()) or 1.0
         panels = [(x[i, ..., 0], "gray", 0, 1, f"label {labels[i]}"),
                   (g[i, ..., 0], "seismic", -scale, scale, f"±{scale:.2g}"),
-                  (np.sign(g[i, ..., 0]), "seismic", -1, 1, "sign")]  # fmt: skip
+                  (np.sign(g[i, ..., 0]), "seismic", -1, 1, "sign")]
         for row, (image, cmap, lo, hi, title) in enumerate(panels):
             axes[row, i].imshow(image, cmap=cmap, vmin=lo, vmax=hi)
             axes[row, i].set_title(title, fontsize=8)
@@ -142,15 +142,15 @@ def precision_figure(panels: dict, path):
     """Per-image relative error of the float32 gradients against float64, by loss: one
     panel per set of images ({title: errors})."""
     figure, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8),
-                                sharey=True, squeeze=False)  # fmt: skip
+                                sharey=True, squeeze=False)
     for ax, (title, errors) in zip(axes[0], panels.items()):
         for name, marker, label in (("manual", "o", "our backward pass, float32"),
-                                    ("jax", "x", "jax.grad, float32")):  # fmt: skip
+                                    ("jax", "x", "jax.grad, float32")):
             ax.scatter(errors["loss"], np.maximum(errors[name], 1e-9), s=8, marker=marker,
-                       alpha=0.6, label=label)  # fmt: skip
+                       alpha=0.6, label=label)
         losses = np.sort(errors["loss"][errors["loss"] > 0])
         ax.plot(losses, np.minimum(2.0**-24 / losses, 1.5), "k--", lw=0.8,
-                label="$2^{-24}$ / loss")  # fmt: skip
+                label="$2^{-24}$ / loss")
         ax.set(xscale="log", yscale="log", xlabel="loss of the image (float64)", title=title)
         ax.grid(alpha=0.3, which="both")
     axes[0, 0].set_ylabel("relative error of its gradient\n(float32 against float64)")
@@ -164,7 +164,7 @@ def taylor_figure(series, path):
         axes.plot([r["eps"] for r in rows], [r["ratio"] for r in rows], marker, label=name)
     axes.axhline(1, color="gray", lw=0.8)
     axes.set(xscale="log", yscale="log", xlabel="eps", ylabel="actual / predicted loss increase",
-             title="FGSM's loss increase against the first-order prediction")  # fmt: skip
+             title="FGSM's loss increase against the first-order prediction")
     axes.grid(alpha=0.3, which="both")
     axes.legend(fontsize=8)
     save_figure(figure, path)
@@ -188,14 +188,14 @@ def main():
     gradient_figure(x, g, y, lesson.path("input_gradients.png"))
     precision_figure({"test digits as they are": errors,
                       "the same digits untied (parity.untie)": untied_errors},
-                     lesson.path("gradient_precision.png"))  # fmt: skip
+                     lesson.path("gradient_precision.png"))
 
     # 2. How linear is the network around an image?
     taylor = {
         "test images": taylor_rows(net, x[:n_small], y[:n_small]),
         "test images + noise in [0.01, 0.02]":
             taylor_rows(net, off_the_ties(x[:n_small], lesson.seed), y[:n_small]),
-    }  # fmt: skip
+    }
     taylor_figure(taylor, lesson.path("taylor.png"))
 
     # 3. FGSM at every eps, on the whole test set.
@@ -204,7 +204,7 @@ def main():
     for row in curve:
         print(f"  FGSM eps {row['eps']:<4g} accuracy {row['accuracy']:.2%}", flush=True)
     accuracy_vs_eps({"fgsm": curve}, lesson.path("fgsm_accuracy.png"),
-                    title=f"Undefended default network, {n_test:,} test images")  # fmt: skip
+                    title=f"Undefended default network, {n_test:,} test images")
 
     # 4. What the adversarial images look like, and how sure the network is of them.
     adv = attacks.fgsm(*net, x, y, GRID_EPS)
@@ -227,7 +227,7 @@ def main():
         "fooled_at_grid_eps": float(fooled.mean()),
         "fooled_median_confidence": float(np.median(confidence)) if fooled.any() else None,
         "pixels_moved_fraction": float(np.mean(np.abs(adv - x) > 0)),
-    })  # fmt: skip
+    })
 
 
 if __name__ == "__main__":

@@ -93,10 +93,10 @@ def steps_curve(net, x, y, steps_list, seed: int) -> list[dict]:
     rows = []
     for steps in steps_list:
         cfg = robustness.AttackConfig("pgd", steps=steps, step_size=2.5 * STEPS_EPS / steps,
-                                      seed=seed)  # fmt: skip
+                                      seed=seed)
         adv = robustness.adversarial_examples(*net, x, y, STEPS_EPS, cfg)
         rows.append({"steps": steps, "step_size": round(cfg.step_size, 5),
-                     "accuracy": robustness.accuracy(*net, adv, y)})  # fmt: skip
+                     "accuracy": robustness.accuracy(*net, adv, y)})
         log(f"  PGD-{steps} at eps {STEPS_EPS}: {rows[-1]['accuracy']:.2%}")
     return rows
 
@@ -116,7 +116,7 @@ def steps_figure(rows, path):
     axes.plot([r["steps"] for r in rows], [100 * r["accuracy"] for r in rows], "o-")
     axes.set_xscale("log")
     axes.set(xlabel="PGD steps (step size 2.5 eps / steps)", ylabel="test accuracy (%)",
-             title=f"PGD at eps {STEPS_EPS:g}: more steps, until it levels off")  # fmt: skip
+             title=f"PGD at eps {STEPS_EPS:g}: more steps, until it levels off")
     axes.grid(alpha=0.3)
     save_figure(figure, path)
 
@@ -129,10 +129,10 @@ def landscape_figure(ts, curves, path):
         wrong = ts[~correct]
         if len(wrong):
             axes.axvspan(wrong.min(), ts.max(), color="tab:red", alpha=0.12,
-                         label="prediction wrong")  # fmt: skip
+                         label="prediction wrong")
             axes.legend(fontsize=8, loc="upper left")
         axes.set(xlabel="t (move x by t * sign of the gradient)", ylabel="cross-entropy",
-                 title=name)  # fmt: skip
+                 title=name)
         axes.grid(alpha=0.3)
     save_figure(figure, path)
 
@@ -147,7 +147,7 @@ def main():
     steps_list = (1, 2, 5) if quick else (1, 2, 5, 10, 20, 40, 100)
     eps_values = (0.0, 0.1, 0.3) if quick else EPS
     config = robustness.AttackConfig("pgd", steps=5 if quick else 40,
-                                     step_size=0.03 if quick else 0.01, seed=seed)  # fmt: skip
+                                     step_size=0.03 if quick else 0.01, seed=seed)
 
     images, labels = load_mnist("test")
     x, y = to_unit_nhwc(images[:n_test]), labels[:n_test].astype(np.int64)
@@ -159,9 +159,9 @@ def main():
     # 1. FGSM and PGD on the whole test set.
     curves, curves_subset, grid = attack_curves(net, x, y, config, eps_values, n_sanity)
     accuracy_vs_eps(curves, lesson.path("fgsm_vs_pgd.png"),
-                    title=f"Undefended default network, {n_test:,} test images")  # fmt: skip
+                    title=f"Undefended default network, {n_test:,} test images")
     adversarial_grid(x[:8], grid, attacks.predict(*net, x[:8]), attacks.predict(*net, grid),
-                     lesson.path("pgd_examples.png"))  # fmt: skip
+                     lesson.path("pgd_examples.png"))
 
     # 2. How many steps does PGD need?
     xs, ys = x[:n_sanity], y[:n_sanity]
@@ -174,7 +174,7 @@ def main():
     for name, candidate in (("undefended", net), ("masked", fake)):
         started = time.perf_counter()
         report, _ = robustness.sanity_checks(*candidate, xs, ys, SANITY_EPS, config,
-                                             transfer_from=other)  # fmt: skip
+                                             transfer_from=other)
         log(f"sanity checks, {name} ({time.perf_counter() - started:.0f} s):\n{report.format()}")
         sanity[name] = report.checks
     masked_curves, _, _ = attack_curves(fake, xs, ys, config, eps_values, n_sanity)
@@ -219,7 +219,7 @@ def main():
         "masked_zero_gradient_fraction": zero_gradient,
         "landscape_flip_t": float(flip.min()) if len(flip) else None,
         "landscape_label": int(y[0]),
-    })  # fmt: skip
+    })
 
 
 if __name__ == "__main__":

@@ -56,7 +56,7 @@ DEFENDED = "runs/robust-ft2-s0/best.npz"
 # The defended network's runs (the module docstring has them as commands): PGD-7 training
 # from scratch, then twice more of it from the previous run's weights with a smaller step.
 ROBUST_RECIPE = dataclasses.replace(RECIPES["default"], adversarial="pgd", adversarial_steps=7,
-                                    adversarial_eps=0.3, epochs=10, seed=0)  # fmt: skip
+                                    adversarial_eps=0.3, epochs=10, seed=0)
 FINE_TUNING = dataclasses.replace(ROBUST_RECIPE, epochs=8, learning_rate=1e-3)
 ROBUST_RUNS = {
     "runs/robust-s0": ROBUST_RECIPE,
@@ -73,11 +73,11 @@ def own_options() -> argparse.Namespace:
     """This lesson's own flags; the rest (--quick, --out, --seed) go to Lesson."""
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--checkpoint", type=Path, default=None,
-                        help="the defended network (default: the shipped one)")  # fmt: skip
+                        help="the defended network (default: the shipped one)")
     parser.add_argument("--limit", type=int, default=None,
-                        help="attack the first N test images only (a partial run)")  # fmt: skip
+                        help="attack the first N test images only (a partial run)")
     parser.add_argument("--replot-restarts", action="store_true",
-                        help="only redraw restarts.png from results.json (no attacks)")  # fmt: skip
+                        help="only redraw restarts.png from results.json (no attacks)")
     if {"-h", "--help"} & set(sys.argv[1:]):
         parser.print_help()  # these two flags; Lesson's parser then prints its own
         print()
@@ -119,7 +119,7 @@ def quick_defended_network(seed: int):
     examples; and its history."""
     config = TrainConfig(model="default", epochs=1, train_limit=512, batch_size=64,
                          val_fraction=0.0, test_limit=100, seed=seed, adversarial="pgd",
-                         adversarial_steps=2)  # fmt: skip
+                         adversarial_steps=2)
     result = train(config, progress=False, log=lambda s: None)
     net = (models.build("default"), result.params, result.state)
     return net, {"config": result.config.to_json(), "history": result.history}
@@ -165,22 +165,22 @@ def restarts_figure(worst, restarts, path):
     """Accuracy after each restart, one panel per network, each axis fitted to its own
     values: the defended network's fall of a point or two would vanish on a 0-100 axis."""
     figure, panels = plt.subplots(1, len(worst), figsize=(3.6 * len(worst), 3.2),
-                                  squeeze=False, layout="constrained")  # fmt: skip
+                                  squeeze=False, layout="constrained")
     for axes, (name, after), color in zip(panels[0], worst.items(), ("tab:blue", "tab:orange")):
         percent = [100 * a for a in after]
         axes.plot(range(1, restarts + 1), percent, "o-", color=color)
         for restart in (1, restarts):
             value = percent[restart - 1]
             axes.annotate(f"{value:.1f}%", (restart, value), textcoords="offset points",
-                          xytext=(0, 6), ha="center", fontsize=8)  # fmt: skip
+                          xytext=(0, 6), ha="center", fontsize=8)
         low, high = min(percent), max(percent)
         pad = max(0.25 * (high - low), 0.5)  # a flat line still gets a readable axis
         axes.set(xlabel="random restarts of PGD", ylabel="accuracy (%)", title=name,
-                 ylim=(max(low - pad, 0), min(high + pad, 100)))  # fmt: skip
+                 ylim=(max(low - pad, 0), min(high + pad, 100)))
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.grid(alpha=0.3)
     figure.suptitle(f"Worst case over restarts, eps {WORST_EPS:g} (each axis fitted to its data)",
-                    fontsize=10)  # fmt: skip
+                    fontsize=10)
     save_figure(figure, path)
 
 
@@ -189,24 +189,24 @@ def replot_restarts(lesson) -> None:
     no attack run again (the figure shows exactly the page's numbers)."""
     results = json.loads(lesson.path("results.json").read_text())
     restarts_figure(results["worst_after_restart"], results["worst_attack"]["restarts"],
-                    lesson.path("restarts.png"))  # fmt: skip
+                    lesson.path("restarts.png"))
 
 
 def training_figure(history, path):
     figure, axes = plt.subplots(figsize=(5, 3.2))
     epochs = [r["epoch"] for r in history]
     axes.plot(epochs, [100 * r["train_accuracy"] for r in history], "o-",
-              label="training batches (PGD examples)")  # fmt: skip
+              label="training batches (PGD examples)")
     if all("val_accuracy" in r for r in history):
         axes.plot(epochs, [100 * r["val_accuracy"] for r in history], "s-",
-                  label="validation images (clean)")  # fmt: skip
+                  label="validation images (clean)")
     for before, after in zip(history, history[1:], strict=False):
         if before.get("run") != after.get("run"):  # where fine-tuning took over
             axes.axvline(before["epoch"] + 0.5, color="gray", linestyle=":")
             axes.text(before["epoch"] + 0.8, 45, f"--init, {after['run']}", rotation=90,
-                      fontsize=7, color="gray")  # fmt: skip
+                      fontsize=7, color="gray")
     axes.set(xlabel="epoch", ylabel="accuracy (%)", ylim=(0, 100),
-             title="Adversarial training, epoch by epoch")  # fmt: skip
+             title="Adversarial training, epoch by epoch")
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8, loc="lower right")
@@ -253,7 +253,7 @@ def main():
         worst[name] = worst_case_accuracy(net, x, y, WORST_EPS, worst_cfg, restarts)
         seconds = time.perf_counter() - started
         log(f"{name}: clean {clean[name]:.2%}, PGD-{worst_cfg.steps} x {restarts} at eps "
-            f"{WORST_EPS}: {worst[name][-1]:.2%}  ({seconds:.0f} s)")  # fmt: skip
+            f"{WORST_EPS}: {worst[name][-1]:.2%}  ({seconds:.0f} s)")
     restarts_figure(worst, restarts, lesson.path("restarts.png"))
 
     # 2. Accuracy against eps, both networks, on the first n_curve test images.
@@ -271,13 +271,13 @@ def main():
     pgd_cfg = dataclasses.replace(curve_cfg, attack="pgd")
     adv = robustness.adversarial_examples(*robust, x[:8], y[:8], WORST_EPS, pgd_cfg)
     adversarial_grid(x[:8], adv, attacks.predict(*robust, x[:8]), attacks.predict(*robust, adv),
-                     lesson.path("robust_examples.png"))  # fmt: skip
+                     lesson.path("robust_examples.png"))
 
     # 4. The sanity checks on the defended network; the transfer attack comes from the
     #    undefended one.
     started = time.perf_counter()
     report, _ = robustness.sanity_checks(*robust, x[:n_sanity], y[:n_sanity], sanity_eps,
-                                         curve_cfg, transfer_from=plain)  # fmt: skip
+                                         curve_cfg, transfer_from=plain)
     log(f"sanity checks ({time.perf_counter() - started:.0f} s):\n{report.format()}")
 
     # 5. The training run itself.
@@ -311,7 +311,7 @@ def main():
         "sanity_eps": list(sanity_eps),
         "sanity": report.checks,
         "sanity_ok": report.ok,
-    })  # fmt: skip
+    })
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ def checkpoint(seed: int, quick: bool, scratch: Path) -> str:
     network trained on 512 images for an epoch."""
     if quick:
         config = TrainConfig(model="default", epochs=1, train_limit=512, batch_size=64,
-                             val_fraction=0.0, test_limit=100, seed=seed)  # fmt: skip
+                             val_fraction=0.0, test_limit=100, seed=seed)
         train(config, output_dir=scratch / "net", progress=False, log=lambda s: None)
         return str(scratch / "net" / "best.npz")
     path = trained_checkpoint("default", seed)
@@ -114,7 +114,7 @@ def write_kaggle_test_csv(images: np.ndarray, path: Path) -> Path:
     """Kaggle's test.csv format: header pixel0..pixel783, one image per line, 0..255."""
     rows = images.reshape(len(images), -1)
     np.savetxt(path, rows, fmt="%d", delimiter=",", header=",".join(PIXEL_COLUMNS),
-               comments="")  # fmt: skip
+               comments="")
     return path
 
 
@@ -125,14 +125,14 @@ def digits_figure(files, loaded, prepared, rows, path):
     """Columns: one user file each. Rows: the file, the 28x28 input, the probabilities."""
     count = len(files)
     figure, axes = plt.subplots(3, count, figsize=(1.9 * count, 6.2), squeeze=False,
-                                gridspec_kw={"height_ratios": [1.2, 1, 0.8]})  # fmt: skip
+                                gridspec_kw={"height_ratios": [1.2, 1, 0.8]})
     for i, (name, gray, digit, row) in enumerate(zip(files, loaded, prepared, rows)):
         axes[0, i].imshow(gray, cmap="gray", vmin=0, vmax=1)
         axes[0, i].set_title(f"{name}\n{gray.shape[1]}x{gray.shape[0]}", fontsize=8)
         axes[1, i].imshow(digit, cmap="gray", vmin=0, vmax=1)
         ok = row["prediction"] == row["label"]
         axes[1, i].set_title(f"drawn {row['label']}, read {row['prediction']}", fontsize=8,
-                             color="black" if ok else "tab:red")  # fmt: skip
+                             color="black" if ok else "tab:red")
         for r in (0, 1):
             axes[r, i].set_xticks([])
             axes[r, i].set_yticks([])
@@ -158,7 +158,7 @@ def steps_figure(gray, path):
     final = digits.center_by_mass(small, digits.MNIST_SIZE)
     stages = [("file (grayscale)", gray), ("ink on black", ink), ("crop to the ink", cropped),
               ("pad to a square", square), ("resize to 20x20", small),
-              ("centre of mass at (14, 14)", final)]  # fmt: skip
+              ("centre of mass at (14, 14)", final)]
     figure, axes = plt.subplots(1, len(stages), figsize=(2.0 * len(stages), 2.4))
     for ax, (title, image) in zip(axes, stages):
         ax.imshow(image, cmap="gray", vmin=0, vmax=max(float(image.max()), 1e-6))
@@ -193,7 +193,7 @@ def main():
         rows = [{"file": name, "made": made, "label": int(labels[i]), "prediction": p["digit"],
                  "correct": p["digit"] == int(labels[i]),
                  "probability": max(p["probabilities"]), "probabilities": p["probabilities"]}
-                for (name, i, made), p in zip(USER_IMAGES, predictions)]  # fmt: skip
+                for (name, i, made), p in zip(USER_IMAGES, predictions)]
         digits_figure(files, loaded, prepared, rows, lesson.path("your_digits.png"))
         steps_figure(loaded[0], lesson.path("mnistify_steps.png"))
 
@@ -201,7 +201,7 @@ def main():
         csv = write_kaggle_test_csv(images[:n_kaggle], scratch / "test.csv")
         started = time.perf_counter()
         printed_kaggle = run_cli("predict", ckpt, "--kaggle", str(csv),
-                                 "--output", str(scratch / "submission.csv"))  # fmt: skip
+                                 "--output", str(scratch / "submission.csv"))
         seconds = time.perf_counter() - started
         submission = (scratch / "submission.csv").read_text().splitlines()
         submitted = np.array([int(line.split(",")[1]) for line in submission[1:]])
@@ -222,7 +222,7 @@ def main():
             "accuracy": float(np.mean(submitted == labels[:n_kaggle])),
             "seconds": round(seconds, 1),
         },
-    })  # fmt: skip
+    })
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from step_speed import median_seconds, reference_cnn  # noqa: E402
 
 BENCHMARK = ROOT / "benchmarks" / "results" / "step_speed.json"
 NAMES = {"scratch-numpy": "scratchcnn NumPy", "scratch-jax": "scratchcnn jax.jit",
-         "flax-optax": "Flax + optax", "torch": "PyTorch CPU"}  # fmt: skip
+         "flax-optax": "Flax + optax", "torch": "PyTorch CPU"}
 
 
 def median_ms(fn, repeats: int) -> float:
@@ -68,7 +68,7 @@ def conv_ladder(batch: int, repeats: int, seed: int) -> list[dict]:
     flops = 2 * batch * 28 * 28 * 3 * 3 * 32 * 32
     jit_ours = jax.jit(lambda x, k: conv.conv2d_forward(x, k)[0])
     jit_xla = jax.jit(lambda x, k: jax.lax.conv_general_dilated(
-        x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))  # fmt: skip
+        x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))
     xj, kj = jnp.asarray(x), jnp.asarray(kernel)
     reference = conv.conv2d_forward(x, kernel)[0]
     ways = [
@@ -89,7 +89,7 @@ def conv_ladder(batch: int, repeats: int, seed: int) -> list[dict]:
         assert np.allclose(np.asarray(fn()), reference, atol=1e-3), name  # same numbers
         ms = median_ms(fn, 1 if name.startswith("loops") else repeats)
         rows.append({"name": name, "forward_ms": round(ms, 2),
-                     "gflops": round(flops / ms / 1e6, 1)})  # fmt: skip
+                     "gflops": round(flops / ms / 1e6, 1)})
     return rows
 
 
@@ -113,7 +113,7 @@ def step_profile(batch: int, repeats: int, seed: int) -> list[dict]:
             for i, (name, layer) in enumerate(zip(model.names, model.layers)):
                 start = time.perf_counter()
                 h, _, cache = layer.forward(params.get(name, {}), state.get(name, {}), h,
-                                            train=True, rng=layer_rng(rng, i))  # fmt: skip
+                                            train=True, rng=layer_rng(rng, i))
                 forward[name].append(time.perf_counter() - start)
                 caches.append(cache)
             _, loss_cache = softmax_cross_entropy_forward(h, labels)
@@ -130,7 +130,7 @@ def step_profile(batch: int, repeats: int, seed: int) -> list[dict]:
         {"layer": n, "forward_ms": round(1e3 * float(np.median(forward[n][1:])), 2),
          "backward_ms": round(1e3 * float(np.median(backward[n][1:])), 2)}
         for n in model.names if n != "flatten1"
-    ]  # fmt: skip
+    ]
 
 
 def ladder_figure(rows, path):
@@ -201,7 +201,7 @@ def main():
         "step_profile": profile,
         "profile_total_ms": round(total, 1),
         "conv_share_percent": round(100 * convs / total, 1),
-    })  # fmt: skip
+    })
 
 
 if __name__ == "__main__":

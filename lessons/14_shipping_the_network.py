@@ -49,7 +49,7 @@ def session(onnx_model) -> ort.InferenceSession:
 def onnx_logits(sess: ort.InferenceSession, x_unit_nhwc, batch_size: int = 1000) -> np.ndarray:
     """x: (N, 28, 28, 1) pixels in [0, 1] -> logits (N, 10), the way a user runs the file."""
     parts = [sess.run(["logits"], {"image": x_unit_nhwc[i : i + batch_size]})[0]
-             for i in range(0, len(x_unit_nhwc), batch_size)]  # fmt: skip
+             for i in range(0, len(x_unit_nhwc), batch_size)]
     return np.concatenate(parts)
 
 
@@ -109,14 +109,14 @@ def ship_one(name: str, x_test, y_test, calibration, timing_images: int, repeats
             lambda: onnx_logits(float_sess, x_time), len(x_time), repeats),
         "onnxruntime int8": images_per_second(
             lambda: onnx_logits(int8_sess, x_time), len(x_time), repeats),
-    }  # fmt: skip
+    }
     one = x_test[:1]
     latency_ms = {
         "onnxruntime float32": 1e3 / images_per_second(
             lambda: float_sess.run(["logits"], {"image": one}), 1, 50),
         "onnxruntime int8": 1e3 / images_per_second(
             lambda: int8_sess.run(["logits"], {"image": one}), 1, 50),
-    }  # fmt: skip
+    }
     return {
         "name": name,
         "architecture": architecture,
@@ -244,7 +244,7 @@ def main():
         "grids_network": names[0],
         "onnxruntime_version": ort.__version__,
         "scratchcnn_version": __version__,
-    })  # fmt: skip
+    })
 
 
 if __name__ == "__main__":

@@ -53,7 +53,7 @@ class Lesson:
         parser = argparse.ArgumentParser(description=description)
         parser.add_argument("--quick", action="store_true", help="a small run, in seconds")
         parser.add_argument("--out", type=Path, default=ASSETS / self.slug,
-                            help="output folder (default: the site's assets)")  # fmt: skip
+                            help="output folder (default: the site's assets)")
         parser.add_argument("--seed", type=int, default=0)
         parser.add_argument(
             "--retrain", action="store_true", help="train the networks, not use the shipped ones"
@@ -135,6 +135,6 @@ def undefended_network(seed: int, quick: bool):
     if not quick:
         return network("default", quick, seed)
     config = TrainConfig(model="default", epochs=1, train_limit=512, batch_size=64,
-                         val_fraction=0.0, test_limit=100, seed=seed)  # fmt: skip
+                         val_fraction=0.0, test_limit=100, seed=seed)
     result = train(config, progress=False, log=lambda s: None)
     return models.build("default"), result.params, result.state

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from scratchcnn.data.mnist import INPUT_SHAPE
 from scratchcnn.errors import InputError
 from scratchcnn.fast import FastOps
 from scratchcnn.ops import PlainOps, activations, batchnorm, conv, dense, dropout, pool
@@ -309,7 +310,7 @@ class Sequential:
             counts[layer.kind] = counts.get(layer.kind, 0) + 1
             self.names.append(f"{layer.kind}{counts[layer.kind]}")
 
-    def init(self, rng, in_shape=(28, 28, 1), dtype=np.float32):
+    def init(self, rng, in_shape=INPUT_SHAPE, dtype=np.float32):
         """Fresh params and state. rng: a ``numpy.random.Generator`` or an int seed."""
         rng = np.random.default_rng(rng)
         params, state, shape = {}, {}, tuple(in_shape)
@@ -321,7 +322,7 @@ class Sequential:
                 state[name] = s
         return params, state
 
-    def shapes(self, in_shape=(28, 28, 1)):
+    def shapes(self, in_shape=INPUT_SHAPE):
         """Output shape of every layer, for summaries: [(name, shape), ...]."""
         rng, shape, out = np.random.default_rng(0), tuple(in_shape), []
         for name, layer in zip(self.names, self.layers):
