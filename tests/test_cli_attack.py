@@ -25,6 +25,7 @@ def checkpoints(tmp_path_factory, mnist_dir):
     return paths
 
 
+@pytest.mark.slow
 def test_attack_table_json_and_figures(checkpoints, mnist_dir, tmp_path):
     figure, grid = tmp_path / "acc.png", tmp_path / "grid.png"
     result = run("attack", checkpoints[0], "--attack", "pgd", "--eps", "0,0.1,0.3",

@@ -13,6 +13,7 @@ pytestmark = pytest.mark.lesson04
 runner = CliRunner()
 
 
+@pytest.mark.slow
 def test_parity_json_covers_every_op_both_dtypes_and_passes(mnist_dir):
     result = runner.invoke(
         app,

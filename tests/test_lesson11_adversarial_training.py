@@ -20,6 +20,7 @@ from scratchcnn.train import TrainConfig, train
 pytestmark = pytest.mark.lesson11
 
 
+@pytest.mark.slow
 def test_pgd_training_makes_the_network_more_robust_under_pgd(mnist_dir, mnist_test):
     base = TrainConfig(model="default", epochs=1, train_limit=3000, batch_size=64,
                        val_fraction=0.0, test_limit=10, seed=0)  # fmt: skip

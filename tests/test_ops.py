@@ -45,6 +45,7 @@ def fits(in_hw, window, strides, padding) -> bool:
     return all(n + p[0] + p[1] >= k for n, k, p in zip(in_hw, window, pads))
 
 
+@pytest.mark.slow
 @pytest.mark.lesson03
 @pytest.mark.parametrize(**BOTH_OPS)
 @given(
@@ -58,6 +59,7 @@ def test_conv(ops, h, w, c_in, c_out, kernel, strides, padding, use_bias, batch)
     check_all(layer, (h, w, c_in), batch=batch, ops=ops)
 
 
+@pytest.mark.slow
 @pytest.mark.lesson02
 @given(
     batch=st.integers(1, 4), d_in=st.integers(1, 9), d_out=st.integers(1, 6), use_bias=st.booleans()
@@ -66,6 +68,7 @@ def test_dense(batch, d_in, d_out, use_bias):
     check_all(L.Dense(d_out, use_bias), (d_in,), batch=batch)
 
 
+@pytest.mark.slow
 @pytest.mark.lesson04
 @pytest.mark.parametrize(**BOTH_OPS)
 @given(
@@ -80,6 +83,7 @@ def test_pool(ops, kind, h, w, c, window, strides, padding):
     check_all(kind(window, strides, padding), (h, w, c), ops=ops)
 
 
+@pytest.mark.slow
 @pytest.mark.lesson02
 @pytest.mark.lesson04
 @pytest.mark.parametrize(**BOTH_OPS)
@@ -89,6 +93,7 @@ def test_relu_flatten_global_avg_pool(ops, shape):
         check_all(layer, shape, ops=ops)
 
 
+@pytest.mark.slow
 @pytest.mark.lesson04
 @given(
     shape=st.one_of(st.tuples(st.integers(1, 6)), st.tuples(sizes, sizes, channels)),
@@ -108,6 +113,7 @@ def test_dropout(rate, channelwise, shape, train, seed):
     check_all(layer, shape, train=train, seed=seed)
 
 
+@pytest.mark.slow
 @pytest.mark.lesson02
 @given(
     batch=st.integers(1, 5), classes=st.integers(2, 10),
