@@ -22,23 +22,16 @@ import numpy as np
 from scratchcnn.errors import ShapeError
 from scratchcnn.ops._xp import total
 from scratchcnn.ops.windows import (
-    as_pair,
+    WindowGeometry,
     crop_hw,
     dilate_hw,
     extract_windows,
-    output_size,
     pad_hw,
-    resolve_padding,
+    window_geometry,
 )
 
-
-class ConvGeometry(NamedTuple):
-    """Everything about where the windows go, computed once per call."""
-
-    window: tuple[int, int]  # (kh, kw)
-    strides: tuple[int, int]  # (sh, sw)
-    pads: tuple[tuple[int, int], tuple[int, int]]  # ((top, bottom), (left, right))
-    out_hw: tuple[int, int]  # (Ho, Wo)
+# A convolution's windows: the kernel's (kh, kw), moved by the strides.
+ConvGeometry = WindowGeometry
 
 
 def conv_geometry(x_shape, kernel_shape, strides, padding) -> ConvGeometry:
@@ -54,12 +47,7 @@ def conv_geometry(x_shape, kernel_shape, strides, padding) -> ConvGeometry:
             f"conv2d: x has {x_shape[3]} channels but the kernel expects {kernel_shape[2]}."
         )
     window = (int(kernel_shape[0]), int(kernel_shape[1]))
-    strides = as_pair(strides, "strides")
-    pads = resolve_padding(padding, x_shape[1:3], window, strides)
-    out_hw = tuple(
-        output_size(n, k, s, p) for n, k, s, p in zip(x_shape[1:3], window, strides, pads)
-    )
-    return ConvGeometry(window, strides, pads, out_hw)
+    return window_geometry(x_shape[1:3], window, strides, padding)
 
 
 def padded_size(x, geo):

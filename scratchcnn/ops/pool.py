@@ -6,37 +6,24 @@ window size (Flax's default ``count_include_pad=True``). Every function runs on 
 and on JAX arrays; ``scratchcnn/fast/pool.py`` is the fast NumPy version.
 """
 
-from typing import NamedTuple
-
 from scratchcnn.ops._xp import average, namespace
 from scratchcnn.ops.windows import (
-    as_pair,
+    WindowGeometry,
     crop_hw,
     extract_windows,
-    output_size,
     pad_hw,
-    resolve_padding,
     scatter_windows,
+    window_geometry,
     window_taps,
 )
 
-
-class PoolGeometry(NamedTuple):
-    """Where the pooling windows go, computed once per call (like ``ConvGeometry``)."""
-
-    window: tuple[int, int]  # (kh, kw)
-    strides: tuple[int, int]  # (sh, sw)
-    pads: tuple[tuple[int, int], tuple[int, int]]  # ((top, bottom), (left, right))
-    out_hw: tuple[int, int]  # (Ho, Wo)
+# A pooling's windows are placed as a convolution's are.
+PoolGeometry = WindowGeometry
 
 
 def pool_geometry(in_hw, window, strides, padding) -> PoolGeometry:
     """Window, strides (default: the window), pads and output size of pooling an (H, W) image."""
-    window = as_pair(window, "window")
-    strides = window if strides is None else as_pair(strides, "strides")
-    pads = resolve_padding(padding, in_hw, window, strides)
-    out_hw = tuple(output_size(n, k, s, p) for n, k, s, p in zip(in_hw, window, strides, pads))
-    return PoolGeometry(window, strides, pads, out_hw)
+    return window_geometry(in_hw, window, window if strides is None else strides, padding)
 
 
 def unpool(dwindows, geo, padded_hw):

@@ -13,9 +13,27 @@ versions that copy faster and add in place.
 """
 
 import numbers
+from typing import NamedTuple
 
 from scratchcnn.errors import ShapeError
 from scratchcnn.ops._xp import namespace
+
+
+class WindowGeometry(NamedTuple):
+    """Where the windows of a convolution or a pooling go, computed once per call."""
+
+    window: tuple[int, int]  # (kh, kw)
+    strides: tuple[int, int]  # (sh, sw)
+    pads: tuple[tuple[int, int], tuple[int, int]]  # ((top, bottom), (left, right))
+    out_hw: tuple[int, int]  # (Ho, Wo)
+
+
+def window_geometry(in_hw, window, strides, padding) -> WindowGeometry:
+    """Place (kh, kw) windows moved by ``strides`` over an (H, W) image padded as asked."""
+    window, strides = as_pair(window, "window"), as_pair(strides, "strides")
+    pads = resolve_padding(padding, in_hw, window, strides)
+    out_hw = tuple(output_size(n, k, s, p) for n, k, s, p in zip(in_hw, window, strides, pads))
+    return WindowGeometry(window, strides, pads, out_hw)
 
 
 def as_pair(value, what: str) -> tuple[int, int]:
