@@ -9,6 +9,7 @@ which turns NumPy numbers and arrays into plain ones and NaN/inf into null (JSON
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import math
 import os
@@ -33,6 +34,7 @@ def write_atomically(path: str | os.PathLike, write_body: Callable[[BinaryIO], N
     left as it was.
     """
     path = Path(path)
+    remove_stale_temporaries(path)
     temp_path = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         # O_EXCL: never reuse an existing file. Mode 0o666 is filtered by the umask,
@@ -55,6 +57,14 @@ def write_atomically(path: str | os.PathLike, write_body: Callable[[BinaryIO], N
 
 
 # --8<-- [end:write_atomically]
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> None:
+    """Delete the temporary files of ``path`` that a killed writer left behind."""
+    path = Path(path)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        with contextlib.suppress(OSError):  # gone already, or not ours to delete
+            stale.unlink()
 
 
 def write_text_atomically(path: str | os.PathLike, text: str) -> None:

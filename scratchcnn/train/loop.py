@@ -9,7 +9,10 @@ bit for bit, as the run that never stopped.
 
 from __future__ import annotations
 
+import contextlib
+import math
 import time
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -17,6 +20,7 @@ import numpy as np
 from scratchcnn import models, optim
 from scratchcnn.checkpoint import check_compatible, load_checkpoint
 from scratchcnn.data.augment import AUGMENTATIONS, augment_batch
+from scratchcnn.errors import ScratchCNNError
 from scratchcnn.pretrained import resolve_checkpoint
 from scratchcnn.train.config import TrainConfig
 from scratchcnn.train.data import AUGMENT, SHUFFLE, Split, batches, epoch_rng, load_splits
@@ -35,6 +39,7 @@ def train(
     data_dir=None,
     output_dir=None,
     resume: bool = False,
+    overwrite: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = print,
     on_step: OnStep | None = None,
@@ -42,14 +47,14 @@ def train(
     """Train ``config.model`` on MNIST, evaluate on the test set, return the result.
 
     ``output_dir`` receives checkpoints and the history; ``resume`` continues the run
-    saved there. With validation data, the best epoch's weights (lowest validation loss)
-    are the ones evaluated and returned.
+    saved there, ``overwrite`` replaces it. With validation data, the best epoch's weights
+    (lowest validation loss) are the ones evaluated and returned.
     """
     config.validate()
     splits = load_splits(config, data_dir)  # before any folder is made: data may be missing
     model = models.build(config.model)
     initial = None if resume else initial_weights(model, config)  # a bad --init stops here
-    path = prepare_output_dir(output_dir, resume)
+    path = prepare_output_dir(output_dir, resume, overwrite)
     folder = RunFolder(path, config, model, splits.checksums) if path else None
     steps_per_epoch = -(-len(splits.train) // config.batch_size)  # ceil
     schedule = make_schedule(config, steps_per_epoch)
@@ -62,14 +67,14 @@ def train(
     else:
         params, state = initial
         run = RunState(params, state, optimizer.init(params))
-    best = folder.best_weights() if resume and run.best_epoch else None
-    best = best or (run.params, run.state)
+    best = folder.best_weights() if resume else (run.params, run.state)
 
     run.params, run.state = backend.to_device(run.params), backend.to_device(run.state)
     run.opt_state = backend.to_device(run.opt_state)
     while run.epoch < config.epochs and not run.stopped_early:
         started = time.perf_counter()
         record = train_one_epoch(run, backend, splits.train, config, progress, on_step)
+        check_weights_finite(run, backend)
         if len(splits.val):
             val = evaluate_split(
                 backend, model, run.params, run.state, splits.val, config.eval_batch_size
@@ -125,7 +130,8 @@ def train_one_epoch(
     dropout = backend.dropout_source(run.epoch)
     total_loss, total_correct, seen = 0.0, 0, 0
     started = time.perf_counter()
-    with ProgressBar(progress, len(split), run.epoch + 1, config.epochs) as bar:
+    bar = ProgressBar(progress, len(split), run.epoch + 1, config.epochs)
+    with bar, without_overflow_warnings():  # a diverging loss is reported below, in words
         for i, idx in enumerate(batches(len(split), config.batch_size, shuffle)):
             images = augment_batch(split.images[idx], augment, AUGMENTATIONS[config.augment])
             x = backend.to_device(images[..., None])  # (B, 28, 28, 1) in [0, 1]
@@ -135,6 +141,7 @@ def train_one_epoch(
             )
             run.step += 1
             loss, accuracy = float(loss), float(accuracy)
+            check_loss_finite(loss, run.epoch + 1, i + 1)
             total_loss += loss * len(idx)
             total_correct += accuracy * len(idx)
             seen += len(idx)
@@ -172,6 +179,41 @@ def after_epoch(run: RunState, record: dict, config: TrainConfig, plateau) -> bo
 
 
 # --8<-- [end:early_stopping]
+
+
+class TrainingDiverged(ScratchCNNError, ArithmeticError):
+    """The loss or the weights became NaN or infinite."""
+
+
+@contextlib.contextmanager
+def without_overflow_warnings():
+    """Silence NumPy's 'overflow encountered' warnings (in every thread of the fast ops):
+    they would come before, and only repeat, the sentence ``check_loss_finite`` raises."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", r"(overflow|invalid value|divide by zero) encountered", RuntimeWarning
+        )
+        yield
+
+
+def check_loss_finite(loss: float, epoch: int, step: int) -> None:
+    if not math.isfinite(loss):
+        raise TrainingDiverged(
+            f"training diverged at epoch {epoch}, step {step}: the loss is {loss}, so this "
+            "epoch is not saved and earlier checkpoints stay as they were; try a lower --lr."
+        )
+
+
+def check_weights_finite(run: RunState, backend) -> None:
+    """The last step of an epoch can leave NaN weights behind a finite loss: look."""
+    params = backend.to_host(run.params)
+    leaves = [np.asarray(a) for layer in params.values() for a in layer.values()]
+    if not all(np.isfinite(a).all() for a in leaves):
+        raise TrainingDiverged(
+            f"training diverged in epoch {run.epoch + 1}: its weights became NaN or infinite, "
+            "so this epoch is not saved and earlier checkpoints stay as they were; "
+            "try a lower --lr."
+        )
 
 
 def make_plateau(config: TrainConfig) -> optim.ReduceOnPlateau | None:
