@@ -5,14 +5,22 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import os
 import pickle
+import subprocess
+import sys
+import tracemalloc
+import warnings
+import zipfile
 from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from cli_checks import assert_one_line_error, run
+from PIL import Image
 
-from scratchcnn import __version__
+from scratchcnn import __version__, checkpoint
 from scratchcnn.checkpoint import (
     FORMAT,
     FORMAT_VERSION,
@@ -21,8 +29,10 @@ from scratchcnn.checkpoint import (
     architecture_of,
     build_from_checkpoint,
     check_compatible,
+    describe,
     load_checkpoint,
     load_for_model,
+    require_info,
     save_checkpoint,
 )
 from scratchcnn.errors import ScratchCNNError
@@ -133,9 +143,10 @@ def test_round_trip_is_bit_exact(tmp_path: Path, name: str):
     path = tmp_path / f"{name}.npz"
     model = build(name)
     params, state = model.init(0)
-    # Non-finite values and a negative zero are saved as they are, bit for bit.
+    # Extreme values, a subnormal and a negative zero are saved as they are, bit for bit.
     first = next(iter(params))
-    params[first]["kernel"].flat[:3] = [np.nan, -np.inf, -0.0]
+    kernel = params[first]["kernel"]
+    kernel.flat[:4] = [np.finfo(kernel.dtype).max, -np.finfo(kernel.dtype).max, 1e-45, -0.0]
     params["empty_layer"] = {}  # a layer with an empty subtree survives too
     opt_state = make_opt_state(params)
     info = {"epoch": 3, "seed": 0, "history": [{"loss": 0.5}], "best": None}
@@ -296,7 +307,7 @@ BAD_FILES = {
     ),
     "array differs from meta": (
         lambda p: rewrite(p, lambda e, m: e.update({"params/conv1/bias": np.zeros(10)})),
-        "is float64[10], but meta.json says float32[10]",
+        "is float64[10], but meta.json says 'float32[10]'",
     ),
     "object array": (lambda p: rewrite(p, _object_array), "only pickle could load"),
 }
@@ -360,7 +371,7 @@ def test_save_needs_an_existing_folder(tmp_path: Path):
         ({1: np.zeros(1)}, "non-empty string"),
         ({"mu": (np.zeros(1), np.zeros(1))}, "opt_state/mu is a tuple"),
         ({"mu": None}, "opt_state/mu is a NoneType"),
-        ({"mu": np.array([{}], dtype=object)}, "dtype object"),
+        ({"mu": np.array([{}], dtype=object)}, "only pickle could load"),
         ({"mu": "text"}, "opt_state/mu is a str"),
     ],
 )
@@ -435,3 +446,434 @@ def test_unregistered_architecture_cannot_be_built(tmp_path: Path):
         build_from_checkpoint(ckpt)
     with pytest.raises(CheckpointError, match="'my_net', which is not registered"):
         load_for_model(path)
+
+
+# ----------------------------------------------------------------------------- hostile contents
+
+
+def member_bytes(path: Path) -> list[tuple[str, bytes]]:
+    """Every member of an .npz as (entry name, the exact bytes of its .npy file)."""
+    with zipfile.ZipFile(path) as archive:
+        return [(i.filename.removesuffix(".npy"), archive.read(i)) for i in archive.infolist()]
+
+
+def write_members(path: Path, members: list[tuple[str, bytes]], deflated=()) -> None:
+    """An .npz written by hand, member by member: stored, or deflated if named in ``deflated``."""
+    with zipfile.ZipFile(path, "w") as archive, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "Duplicate name": one test wants a duplicate
+        for name, data in members:
+            kind = zipfile.ZIP_DEFLATED if name in deflated else zipfile.ZIP_STORED
+            archive.writestr(name + ".npy", data, compress_type=kind)
+
+
+def add_file(path: Path, filename: str, data: bytes) -> None:
+    """Append a member named exactly ``filename`` to the archive."""
+    with zipfile.ZipFile(path, "a") as archive:
+        archive.writestr(filename, data)
+
+
+def npy_header(dtype: str, shape: tuple) -> bytes:
+    """The header of a .npy file (magic, version 1.0, dict), without any data."""
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buffer, {"descr": dtype, "fortran_order": False, "shape": shape}
+    )
+    return buffer.getvalue()
+
+
+def listed(meta: dict, name: str) -> dict:
+    """The subtree of meta.json's trees that lists ``name``'s leaf (made if missing)."""
+    node = meta["trees"]
+    for key in name.split("/")[:-1]:
+        node = node.setdefault(key, {})
+    return node
+
+
+def set_array(name: str, edit):
+    """A change for ``rewrite``: the array ``name`` becomes ``edit(array)``, listed so."""
+
+    def change(entries: dict, meta: dict) -> None:
+        entries[name] = edit(entries.get(name, np.zeros(3, np.float32)))
+        listed(meta, name)[name.rsplit("/", 1)[1]] = describe(entries[name])
+
+    return change
+
+
+def first_to(value):
+    """An edit for ``set_array``: a copy whose first value is ``value``."""
+
+    def edit(array: np.ndarray) -> np.ndarray:
+        array = array.copy()
+        array.flat[0] = value
+        return array
+
+    return edit
+
+
+def set_meta_text(text: str | bytes):
+    """A change for ``rewrite``: meta.json becomes exactly ``text``."""
+    return lambda entries, meta: entries.update({"meta.json": meta_entry(text)})
+
+
+def set_member(name: str, data: bytes):
+    """Damage for a saved file: member ``name`` becomes exactly ``data``, stored."""
+
+    def damage(path: Path) -> None:
+        members = member_bytes(path)
+        write_members(path, [(n, data if n == name else d) for n, d in members])
+
+    return damage
+
+
+def meta_with(**architecture):
+    """A change for ``rewrite``: meta.json's architecture with these fields replaced."""
+    return lambda entries, meta: meta["architecture"].update(architecture)
+
+
+DEEP = 100_000
+HUGE_SHAPE = (2**28,)  # a GiB of float32 declared in a member of a few bytes
+
+HOSTILE_FILES = {
+    # name: (how to change a good lenet file, words the message must contain)
+    "NaN weight": (
+        lambda p: rewrite(p, set_array("params/conv1/kernel", first_to(np.nan))),
+        "entry 'params/conv1/kernel' holds 1 NaN or infinite value (of 250)",
+    ),
+    "infinite bias": (
+        lambda p: rewrite(p, set_array("params/dense2/bias", first_to(-np.inf))),
+        "entry 'params/dense2/bias' holds 1 NaN or infinite value (of 10)",
+    ),
+    "complex kernel": (
+        lambda p: rewrite(p, set_array("params/conv1/kernel", lambda a: a.astype(np.complex64))),
+        "has dtype complex64, but network parameters and state must be float32 or float64",
+    ),
+    "bool kernel": (
+        lambda p: rewrite(p, set_array("params/conv1/kernel", lambda a: a > 0)),
+        "has dtype bool, but network parameters",
+    ),
+    "int8 kernel": (
+        lambda p: rewrite(p, set_array("params/conv1/kernel", lambda a: a.astype(np.int8))),
+        "has dtype int8, but network parameters",
+    ),
+    "float16 kernel": (
+        lambda p: rewrite(p, set_array("params/conv1/kernel", lambda a: a.astype(np.float16))),
+        "has dtype float16, but network parameters",
+    ),
+    "NaN Adam moment": (
+        lambda p: rewrite(p, set_array("opt_state/mu/conv1/kernel", first_to(np.nan))),
+        "entry 'opt_state/mu/conv1/kernel' holds 1 NaN or infinite value",
+    ),
+    "negative Adam second moment": (
+        lambda p: rewrite(p, set_array("opt_state/nu/conv1/bias", lambda a: -np.ones(10, "f4"))),
+        "holds 10 negative values (of 10), but Adam's second moment",
+    ),
+    "negative step count": (
+        lambda p: rewrite(p, set_array("opt_state/step", lambda a: np.array(-1, np.int32))),
+        "entry 'opt_state/step' holds 1 negative value (of 1), but a step count",
+    ),
+    "complex optimizer state": (
+        lambda p: rewrite(p, set_array("opt_state/lr_scale", lambda a: a.astype(np.complex64))),
+        "has dtype complex64, but optimizer state must be bool, integer or real float",
+    ),
+    "input shape of strings": (
+        lambda p: rewrite(p, meta_with(input_shape=["a", None])),
+        "input_shape ['a', None] is not three positive whole numbers",
+    ),
+    "negative input shape": (
+        lambda p: rewrite(p, meta_with(input_shape=[28, -28, 1])),
+        "input_shape [28, -28, 1] is not three positive whole numbers",
+    ),
+    "layers that are not text": (
+        lambda p: rewrite(p, meta_with(layers=[1, 2])),
+        "without a valid 'architecture'",
+    ),
+    "100,000 nested lists": (
+        lambda p: rewrite(p, set_meta_text("[" * DEEP + "]" * DEEP)),
+        "nested more than 64 levels deep",
+    ),
+    "info nested 100 deep": (
+        lambda p: rewrite(p, lambda e, m: m.update(info={"x": json.loads("[" * 99 + "]" * 99)})),
+        "nested more than 64 levels deep",
+    ),
+    "NaN in meta.json": (
+        lambda p: rewrite(p, lambda e, m: m["info"].update(loss=float("nan"))),
+        "NaN is not a finite number",
+    ),
+    "1e999 in meta.json": (
+        lambda p: rewrite(p, set_meta_text('{"format": "scratchcnn-checkpoint", "x": 1e999}')),
+        "1e999 is not a finite number",
+    ),
+    "a 5,000-digit number in meta.json": (
+        lambda p: rewrite(p, set_meta_text('{"epoch": ' + "9" * 5000 + "}")),
+        "not valid UTF-8 JSON",
+    ),
+    "compressed member": (
+        lambda p: write_members(p, member_bytes(p), deflated={"params/conv1/bias"}),
+        "entry 'params/conv1/bias' is compressed",
+    ),
+    "header promising a GiB": (
+        set_member("params/conv1/bias", npy_header("<f4", HUGE_SHAPE) + bytes(40)),
+        "declares float32[268435456] (1,073,741,824 bytes), but holds 40 bytes of data",
+    ),
+    "bytes after the data": (
+        set_member("params/conv1/bias", npy_bytes(np.zeros(10, np.float32)) + bytes(4)),
+        "declares float32[10] (40 bytes), but holds 44 bytes of data",
+    ),
+    ".npy format version 3": (
+        # bytes 6 and 7 of a .npy file are its format version
+        set_member("params/conv1/bias", b"\x93NUMPY\x03\x00" + npy_header("<f4", (10,))[8:]),
+        "version 3.0 is not supported",
+    ),
+    "member that is no .npy": (
+        lambda p: add_file(p, "notes.txt", b"hello"),
+        "holds 'notes.txt', which is not a NumPy .npy array",
+    ),
+    "two members of one name": (
+        lambda p: write_members(p, [*member_bytes(p), member_bytes(p)[1]]),
+        "it holds two entries named",
+    ),
+    "array name of 1,000 characters": (
+        lambda p: rewrite(p, lambda e, m: m["trees"]["state"].update({"x" * 1000: {}})),
+        "lists a badly named array 'state/xxxx",
+    ),
+    "architecture name of 1,000 characters": (
+        lambda p: rewrite(p, meta_with(name="x" * 1000)),
+        "without a valid 'architecture'",
+    ),
+    "member name of 5,000 characters": (
+        lambda p: add_file(p, "z" * 5000 + ".npy", npy_bytes(np.zeros(1, np.float32))),
+        "holds 1 entry not listed in meta.json: zzzz",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE_FILES))
+def test_hostile_contents_raise_one_clear_error(saved: Path, case: str):
+    damage, words = HOSTILE_FILES[case]
+    damage(saved)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(saved)
+    message = str(info.value)
+    assert str(saved) in message and words in message, message
+    assert "\n" not in message and len(message) < 400, message
+
+
+def test_big_endian_arrays_load_in_the_machines_byte_order(saved: Path):
+    """A file from a big-endian machine: NumPy would cope with ">f4", but JAX refuses it."""
+    kernel = load_checkpoint(saved).params["conv1"]["kernel"]
+    rewrite(saved, set_array("params/conv1/kernel", lambda a: a.astype(">f4")))
+    loaded = load_checkpoint(saved).params["conv1"]["kernel"]
+    assert loaded.dtype.isnative and loaded.dtype == np.float32
+    np.testing.assert_array_equal(loaded, kernel)
+    jnp.asarray(loaded)
+
+
+def test_a_long_layer_text_is_cut_in_the_message(saved: Path):
+    rewrite(saved, meta_with(layers=["Conv(" + "x" * 10_000 + ")"]))
+    with pytest.raises(CheckpointError) as info:
+        load_for_model(saved)
+    assert "layer 1: saved Conv(xxxx" in str(info.value) and len(str(info.value)) < 1000
+
+
+def test_negative_batchnorm_variance_is_refused(tmp_path: Path):
+    path = tmp_path / "bn.npz"
+    save_model(path, "bn_cnn", opt_state=None)
+    rewrite(path, set_array("state/batchnorm2/var", first_to(-0.5)))
+    with pytest.raises(CheckpointError, match=r"1 negative value \(of 64\), but a BatchNorm var"):
+        load_checkpoint(path)
+
+
+def test_meta_json_larger_than_the_limit_is_not_parsed(saved: Path, monkeypatch):
+    monkeypatch.setattr(checkpoint, "MAX_META_BYTES", 1000)
+    parsed = []
+    monkeypatch.setattr(json, "loads", lambda *a, **k: parsed.append(a))
+    with pytest.raises(CheckpointError, match=r"meta.json of [0-9,]+ bytes, more than the 1,000"):
+        load_checkpoint(saved)
+    assert not parsed
+
+
+def test_a_deflate_bomb_is_refused_before_it_is_inflated(saved: Path):
+    """32 MiB of zeros deflate into 32 kB; loading must not inflate them to find out."""
+    bomb = saved.with_name("bomb.npz")
+    shape = (2**23,)
+    members = dict(member_bytes(saved))
+    meta = json.loads(read_entries(saved)["meta.json"].tobytes())
+    meta["trees"]["params"]["conv1"]["bias"] = f"float32[{shape[0]}]"  # as the header says
+    members["meta.json"] = npy_bytes(meta_entry(meta))
+    with zipfile.ZipFile(bomb, "w") as archive:
+        for name, data in members.items():
+            if name != "params/conv1/bias":
+                archive.writestr(name + ".npy", data)
+        info = zipfile.ZipInfo("params/conv1/bias.npy")
+        info.compress_type = zipfile.ZIP_DEFLATED
+        with archive.open(info, "w", force_zip64=True) as member:
+            member.write(npy_header("<f4", shape))
+            for _ in range(32):
+                member.write(bytes(2**20))
+    with zipfile.ZipFile(bomb) as archive:
+        assert archive.getinfo("params/conv1/bias.npy").compress_size < 50_000
+    tracemalloc.start()
+    try:
+        with pytest.raises(CheckpointError, match="'params/conv1/bias' is compressed"):
+            load_checkpoint(bomb)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * 2**20, f"{peak:,} bytes allocated"
+
+
+def test_a_header_promising_a_gibibyte_allocates_nothing(saved: Path):
+    def promise(entries: dict, meta: dict) -> None:
+        meta["trees"]["params"]["conv1"]["bias"] = f"float32[{HUGE_SHAPE[0]}]"
+
+    rewrite(saved, promise)
+    set_member("params/conv1/bias", npy_header("<f4", HUGE_SHAPE) + bytes(40))(saved)
+    tracemalloc.start()
+    try:
+        with pytest.raises(CheckpointError, match="declares float32"):
+            load_checkpoint(saved)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * 2**20, f"{peak:,} bytes allocated"
+
+
+def test_files_that_are_not_regular_are_refused(tmp_path: Path, saved: Path):
+    link = tmp_path / "link.npz"
+    link.symlink_to(saved)
+    assert load_checkpoint(link).model_name == "lenet"  # a symlink to a file is fine
+    loop = tmp_path / "loop.npz"
+    loop.symlink_to(loop)
+    with pytest.raises(CheckpointError, match="cannot read checkpoint .*loop.npz: Too many levels"):
+        load_checkpoint(loop)
+    if Path("/dev/null").exists():
+        with pytest.raises(CheckpointError, match="/dev/null is a device, not a checkpoint file"):
+            load_checkpoint("/dev/null")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_a_named_pipe_is_refused_without_waiting(tmp_path: Path):
+    """A plain open() of a FIFO waits forever for a writer: the command must not."""
+    fifo = tmp_path / "model.npz"
+    os.mkfifo(fifo)
+    command = [sys.executable, "-m", "scratchcnn.cli", "evaluate", str(fifo)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"error: checkpoint {fifo} is a named pipe (FIFO), not a checkpoint file."
+    ]
+
+
+# ----------------------------------------------------------------------------- on the command line
+
+
+@pytest.fixture
+def digit(tmp_path: Path) -> Path:
+    path = tmp_path / "digit.png"
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("case", "words"),
+    [
+        ("NaN weight", "holds 1 NaN or infinite value"),
+        ("complex kernel", "has dtype complex64"),
+        ("bool kernel", "has dtype bool"),
+        ("int8 kernel", "has dtype int8"),
+        ("input shape of strings", "input_shape ['a', None]"),
+        ("100,000 nested lists", "nested more than 64 levels deep"),
+    ],
+)
+def test_commands_refuse_a_hostile_checkpoint(saved: Path, digit: Path, case: str, words: str):
+    HOSTILE_FILES[case][0](saved)
+    assert_one_line_error(run("evaluate", saved, "--json"), str(saved), words)
+    assert_one_line_error(run("predict", saved, digit, "--json"), str(saved), words)
+
+
+def test_predict_names_an_unknown_architecture(saved: Path, digit: Path):
+    result = run("predict", saved, digit, "--model", "nosuch")
+    assert_one_line_error(result, "unknown architecture 'nosuch'; choose one of:", "lenet")
+
+
+def test_a_missing_checkpoint_is_neither_a_file_nor_a_name(tmp_path: Path, digit: Path):
+    missing = tmp_path / "nosuch.npz"
+    for command in ("evaluate", "predict"):
+        result = run(command, missing, digit) if command == "predict" else run(command, missing)
+        assert_one_line_error(
+            result,
+            f"checkpoint {missing} does not exist, and it is not the name of a pretrained "
+            "network (default, best, defended).",
+        )
+
+
+# -------------------------------------------------------------- saving: dtypes refused, values kept
+
+
+@pytest.mark.parametrize(
+    ("edit", "words"),
+    [
+        (lambda a: a.astype(np.float16), "params/conv1/kernel has dtype float16"),
+        (lambda a: a.astype(np.complex64), "params/conv1/kernel has dtype complex64"),
+        (lambda a: a.astype(np.int8), "params/conv1/kernel has dtype int8"),
+    ],
+)
+def test_save_refuses_dtypes_no_load_would_accept(tmp_path: Path, edit, words):
+    path = tmp_path / "bad.npz"
+    model = build("lenet")
+    params, state = model.init(0)
+    params["conv1"]["kernel"] = edit(params["conv1"]["kernel"])
+    with pytest.raises(CheckpointError) as info:
+        save_checkpoint(path, model_name="lenet", model=model, params=params, state=state)
+    assert f"cannot save checkpoint {path}: {words}" in str(info.value)
+    assert not path.exists()
+
+
+def test_nan_weights_are_saved_for_inspection_but_never_loaded(tmp_path: Path):
+    """The weights of a run that diverged stay readable with np.load, not with the loader."""
+    path = tmp_path / "diverged.npz"
+    model = build("lenet")
+    params, state = model.init(0)
+    params["conv1"]["kernel"][...] = np.nan
+    save_checkpoint(path, model_name="lenet", model=model, params=params, state=state)
+    with np.load(path, allow_pickle=False) as npz:
+        assert np.isnan(npz["params/conv1/kernel"]).all()
+    with pytest.raises(CheckpointError, match=r"holds 250 NaN or infinite values \(of 250\)"):
+        load_checkpoint(path)
+
+
+# ----------------------------------------------------------------------------- require_info
+
+RESUME_FIELDS = {"epoch": int, "step": int, "history": list, "best_val_loss": float | None,
+                 "stopped_early": bool, "train_seconds": float}  # fmt: skip
+GOOD_INFO = {"epoch": 2, "step": 100, "history": [], "best_val_loss": None,
+             "stopped_early": False, "train_seconds": 12}  # fmt: skip
+
+
+def test_require_info_returns_the_fields(tmp_path: Path):
+    save_model(tmp_path / "last.npz", info={**GOOD_INFO, "other": "kept"})
+    assert require_info(load_checkpoint(tmp_path / "last.npz"), RESUME_FIELDS) == GOOD_INFO
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        ({"step": None}, "has no 'step' in the info of its meta.json."),
+        ({"epoch": "3"}, "'epoch' = '3' in the info of its meta.json, but it must be a whole"),
+        ({"epoch": 1.5}, "'epoch' = 1.5"),
+        ({"epoch": True}, "'epoch' = True"),
+        ({"step": -1}, "'step' = -1"),
+        ({"stopped_early": 0}, "'stopped_early' = 0 in the info of its meta.json, but it"),
+        ({"stopped_early": 1}, "must be true or false."),
+        ({"best_val_loss": "low"}, "must be a number (0 or more) or null."),
+        ({"history": {}}, "must be a list."),
+    ],
+)
+def test_require_info_names_the_file_and_the_field(tmp_path: Path, change: dict, words: str):
+    info = {**GOOD_INFO, **change}
+    info = {key: value for key, value in info.items() if value is not None or key != "step"}
+    path = tmp_path / "last.npz"
+    save_model(path, info=info)
+    with pytest.raises(CheckpointError) as error:
+        require_info(load_checkpoint(path), RESUME_FIELDS)
+    assert str(path) in str(error.value) and words in str(error.value), str(error.value)

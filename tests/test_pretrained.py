@@ -91,8 +91,12 @@ def test_unknown_and_missing_names_are_one_sentence(monkeypatch, tmp_path):
     monkeypatch.setattr(pretrained, "MANIFEST", tmp_path / "MANIFEST.json")
     with pytest.raises(pretrained.PretrainedError, match="not shipped"):
         pretrained.path("best")
-    with pytest.raises(CheckpointError, match="does not exist.$"):
-        load_for_model(tmp_path / "nothing.npz")  # a path: no talk of pretrained names
+    with pytest.raises(pretrained.PretrainedError) as info:  # a file or a name? Say both.
+        load_for_model(tmp_path / "nothing.npz")
+    assert str(info.value) == (
+        f"checkpoint {tmp_path / 'nothing.npz'} does not exist, and it is not the name of a "
+        "pretrained network (default, best, defended)."
+    )
     (tmp_path / "MANIFEST.json").write_text('{"best": {"file": "best.npz"}}')
     with pytest.raises(pretrained.PretrainedError, match="not a valid manifest"):
         pretrained.path("best")

@@ -21,7 +21,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scratchcnn.checkpoint import build_from_checkpoint, load_checkpoint, save_checkpoint
+from scratchcnn.checkpoint import (
+    CheckpointError,
+    build_from_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from scratchcnn.train import ResumeError, TrainConfig, train
 from scratchcnn.train.loop import TrainingDiverged
 from scratchcnn.train.runs import weights_digest
@@ -188,7 +193,7 @@ def test_resume_refuses_a_checkpoint_without_its_counters(mnist_dir, tmp_path):
     save_checkpoint(tmp_path / "last.npz", model_name="lenet", model=build_from_checkpoint(saved),
                     params=saved.params, state=saved.state, opt_state=saved.opt_state,
                     info=info)  # fmt: skip
-    with pytest.raises(ResumeError, match="no valid 'step'"):
+    with pytest.raises(CheckpointError, match="has no 'step' in the info"):
         run(config, tmp_path, mnist_dir, resume=True)
 
 

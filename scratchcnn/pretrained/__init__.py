@@ -82,12 +82,18 @@ def resolve_checkpoint(argument: str | os.PathLike) -> Path:
     """A checkpoint argument as a file: an existing file as is, else a pretrained name.
 
     A file wins over a name, so a checkpoint a user saved as ``./best`` still loads; a
-    folder does not (``scratchcnn train --output default`` makes one).
+    folder does not (``scratchcnn train --output default`` makes one). An argument that
+    is neither is refused with both readings, since either may be what the user meant.
     """
     candidate = Path(argument)
-    if candidate.is_file() or str(argument) not in NAMES:
-        return candidate
-    return path(str(argument))
+    if str(argument) in NAMES and not candidate.is_file():
+        return path(str(argument))
+    if not os.path.lexists(candidate):  # lexists: a broken link is the loader's to explain
+        raise PretrainedError(
+            f"checkpoint {argument} does not exist, and it is not the name of a pretrained "
+            f"network ({', '.join(NAMES)})."
+        )
+    return candidate
 
 
 def load(name: str) -> tuple:

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from scratchcnn import __version__
-from scratchcnn.checkpoint import load_checkpoint, save_checkpoint
+from scratchcnn.checkpoint import load_checkpoint, require_info, save_checkpoint
 from scratchcnn.errors import ScratchCNNError
 from scratchcnn.files import remove_stale_temporaries, write_atomically, write_json
 from scratchcnn.metrics import Evaluation
@@ -150,15 +150,17 @@ def _leaves(tree, prefix: str = ""):
             yield prefix + key, np.asarray(tree[key])
 
 
-# Fields of last.npz's info that resume restores, and the type each must have.
+# Fields of last.npz's info that resume restores into RunState, and the type of each.
 SAVED_COUNTERS = {
     "epoch": int,
     "step": int,
     "history": list,
+    "best_val_loss": float | None,  # None: no validation yet
     "best_epoch": int,
     "bad_epochs": int,
     "stopped_early": bool,
     "train_seconds": float,
+    "best_weights_sha256": str | None,  # None until the first epoch
 }
 
 
@@ -224,16 +226,18 @@ class RunFolder:
         last = self.path / "last.npz"
         checkpoint = load_checkpoint(last)
         info = checkpoint.info
+        require_info(checkpoint, {"config": dict, "data_sha256": dict})
         self._check_same_run(info)
-        counters = _saved_counters(info, last)
+        counters = require_info(checkpoint, SAVED_COUNTERS)
+        if counters["best_val_loss"] is None:
+            counters["best_val_loss"] = math.inf
+        counters["best_digest"] = counters.pop("best_weights_sha256")
         if plateau is not None and info.get("plateau"):
             plateau.load_state_dict(info["plateau"])
         run = RunState(
             params=checkpoint.params,
             state=checkpoint.state,
             opt_state=checkpoint.opt_state,
-            best_val_loss=_saved_best_val_loss(info, last),
-            best_digest=info.get("best_weights_sha256"),
             **counters,
         )
         self._check_best(run, last)
@@ -287,30 +291,3 @@ class RunFolder:
     def write_summary(self, result: TrainResult) -> None:
         """history.json once the run is over: the summary and the test metrics."""
         write_json(self.path / "history.json", {**result.summary(), "test": result.test.to_json()})
-
-
-def _saved_counters(info: dict, path: Path) -> dict:
-    """The counters of RunState saved in ``info``, each checked for presence and type."""
-    counters = {}
-    for name, kind in SAVED_COUNTERS.items():
-        value = info.get(name)
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        valid = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
-        if not valid or (kind in (int, float) and not value >= 0):
-            raise ResumeError(
-                f"cannot resume from {path}: its info has no valid {name!r} "
-                f"(a {kind.__name__} of at least 0), so it was not written by scratchcnn train."
-            )
-        counters[name] = value
-    return counters
-
-
-def _saved_best_val_loss(info: dict, path: Path) -> float:
-    """The lowest validation loss so far; None (no validation yet) counts as infinity."""
-    value = info.get("best_val_loss")
-    if value is None:
-        return math.inf
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
-        raise ResumeError(f"cannot resume from {path}: its info has no valid 'best_val_loss'.")
-    return float(value)
