@@ -1,10 +1,13 @@
 """Using a trained network: logits and probabilities for a stack of digit images."""
 
+import contextlib
+import warnings
 from collections.abc import Callable
 
 import numpy as np
 
 from scratchcnn.data.preprocess import standardize_unit
+from scratchcnn.errors import WeightError
 from scratchcnn.metrics import softmax
 
 
@@ -43,15 +46,35 @@ def predict_logits(
     """
     eval_step = eval_step or make_eval_step(model)
     unit = as_unit_images(images)
-    out = [
-        np.asarray(
-            eval_step(
-                params, state, to_device(standardize_unit(unit[i : i + batch_size, ..., None]))
-            )
+    with without_overflow_warnings():  # non-finite outputs are reported below, in words
+        out = [
+            np.asarray(eval_step(params, state, to_device(standardize_unit(x[..., None]))))
+            for x in (unit[i : i + batch_size] for i in range(0, len(unit), batch_size))
+        ]
+    logits = np.concatenate(out).astype(np.float32) if out else np.zeros((0, 10), np.float32)
+    check_finite_outputs(logits)
+    return logits
+
+
+@contextlib.contextmanager
+def without_overflow_warnings():
+    """Silence NumPy's 'overflow encountered' warnings (in every thread of the fast ops):
+    they would come before, and only repeat, the sentence we raise about it."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", r"(overflow|invalid value|divide by zero) encountered", RuntimeWarning
         )
-        for i in range(0, len(unit), batch_size)
-    ]
-    return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 10), np.float32)
+        yield
+
+
+def check_finite_outputs(logits: np.ndarray) -> None:
+    """Finite weights can still be large enough to overflow float32: say so in words."""
+    bad = np.count_nonzero(~np.isfinite(logits).all(axis=1))
+    if bad:
+        raise WeightError(
+            f"the network's outputs are NaN or infinite for {bad:,} of {len(logits):,} "
+            "images: its weights are too large, or broken, to be used."
+        )
 
 
 def predict_probabilities(model, params, state, images, **kw) -> np.ndarray:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from scratchcnn.checkpoint import (
     CheckpointError,
@@ -222,3 +223,23 @@ def test_weights_that_turn_nan_on_the_last_step_are_caught(mnist_dir, tmp_path):
     with pytest.raises(TrainingDiverged, match="in epoch 1: its weights became NaN"):
         run(config, tmp_path, mnist_dir, on_step=poison_after_the_last_step)
     assert not (tmp_path / "last.npz").exists()
+
+
+def test_weights_too_large_to_use_are_one_sentence(tmp_path, mnist_dir):
+    """Finite weights (3e38) overflow float32 in the forward pass: no NaN predictions."""
+    run(TrainConfig(**{**FAST, "epochs": 1}), tmp_path, mnist_dir)
+    saved = load_checkpoint(tmp_path / "best.npz")
+    params = {layer: {name: np.full_like(a, 3e38) for name, a in arrays.items()}
+              for layer, arrays in saved.params.items()}  # fmt: skip
+    huge = tmp_path / "huge.npz"
+    save_checkpoint(huge, model_name="lenet", model=build_from_checkpoint(saved), params=params,
+                    state=saved.state)  # fmt: skip
+    digit = tmp_path / "digit.png"
+    Image.fromarray(np.eye(28, dtype=np.uint8) * 255).save(digit)
+    for command in (["evaluate", str(huge)], ["predict", str(huge), "--json", str(digit)]):
+        env = {**os.environ, "SCRATCHCNN_DATA_DIR": str(mnist_dir)}
+        done = subprocess.run([sys.executable, "-m", "scratchcnn.cli", *command], env=env,
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert done.returncode == 1, done.stdout
+        assert done.stderr.startswith("error: the network's outputs are NaN or infinite")
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr

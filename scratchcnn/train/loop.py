@@ -9,10 +9,8 @@ bit for bit, as the run that never stopped.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
-import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -21,6 +19,7 @@ from scratchcnn import models, optim
 from scratchcnn.checkpoint import check_compatible, load_checkpoint
 from scratchcnn.data.augment import AUGMENTATIONS, augment_batch
 from scratchcnn.errors import ScratchCNNError
+from scratchcnn.inference import without_overflow_warnings
 from scratchcnn.pretrained import resolve_checkpoint
 from scratchcnn.train.config import TrainConfig
 from scratchcnn.train.data import AUGMENT, SHUFFLE, Split, batches, epoch_rng, load_splits
@@ -183,17 +182,6 @@ def after_epoch(run: RunState, record: dict, config: TrainConfig, plateau) -> bo
 
 class TrainingDiverged(ScratchCNNError, ArithmeticError):
     """The loss or the weights became NaN or infinite."""
-
-
-@contextlib.contextmanager
-def without_overflow_warnings():
-    """Silence NumPy's 'overflow encountered' warnings (in every thread of the fast ops):
-    they would come before, and only repeat, the sentence ``check_loss_finite`` raises."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore", r"(overflow|invalid value|divide by zero) encountered", RuntimeWarning
-        )
-        yield
 
 
 def check_loss_finite(loss: float, epoch: int, step: int) -> None:
