@@ -97,7 +97,7 @@ import numpy as np
 from scratchcnn import __version__
 from scratchcnn.data.mnist import INPUT_SHAPE
 from scratchcnn.errors import ScratchCNNError, WriteError
-from scratchcnn.files import os_reason, to_jsonable, write_atomically
+from scratchcnn.files import kind_of_file, os_reason, to_jsonable, write_atomically
 from scratchcnn.layers import Sequential
 from scratchcnn.models import MODELS, UnknownModelError, build
 from scratchcnn.pretrained import resolve_checkpoint
@@ -219,7 +219,7 @@ def save_checkpoint(
 def _check_save_target(path: Path) -> None:
     """Refuse a target that is a folder, or whose folder does not exist."""
     if path.is_dir():
-        raise CheckpointError(f"cannot save checkpoint {path}: it is a directory.")
+        raise CheckpointError(f"cannot save checkpoint {path}: it is a folder.")
     if not path.parent.is_dir():
         raise CheckpointError(
             f"cannot save checkpoint {path}: the folder {path.parent} does not exist."
@@ -388,20 +388,8 @@ def _open_regular_file(path: Path) -> BinaryIO:
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
         os.close(fd)
-        raise CheckpointError(f"checkpoint {path} is {_kind_of_file(mode)}, not a checkpoint file.")
+        raise CheckpointError(f"checkpoint {path} is {kind_of_file(mode)}, not a checkpoint file.")
     return os.fdopen(fd, "rb")
-
-
-def _kind_of_file(mode: int) -> str:
-    """What a file that is not a regular one is: "a directory", "a named pipe (FIFO)"..."""
-    kinds = [
-        (stat.S_ISDIR, "a directory"),
-        (stat.S_ISFIFO, "a named pipe (FIFO)"),
-        (stat.S_ISSOCK, "a socket"),
-        (stat.S_ISCHR, "a device"),
-        (stat.S_ISBLK, "a device"),
-    ]
-    return next((words for is_kind, words in kinds if is_kind(mode)), "a special file")
 
 
 def _check_zip_magic(file: BinaryIO, path: Path) -> None:

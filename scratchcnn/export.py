@@ -408,7 +408,7 @@ def check_target(path: str | Path, *, force: bool = False) -> Path:
     """Refuse a folder, a missing parent folder, or an existing file without ``force``."""
     path = Path(path)
     if path.is_dir():
-        raise ExportError(f"cannot write {path}: it is a directory.")
+        raise ExportError(f"cannot write {path}: it is a folder.")
     if not path.parent.is_dir():
         raise ExportError(f"cannot write {path}: the folder {path.parent} does not exist.")
     if path.exists() and not force:

@@ -13,6 +13,7 @@ import glob
 import json
 import math
 import os
+import stat
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from scratchcnn.errors import WriteError
+from scratchcnn.errors import ScratchCNNError, WriteError
 
 
 # --8<-- [start:write_atomically]
@@ -34,6 +35,7 @@ def write_atomically(path: str | os.PathLike, write_body: Callable[[BinaryIO], N
     left as it was.
     """
     path = Path(path)
+    _check_replaceable(path)
     remove_stale_temporaries(path)
     temp_path = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
@@ -57,6 +59,44 @@ def write_atomically(path: str | os.PathLike, write_body: Callable[[BinaryIO], N
 
 
 # --8<-- [end:write_atomically]
+
+
+def _check_replaceable(path: Path) -> None:
+    """Refuse to rename a file over a folder, a device or a pipe (``/dev/null`` as root)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:  # nothing there yet; anything else, the write itself will report
+        return
+    if not stat.S_ISREG(mode):
+        raise WriteError(f"cannot write {path}: it is {kind_of_file(mode)}, not a file.")
+
+
+def check_regular_file(path: Path, noun: str, error: type[ScratchCNNError]) -> None:
+    """Refuse, with one sentence, a path that is not a file we can read.
+
+    ``noun`` says what it should be ("an IDX file"); ``error`` is the class to raise. A
+    folder or a device is named as such: reading /dev/zero or a pipe would never end.
+    """
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError as caught:
+        raise error(f"{path} does not exist.") from caught
+    except OSError as caught:  # a symbolic link loop, a folder we may not enter
+        raise error(f"cannot read {path}: {os_reason(caught)}.") from caught
+    if not stat.S_ISREG(mode):
+        raise error(f"{path} is {kind_of_file(mode)}, not {noun}.")
+
+
+def kind_of_file(mode: int) -> str:
+    """What a file that is not a regular one is: "a folder", "a named pipe (FIFO)"..."""
+    kinds = [
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a named pipe (FIFO)"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a device"),
+        (stat.S_ISBLK, "a device"),
+    ]
+    return next((words for is_kind, words in kinds if is_kind(mode)), "a special file")
 
 
 def remove_stale_temporaries(path: str | os.PathLike) -> None:

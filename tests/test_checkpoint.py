@@ -261,7 +261,7 @@ def _object_array(entries: dict, meta: dict) -> None:
 BAD_FILES = {
     # name: (how to damage a good file, words the message must contain)
     "missing": (lambda p: p.unlink(), "does not exist"),
-    "directory": (lambda p: (p.unlink(), p.mkdir()), "is a directory"),
+    "directory": (lambda p: (p.unlink(), p.mkdir()), "is a folder"),
     "empty": (lambda p: p.write_bytes(b""), "empty file"),
     "png": (lambda p: p.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64)), "89 50 4e 47"),
     "text": (lambda p: p.write_text("epoch,loss\n1,0.5\n"), "not a checkpoint"),
@@ -359,7 +359,7 @@ def test_save_needs_an_existing_folder(tmp_path: Path):
     path = tmp_path / "no" / "such" / "folder" / "ckpt.npz"
     with pytest.raises(CheckpointError, match="folder .* does not exist"):
         save_model(path)
-    with pytest.raises(CheckpointError, match="is a directory"):
+    with pytest.raises(CheckpointError, match="is a folder"):
         save_model(tmp_path)
 
 

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import socket
+import time
+import warnings
 
 import numpy as np
 import pytest
+from PIL import Image, ImageDraw
 from typer.testing import CliRunner
 
 from scratchcnn.cli import app
@@ -72,21 +76,41 @@ def test_data_json(tmp_path, isolated_mnist_search):
     }
 
 
-def test_data_fails_with_one_line_when_nothing_is_found(
-    tmp_path, isolated_mnist_search, monkeypatch
-):
-    tfds = pytest.importorskip("tensorflow_datasets")
-
-    def offline(*args, **kwargs):
-        raise OSError("Temporary failure in name resolution")
-
-    monkeypatch.setattr(tfds, "data_source", offline)
-    monkeypatch.setattr(tfds.download.DownloadManager, "download", offline)
+@pytest.mark.parametrize("kind", ["missing", "file"])
+def test_a_bad_data_dir_is_refused_not_replaced(tmp_path, mnist_dir, monkeypatch, kind):
+    monkeypatch.setenv(DATA_DIR_ENV, str(mnist_dir))  # a good copy it must not fall back to
     bad_dir = tmp_path / "not-here"
+    if kind == "file":
+        bad_dir.write_text("not a folder")
+    why = "does not exist" if kind == "missing" else "is a file, not a folder"
     result = run("data", "--data-dir", str(bad_dir))
+    assert_one_line_error(result, f"{bad_dir}, named by the data_dir argument (--data-dir), {why}")
+
+
+def test_no_data_and_no_network_fails_in_seconds_and_leaves_no_folder(
+    isolated_mnist_search, monkeypatch
+):
+    def no_network(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    start = time.monotonic()
+    result = run("data")
+    assert time.monotonic() - start < 10
     assert_one_line_error(
-        result, "no MNIST found", str(bad_dir), "name resolution", "SCRATCHCNN_DATA_DIR"
+        result,
+        "cannot reach storage.googleapis.com",
+        f"put the four files {', '.join(ORIGINAL_FILES.values())} in {isolated_mnist_search}",
+        "--data-dir or $SCRATCHCNN_DATA_DIR",
     )
+    assert not isolated_mnist_search.parent.exists()
+
+
+def test_a_folder_in_place_of_a_data_file(tmp_path, isolated_mnist_search):
+    for name in ORIGINAL_FILES.values():
+        (tmp_path / name).mkdir()
+    result = run("data", "--data-dir", str(tmp_path))
+    assert_one_line_error(result, f"{tmp_path / 'train-images-idx3-ubyte.gz'} is a folder")
 
 
 def test_data_fails_with_one_line_on_a_checksum_mismatch(tmp_path, isolated_mnist_search):
@@ -101,3 +125,38 @@ def test_help_shows_an_example(args):
     result = run(*args)
     assert result.exit_code == 0
     assert "Example: scratchcnn data --data-dir" in result.stdout
+
+
+# --------------------------------------------------------------------------- predict inputs
+
+
+def nine() -> Image.Image:
+    """A dark '9'-ish stroke on white paper."""
+    image = Image.new("L", (60, 80), 255)
+    ImageDraw.Draw(image).ellipse((15, 10, 45, 40), outline=0, width=5)
+    ImageDraw.Draw(image).line((44, 25, 25, 70), fill=0, width=5)
+    return image
+
+
+def test_predict_refuses_a_float_tiff_with_a_nan_pixel(tmp_path):
+    gray = np.asarray(nine(), dtype=np.float32) / 255
+    gray[3, 3] = np.nan
+    path = tmp_path / "nan.tif"
+    Image.fromarray(gray, "F").save(path)
+    result = run("predict", "default", str(path))
+    assert_one_line_error(result, f"{path} holds NaN or infinite pixel values")
+
+
+def test_predict_refuses_a_huge_image_without_decoding_it(tmp_path):
+    path = tmp_path / "blank.png"
+    Image.new("1", (10_000, 10_000), 1).save(path)  # about 120 KB, 100 megapixels
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Pillow's DecompressionBombWarning must not escape
+        result = run("predict", "default", str(path))
+    assert_one_line_error(result, f"{path} is 10000x10000 pixels", "at most 50,000,000 pixels")
+
+
+def test_predict_refuses_a_device_as_kaggle_csv(tmp_path):
+    result = run("predict", "default", "--kaggle", "/dev/zero", "-o", str(tmp_path / "s.csv"))
+    assert_one_line_error(result, "/dev/zero is a device, not a CSV file")
+    assert not (tmp_path / "s.csv").exists()

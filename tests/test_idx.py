@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -159,7 +160,7 @@ def test_truncated_payload(tmp_path):
 def test_trailing_bytes(tmp_path):
     path = tmp_path / "long.idx"
     path.write_bytes(idx_bytes(0x08, (4,), b"\x01\x02\x03\x04" + b"junk"))
-    assert_data_error(path, "4 unexpected trailing bytes")
+    assert_data_error(path, "holds more than the 4 payload bytes", "shape (4,)")
 
 
 def test_garbage_named_gz(tmp_path):
@@ -190,7 +191,49 @@ def test_gzip_holding_a_bad_idx_names_the_file(tmp_path):
 
 
 def test_missing_file(tmp_path):
-    assert_data_error(tmp_path / "nope.idx", "cannot read", "No such file")
+    assert_data_error(tmp_path / "nope.idx", "does not exist")
+
+
+def test_folder_device_and_pipe(tmp_path):
+    assert_data_error(tmp_path, "is a folder, not an IDX file")
+    assert_data_error(Path("/dev/zero"), "is a device, not an IDX file")
+    fifo = tmp_path / "pipe.idx"
+    os.mkfifo(fifo)
+    assert_data_error(fifo, "is a named pipe (FIFO)")  # opening it would block
+
+
+def peak_memory(function, *args) -> int:
+    """The most bytes Python allocated at once while ``function(*args)`` ran."""
+    tracemalloc.start()
+    try:
+        function(*args)
+    except DataError:
+        pass
+    finally:
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    return peak
+
+
+def test_gzip_bomb_stops_at_the_announced_size(tmp_path):
+    # 16 bytes of payload announced, 8 MB of zeros behind them: 8 KB compressed.
+    path = tmp_path / "bomb.gz"
+    path.write_bytes(gzip.compress(idx_bytes(0x08, (16,), bytes(8 * 2**20))))
+    assert path.stat().st_size < 20_000
+    assert_data_error(path, "holds more than the 16 payload bytes")
+    assert peak_memory(read_idx, path) < 1_000_000  # reading it all took 8 MB
+
+
+def test_announced_payload_above_the_cap(tmp_path, monkeypatch):
+    huge = tmp_path / "huge.idx"
+    huge.write_bytes(idx_bytes(0x0E, (2**32 - 1, 2**32 - 1), b""))  # 2**67 bytes announced
+    assert_data_error(huge, "announces shape (4294967295, 4294967295)", "more than the")
+    # The cap holds even where the file really holds what its header announces.
+    path = write_idx(tmp_path / "big.idx.gz", np.zeros(5000, np.uint8))
+    monkeypatch.setattr(idx, "MAX_PAYLOAD_BYTES", 4999)
+    assert_data_error(path, "announces shape (5000,), 5,000 bytes, more than the 4,999")
+    monkeypatch.setattr(idx, "MAX_PAYLOAD_BYTES", 5000)
+    assert read_idx(path).shape == (5000,)
 
 
 @pytest.mark.parametrize("array", [np.zeros(3, np.int64), np.zeros(2, bool), np.float32(1.0)])

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import tracemalloc
+import warnings
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from scratchcnn.data import images
 from scratchcnn.data.images import (
     INK_LEVEL,
     ImageError,
@@ -239,3 +245,122 @@ def test_real_mnist_digits_survive_the_round_trip(tmp_path, mnist_test):
         correlation(original / 255, digit) for original, digit in zip(originals, prepared)
     ]
     assert min(correlations) > 0.99
+
+
+# --------------------------------------------------------------------------- hostile files
+
+
+def float_nine(tmp_path, name, bad_value):
+    """The '9' as a float ("F") TIFF, gray levels 0..1, with one pixel set to ``bad_value``."""
+    gray = np.asarray(draw_nine(), dtype=np.float32) / 255
+    gray[5, 5] = bad_value
+    return save(Image.fromarray(gray, "F"), tmp_path / name)
+
+
+@pytest.mark.parametrize("bad_value", [np.nan, np.inf, -np.inf])
+def test_float_tiff_with_a_nan_or_inf_pixel(tmp_path, bad_value):
+    path = float_nine(tmp_path, "bad.tif", bad_value)
+    assert_image_error(path, "NaN or infinite", prepare=True)
+
+
+def test_float_tiff_of_finite_values_is_clipped_to_gray(tmp_path, reference):
+    gray = np.asarray(draw_nine(), dtype=np.float32) / 255 * 3 - 1  # -1..2
+    path = save(Image.fromarray(gray, "F"), tmp_path / "wide.tif")
+    assert load_image(path).min() == 0 and load_image(path).max() == 1
+    assert correlation(prepare_image(path), reference) > 0.99
+
+
+def test_mnistify_refuses_nan():
+    gray = np.zeros((30, 30))
+    gray[10:20, 10:20] = 1
+    gray[0, 0] = np.nan
+    with pytest.raises(ImageError, match="my array holds NaN or infinite pixel values"):
+        mnistify(gray, name="my array")
+
+
+def test_huge_image_is_refused_from_its_header_before_decoding(tmp_path):
+    # 10000 x 10000 blank pixels compress to ~120 KB; decoding them took 3 GB.
+    path = save(Image.new("1", (10_000, 10_000), 1), tmp_path / "huge.png")
+    tracemalloc.start()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # Pillow's own DecompressionBombWarning included
+            assert_image_error(path, "10000x10000 pixels", "at most 50,000,000 pixels")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 10_000_000
+
+
+def test_image_above_twice_pillows_limit(tmp_path, monkeypatch):
+    # Pillow itself refuses this one while opening it: the same advice, without the size.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 200 x 200 is above 2 x 1000
+    path = save(Image.new("1", (200, 200), 1), tmp_path / "giant.png")
+    assert_image_error(path, "larger than 2,000 pixels", "at most 50,000,000 pixels")
+
+
+def test_image_just_under_the_cap_is_read(tmp_path, monkeypatch):
+    monkeypatch.setattr(images, "MAX_PIXELS", 120 * 160)
+    assert load_image(save(draw_nine(), tmp_path / "ok.png")).shape == (160, 120)
+    monkeypatch.setattr(images, "MAX_PIXELS", 120 * 160 - 1)
+    assert_image_error(tmp_path / "ok.png", "120x160 pixels", "at most 19,199 pixels")
+
+
+def test_device_pipe_and_symlink_loop(tmp_path):
+    assert_image_error(Path("/dev/zero"), "is a device")
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    assert_image_error(fifo, "is a named pipe (FIFO)")
+    (tmp_path / "a.png").symlink_to(tmp_path / "b.png")
+    (tmp_path / "b.png").symlink_to(tmp_path / "a.png")
+    assert_image_error(tmp_path / "a.png", "cannot read", "symbolic links")
+
+
+def test_color_mode_pillow_cannot_convert(tmp_path):
+    path = save(draw_nine().convert("RGB").convert("LAB"), tmp_path / "lab.tif")
+    assert_image_error(path, "LAB image", "cannot turn into gray")
+
+
+@pytest.mark.parametrize(
+    ("mode", "name"),
+    [("CMYK", "cmyk.jpg"), ("CMYK", "cmyk.tif"), ("1", "bw.png"), ("YCbCr", "ycc.tif")],
+)
+def test_other_color_modes(tmp_path, reference, mode, name):
+    path = save(draw_nine().convert("RGB").convert(mode), tmp_path / name)
+    assert correlation(prepare_image(path), reference) > 0.98
+
+
+def test_animated_gif_uses_its_first_frame(tmp_path, reference):
+    blank = Image.new("L", draw_nine().size, 255)
+    path = save(draw_nine(), tmp_path / "anim.gif", save_all=True, append_images=[blank])
+    assert correlation(prepare_image(path), reference) > 0.99
+
+
+@pytest.mark.parametrize("name", ["truncated.jpg", "truncated.tif", "truncated.gif"])
+def test_other_truncated_formats(tmp_path, name):
+    whole = save(draw_nine(), tmp_path / ("whole" + Path(name).suffix)).read_bytes()
+    path = tmp_path / name
+    path.write_bytes(whole[: len(whole) // 2])
+    assert_image_error(path, "truncated or corrupt")
+
+
+def test_a_long_thin_drawing_is_shrunk_before_it_is_padded_to_a_square(monkeypatch):
+    # A 20000 x 40 line (800 kilopixels) used to become a 20000 x 20000 float square: 3 GB.
+    line = np.ones((40, 2000))
+    line[18:22, 10:1990] = 0
+    monkeypatch.setattr(images, "MAX_SQUARE_SIDE", 200)
+    tracemalloc.start()
+    try:
+        digit = mnistify(line)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 5_000_000  # the 1980 x 1980 square alone took 31 MB
+    assert digit.shape == (28, 28) and digit.max() == 1
+    assert ink_box(digit)[1] == 20  # still a horizontal stroke, 20 pixels wide
+
+
+def test_shrink_to_fit_leaves_images_that_fit_alone():
+    image = np.random.default_rng(0).random((30, 50))
+    assert images.shrink_to_fit(image, 50) is image
+    assert images.shrink_to_fit(image, 25).shape == (15, 25)

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import stat
+import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from scratchcnn import files
+from scratchcnn.data import kaggle
 from scratchcnn.data.kaggle import (
     PIXEL_COLUMNS,
     KaggleFormatError,
@@ -160,8 +164,39 @@ def test_empty_file_header_only_missing_file_and_folder(tmp_path):
     assert_format_error(blank, "is empty")
     header_only = write_csv(tmp_path / "header.csv", HEADER, [])
     assert_format_error(header_only, "no image rows")
-    assert_format_error(tmp_path / "missing.csv", "cannot read", "No such file")
+    assert_format_error(tmp_path / "missing.csv", "does not exist")
     assert_format_error(tmp_path, "is a folder")
+
+
+def test_devices_and_pipes_are_refused_without_reading(tmp_path):
+    # /dev/zero never ends: reading it all ended in MemoryError; a pipe would block.
+    assert_format_error(Path("/dev/zero"), "is a device, not a CSV file")
+    fifo = tmp_path / "test.csv"
+    os.mkfifo(fifo)
+    assert_format_error(fifo, "is a named pipe (FIFO)")
+
+
+def test_size_and_line_caps(tmp_path, monkeypatch):
+    path = write_csv(tmp_path / "test.csv", HEADER, csv_rows(random_images(3)))
+    monkeypatch.setattr(kaggle, "MAX_CSV_BYTES", path.stat().st_size - 1)
+    assert_format_error(path, f"larger than {path.stat().st_size - 1:,} bytes")
+    monkeypatch.setattr(kaggle, "MAX_CSV_BYTES", path.stat().st_size)
+    assert read_kaggle_test_csv(path).shape == (3, 28, 28)
+    monkeypatch.setattr(kaggle, "MAX_CSV_LINES", 3)
+    assert_format_error(path, "more than 3 lines")
+
+
+def test_a_huge_file_is_refused_after_reading_only_the_cap(tmp_path, monkeypatch):
+    path = tmp_path / "test.csv"
+    path.write_bytes(b"0," * 2_000_000)  # 4 MB
+    monkeypatch.setattr(kaggle, "MAX_CSV_BYTES", 100_000)
+    tracemalloc.start()
+    try:
+        assert_format_error(path, "larger than 100,000 bytes")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1_000_000
 
 
 def test_binary_file(tmp_path):
@@ -209,8 +244,17 @@ def test_missing_folder_is_refused(tmp_path):
     with pytest.raises(DataError, match="folder .* does not exist"):
         write_submission(path, np.array([1]))
     assert not (tmp_path / "no").exists()
-    with pytest.raises(DataError, match="is a folder"):
+    with pytest.raises(WriteError, match="it is a folder, not a file"):
         write_submission(tmp_path, np.array([1]))
+
+
+def test_a_device_or_pipe_is_not_replaced_by_the_submission(tmp_path):
+    # Renaming a new file over /dev/null (as root) would have replaced the device.
+    fifo = tmp_path / "submission.csv"
+    os.mkfifo(fifo)
+    with pytest.raises(WriteError, match=r"it is a named pipe \(FIFO\), not a file"):
+        write_submission(fifo, np.array([1]))
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,9 @@ offline)."""
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -108,13 +110,26 @@ def test_environment_comes_before_cache(tmp_path, isolated_mnist_search, monkeyp
     assert find_mnist().source == "env"
 
 
-def test_folders_without_mnist_are_skipped(tmp_path, isolated_mnist_search, monkeypatch):
-    make_prepared(isolated_mnist_search, train=4)
+def test_a_named_folder_without_mnist_is_an_error_not_a_fallback(
+    tmp_path, isolated_mnist_search, monkeypatch
+):
+    make_prepared(isolated_mnist_search, train=4)  # a good cache that must not be used
     (tmp_path / "empty").mkdir()
+    (tmp_path / "a-file").write_text("not a folder")
+    monkeypatch.setenv(mnist.DATA_DIR_ENV, str(make_prepared(tmp_path / "env")))
+    for folder, why in [
+        (tmp_path / "empty", "holds no MNIST files"),
+        (tmp_path / "does-not-exist", "does not exist"),
+        (tmp_path / "a-file", "is a file, not a folder"),
+    ]:
+        message = error_message(DataError, load_mnist, "train", folder)
+        assert message.startswith(f"{folder}, named by the data_dir argument (--data-dir), {why}")
+        assert "put the four MNIST files train-images-idx3-ubyte.gz" in message
     monkeypatch.setenv(mnist.DATA_DIR_ENV, str(tmp_path / "does-not-exist"))
-    location = find_mnist(tmp_path / "empty")
-    assert (location.source, location.layout) == ("cache", "tfds")
-    assert load_mnist("train", tmp_path / "empty")[0].shape == (4, 28, 28)
+    message = error_message(DataError, find_mnist)
+    assert message.startswith(f"{tmp_path / 'does-not-exist'}, named by $SCRATCHCNN_DATA_DIR")
+    monkeypatch.delenv(mnist.DATA_DIR_ENV)
+    assert find_mnist().source == "cache"
 
 
 def test_cache_dir_default_and_override(monkeypatch, tmp_path):
@@ -177,6 +192,44 @@ def test_partial_prepared_folder_names_the_missing_file(tmp_path):
     (folder / "t10k-images-idx3-ubyte").unlink()
     message = error_message(DataError, find_mnist, folder)
     assert "missing file t10k-images-idx3-ubyte" in message and str(folder) in message
+
+
+def test_a_folder_or_a_pipe_in_place_of_a_data_file_is_named_as_such(tmp_path):
+    folder = make_fake_originals(tmp_path / "m")
+    labels = folder / "t10k-labels-idx1-ubyte.gz"
+    labels.unlink()
+    labels.mkdir()
+    message = error_message(DataError, find_mnist, folder)
+    assert message == f"{labels} is a folder, not the MNIST file {labels.name}."
+    labels.rmdir()
+    os.mkfifo(labels)  # hashing a pipe would block forever
+    message = error_message(DataError, find_mnist, folder)
+    assert message == f"{labels} is a named pipe (FIFO), not the MNIST file {labels.name}."
+
+
+def test_a_symlink_loop_or_an_unreadable_folder(tmp_path, monkeypatch):
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    message = error_message(DataError, find_mnist, loop)
+    assert message.startswith(f"{loop}, named by the data_dir argument (--data-dir), cannot be")
+    assert "symbolic links" in message
+
+    def no_permission(path):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(os, "listdir", no_permission)
+    message = error_message(DataError, find_mnist, tmp_path)
+    assert message == f"cannot read the MNIST folder {tmp_path}: Permission denied."
+
+
+def test_a_huge_manifest_is_refused(tmp_path, monkeypatch):
+    folder = make_prepared(tmp_path / "m")
+    monkeypatch.setattr(mnist, "MAX_MANIFEST_BYTES", 100)
+    message = error_message(DataError, find_mnist, folder)
+    assert (
+        message
+        == f"{folder / MANIFEST_NAME} is larger than 100 bytes, not a manifest of four digests."
+    )
 
 
 def test_prepared_folder_without_manifest_is_incomplete(tmp_path):
@@ -254,7 +307,13 @@ def forbidden(*args, **kwargs):
 
 
 @pytest.fixture
-def tfds(monkeypatch):
+def server_reachable(monkeypatch):
+    """Pretend the download server answers: the quick check before a download passes."""
+    monkeypatch.setattr(mnist, "_check_reachable", lambda url: None)
+
+
+@pytest.fixture
+def tfds(monkeypatch, server_reachable):
     """tensorflow-datasets with both download routes forbidden until a test allows one."""
     tfds = pytest.importorskip("tensorflow_datasets")
     monkeypatch.setattr(tfds.download.DownloadManager, "download", forbidden)
@@ -307,11 +366,11 @@ def test_corrupt_download_is_rejected_and_not_kept(
     message = error_message(ChecksumError, load_mnist, "test")
     assert "train-images-idx3-ubyte.gz" in message  # the first file checked
     assert ORIGINAL_SHA256["train-images-idx3-ubyte.gz"] in message
-    assert list(isolated_mnist_search.iterdir()) == []
+    assert not isolated_mnist_search.exists()
 
 
 def test_tfds_fallback_writes_raw_idx_and_manifest_then_reads_the_cache(
-    isolated_mnist_search, monkeypatch
+    isolated_mnist_search, server_reachable, monkeypatch
 ):
     tfds = pytest.importorskip("tensorflow_datasets")
     monkeypatch.setattr(tfds.download.DownloadManager, "download", offline)
@@ -322,6 +381,9 @@ def test_tfds_fallback_writes_raw_idx_and_manifest_then_reads_the_cache(
 
     manifest = read_manifest(isolated_mnist_search / MANIFEST_NAME)
     assert sorted(manifest) == sorted(RAW_NAMES)
+    assert sorted(p.name for p in isolated_mnist_search.iterdir()) == sorted(
+        [*RAW_NAMES, MANIFEST_NAME]
+    )  # TFDS's own files were in a temporary folder, now gone
     for name, digest in manifest.items():
         assert hashlib.sha256((isolated_mnist_search / name).read_bytes()).hexdigest() == digest
 
@@ -332,26 +394,44 @@ def test_tfds_fallback_writes_raw_idx_and_manifest_then_reads_the_cache(
     assert labels.shape == (6,) and labels.max() <= 9
 
 
-def test_offline_download_failure_explains_the_fix(
-    isolated_mnist_search, tfds, monkeypatch, tmp_path
+def test_failed_download_explains_the_fix_and_leaves_no_folder(
+    isolated_mnist_search, tfds, monkeypatch
 ):
     def no_tensorflow(*args, **kwargs):
         raise ModuleNotFoundError("No module named 'tensorflow'")
 
     monkeypatch.setattr(tfds.download.DownloadManager, "download", offline)
     monkeypatch.setattr(tfds, "data_source", no_tensorflow)
-    (tmp_path / "empty").mkdir()
-    message = error_message(DataError, load_mnist, "test", tmp_path / "empty")
-    assert message.startswith("no MNIST found in")
-    assert str(tmp_path / "empty") in message and str(isolated_mnist_search) in message
+    message = error_message(DataError, load_mnist, "test")
+    assert message.startswith(f"no MNIST in the per-user cache {isolated_mnist_search}")
     assert (
         "download failed (ConnectionError: Network is unreachable; "
         "TFDS fallback: ModuleNotFoundError: No module named 'tensorflow')" in message
     )
-    assert "set SCRATCHCNN_DATA_DIR" in message and "train-images-idx3-ubyte.gz" in message
-    assert not (isolated_mnist_search / MANIFEST_NAME).exists()
+    assert f"put the four files {', '.join(ORIGINAL_NAMES)} in {isolated_mnist_search}" in message
+    assert not isolated_mnist_search.exists()
+
+
+def test_without_a_network_the_download_fails_in_seconds(isolated_mnist_search, monkeypatch):
+    # Without a network TFDS retried each file for minutes; we try one connection first.
+    def no_network(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError:
+        pass
+    else:
+        monkeypatch.setattr(tfds.download.DownloadManager, "download", forbidden)
+        monkeypatch.setattr(tfds, "data_source", forbidden)
+    message = error_message(DataError, find_mnist)
+    assert "download failed (cannot reach storage.googleapis.com: Name or service not known)" in (
+        message
+    )
+    assert not isolated_mnist_search.exists() and not isolated_mnist_search.parent.exists()
 
 
 def test_no_download_when_told_not_to(isolated_mnist_search, tfds):
     message = error_message(DataError, find_mnist, download=False)
-    assert "no MNIST found" in message and "per-user cache: does not exist" in message
+    assert message.startswith(f"no MNIST in the per-user cache {isolated_mnist_search}; put")

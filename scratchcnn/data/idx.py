@@ -11,7 +11,8 @@ An IDX file is a tiny header followed by the raw numbers of one n-dimensional ar
 
 MNIST ships its files gzip-compressed (``train-images-idx3-ubyte.gz``). We recognise
 gzip by its own magic bytes ``1f 8b`` rather than by the file name, so a renamed or
-already-decompressed file still reads correctly.
+already-decompressed file still reads correctly. We decompress as we read, and read no
+more than the header announces: a few kilobytes of gzip can unpack to gigabytes.
 
 Every problem with a file raises :class:`~scratchcnn.errors.DataError` with one sentence
 that names the file and what is wrong, never a bare traceback from NumPy or gzip.
@@ -19,11 +20,13 @@ that names the file and what is wrong, never a bare traceback from NumPy or gzip
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import math
 import os
 import struct
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -31,7 +34,7 @@ from typing import BinaryIO
 import numpy as np
 
 from scratchcnn.errors import DataError
-from scratchcnn.files import os_reason, write_atomically
+from scratchcnn.files import check_regular_file, os_reason, write_atomically
 
 # --8<-- [start:dtype_codes]
 # The dtype each code stands for. ">" means big-endian: IDX stores multi-byte numbers
@@ -56,6 +59,11 @@ GZIP_MAGIC = b"\x1f\x8b"
 # Bytes before the dimensions: two zero bytes, the dtype code and ndim.
 _PREAMBLE_SIZE = 4
 _DIM_SIZE = 4  # each dimension is a big-endian uint32
+
+# The largest payload read_idx accepts: five times MNIST's largest file (the training
+# images, 47 MB). A header can announce up to 2**32 items per dimension; without a cap a
+# tiny file could make us try to allocate far more memory than the machine has.
+MAX_PAYLOAD_BYTES = 256 * 2**20
 
 
 @dataclass(frozen=True)
@@ -129,8 +137,8 @@ def decode_idx(data: bytes, path: str | os.PathLike = "<bytes>") -> np.ndarray:
         )
     if len(payload) > expected:
         raise DataError(
-            f"{path} has {len(payload) - expected} unexpected trailing bytes after the "
-            f"{expected} payload bytes its header announces for shape {header.shape}."
+            f"{path} holds more than the {expected} payload bytes its header announces "
+            f"for shape {header.shape}."
         )
     stored = np.frombuffer(payload, dtype=header.dtype).reshape(header.shape)
     # astype copies into a fresh, writable array in the machine's own byte order, so
@@ -148,20 +156,46 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
 
 
 def read_idx_bytes(path: str | os.PathLike) -> bytes:
-    """Return the contents of ``path``, decompressed first when it is gzip data."""
+    """The (decompressed) bytes of ``path``: its header, then the payload it announces.
+
+    We read the header first and then at most one byte more than the payload it
+    announces (that byte reveals a file longer than announced), so a gzip bomb or a
+    huge file costs no more memory than the array it claims to hold, itself capped at
+    ``MAX_PAYLOAD_BYTES``.
+    """
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        with _open_decompressed(path) as stream:
+            head = stream.read(_PREAMBLE_SIZE)
+            if len(head) == _PREAMBLE_SIZE:
+                head += stream.read(_DIM_SIZE * head[3])  # byte 3 is ndim
+            header = parse_idx_header(head, path)
+            if header.payload_nbytes > MAX_PAYLOAD_BYTES:
+                raise DataError(
+                    f"{path} announces shape {header.shape}, {header.payload_nbytes:,} "
+                    f"bytes, more than the {MAX_PAYLOAD_BYTES:,} read_idx accepts."
+                )
+            return head + stream.read(header.payload_nbytes + 1)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as error:
+        # gzip reports a cut-off stream as EOFError, a bad header or checksum as
+        # BadGzipFile and damaged compressed data as zlib.error.
+        raise DataError(f"{path} is a truncated or corrupt gzip stream ({error}).") from error
     except OSError as error:
         raise DataError(f"cannot read {path}: {os_reason(error)}.") from error
-    if not is_gzip(raw):
-        return raw
-    try:
-        return gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error) as error:
-        # gzip reports a cut-off stream as EOFError, a bad header or checksum as
-        # OSError (BadGzipFile) and damaged compressed data as zlib.error.
-        raise DataError(f"{path} is a truncated or corrupt gzip stream ({error}).") from error
+
+
+@contextlib.contextmanager
+def _open_decompressed(path: Path) -> Iterator[BinaryIO]:
+    """Open a file for reading, through gzip when it starts with gzip's magic."""
+    check_regular_file(path, "an IDX file", DataError)
+    with path.open("rb") as file:
+        if is_gzip(file.read(2)):
+            file.seek(0)
+            with gzip.GzipFile(fileobj=file, mode="rb") as gz:
+                yield gz
+        else:
+            file.seek(0)
+            yield file
 
 
 def is_gzip(data: bytes) -> bool:

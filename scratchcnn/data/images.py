@@ -17,6 +17,7 @@ Every problem with a file raises :class:`ImageError` with one sentence naming th
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO
@@ -26,6 +27,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from scratchcnn.data.mnist import IMAGE_SHAPE
 from scratchcnn.errors import ScratchCNNError, ShapeError
+from scratchcnn.files import check_regular_file, os_reason
 
 MNIST_SIZE = IMAGE_SHAPE[0]  # side of the final image (MNIST digits are square)
 DIGIT_BOX = 20  # side of the box the digit is scaled to fit, as in MNIST
@@ -40,6 +42,16 @@ INK_LEVEL = 0.1
 # An image whose ink stands out from the background by less than this (on a 0..1
 # scale, about 25 of 255 gray levels) holds no digit we could read.
 MIN_CONTRAST = 0.1
+# The most pixels we decode. A few hundred bytes of PNG can declare a blank 10000 x 10000
+# image, and preparing a digit costs about 30 bytes per pixel (the decoded image, then
+# float copies of it): 100 megapixels took 3 GB. 50 megapixels (1.5 GB at most) still
+# takes any camera's or phone's full-size photo. We check the size the file's header
+# declares, before decoding a single pixel.
+MAX_PIXELS = 50_000_000
+# The largest square mnistify pads a crop to (about 540 MB as float64). Only a crop of
+# the ink wider or taller than this (a long thin drawing, or ink spanning most of a
+# 50-megapixel photo) is shrunk first; for every other image the steps are MNIST's.
+MAX_SQUARE_SIDE = 8192
 
 # Modes in which Pillow keeps grayscale in more than 8 bits. Its convert("L") clips
 # these at 255 rather than scaling them, so we scale by hand.
@@ -62,58 +74,89 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     Any format Pillow reads works: the EXIF orientation of phone photos is applied,
     transparent pixels are laid over a white background (a transparent PNG of a dark
     digit is a dark digit on white paper), palette and 16-bit images are converted
-    without losing their range. Raises :class:`ImageError` for a missing, empty,
-    unreadable, truncated or tiny (less than 2 pixels on a side) file.
+    without losing their range; only the first frame of an animation is read. Raises
+    :class:`ImageError` for a missing, empty, unreadable, truncated, tiny (less than 2
+    pixels on a side) or huge (more than ``MAX_PIXELS``) file, and for a float image
+    with NaN or infinite pixels.
     """
     path = Path(path)
     _check_is_file(path)
     try:
         file = path.open("rb")
     except OSError as error:
-        raise ImageError(f"cannot read {path}: {error.strerror or error}.") from error
+        raise ImageError(f"cannot read {path}: {os_reason(error)}.") from error
     with file:
         gray = _decode(file, path)
     height, width = gray.shape
     if min(height, width) < 2:
         raise ImageError(f"{path} is {width}x{height} pixels, too small to hold a digit.")
-    return gray
+    if not np.isfinite(gray).all():  # only float ("F") images can hold NaN or inf
+        raise ImageError(f"{path} holds NaN or infinite pixel values, not gray levels.")
+    return np.clip(gray, 0, 1)
 
 
 def _check_is_file(path: Path) -> None:
-    """Missing, a folder, or empty: say which before Pillow gives a vaguer message."""
-    if not path.exists():
-        raise ImageError(f"image file {path} does not exist.")
-    if path.is_dir():
-        raise ImageError(f"{path} is a folder, not an image file.")
+    """Missing, a folder, a device or empty: say which before Pillow gives a vaguer message."""
+    check_regular_file(path, "an image file", ImageError)
     if path.stat().st_size == 0:
         raise ImageError(f"{path} is empty (0 bytes), not an image.")
 
 
 def _decode(file: BinaryIO, path: Path) -> np.ndarray:
-    """Decode the open image file into float32 grayscale (H, W) in [0, 1]."""
+    """Decode the open image file into float32 grayscale (H, W), unclipped."""
     try:
-        with Image.open(file) as image:
+        with warnings.catch_warnings():
+            # Pillow warns about images above its own limit (89 megapixels); ours,
+            # MAX_PIXELS, is lower and says so in one sentence instead.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(file)
+        with image:
+            _check_pixel_count(image.size, path)
             # Pillow decodes lazily: open() reads only the header. load() decodes the
             # pixels now, inside this try, so a truncated file fails here, not later.
             image.load()
-            return _to_gray(ImageOps.exif_transpose(image))
+            upright = ImageOps.exif_transpose(image)  # a copy, usable after the file closes
+    except ImageError:
+        raise  # _check_pixel_count's refusal (an ImageError is a ValueError too)
     except UnidentifiedImageError as error:
         raise ImageError(f"{path} is not an image file Pillow can read.") from error
-    except Image.DecompressionBombError as error:
-        raise ImageError(f"{path} is too large to load safely ({error}).") from error
+    except Image.DecompressionBombError as error:  # above twice Pillow's limit
+        raise ImageError(
+            f"{path} is larger than {2 * Image.MAX_IMAGE_PIXELS:,} pixels; scratchcnn reads "
+            f"images of at most {MAX_PIXELS:,} pixels, so scale it down first."
+        ) from error
     # Damaged data surfaces from Pillow's decoders as OSError ("image file is
     # truncated"), SyntaxError ("broken PNG file"), EOFError or ValueError.
     except (OSError, SyntaxError, EOFError, ValueError) as error:
         raise ImageError(f"{path} is truncated or corrupt: Pillow says {error}.") from error
+    try:
+        return _to_gray(upright)
+    except ValueError as error:  # "conversion from LAB to RGB not supported"
+        raise ImageError(
+            f"{path} is a {upright.mode} image, a color mode Pillow cannot turn into gray."
+        ) from error
+
+
+def _check_pixel_count(size: tuple[int, int], path: Path) -> None:
+    """Refuse an image above MAX_PIXELS from the size its header declares."""
+    width, height = size
+    if width * height > MAX_PIXELS:
+        raise ImageError(
+            f"{path} is {width}x{height} pixels; scratchcnn reads images of at most "
+            f"{MAX_PIXELS:,} pixels, so scale it down first."
+        )
 
 
 def _to_gray(image: Image.Image) -> np.ndarray:
-    """A Pillow image of any mode -> float32 grayscale (H, W) in [0, 1]."""
+    """A Pillow image of any mode -> float32 grayscale (H, W), 0 black and 1 white.
+
+    Not clipped to [0, 1] yet: load_image does that after refusing NaN and inf.
+    """
     if image.mode in _HIGH_BIT_GRAY_MODES:
         # 16-bit grayscale (PNG, TIFF): 65535 is white.
-        return np.clip(np.asarray(image, dtype=np.float32) / 65535, 0, 1)
-    if image.mode == "F":
-        return np.clip(np.asarray(image, dtype=np.float32), 0, 1)
+        return np.asarray(image, dtype=np.float32) / 65535
+    if image.mode == "F":  # float TIFFs
+        return np.asarray(image, dtype=np.float32)
     if image.mode in _ALPHA_MODES or "transparency" in image.info:
         image = _over_white(image)
     # convert("L") weighs red, green and blue as the eye does (ITU-R 601-2 luma).
@@ -139,7 +182,8 @@ def mnistify(gray: np.ndarray, *, name: str = "the image") -> np.ndarray:
     """Preprocess a grayscale digit (H, W) in [0, 1] as MNIST was: float32 (28, 28) in [0, 1].
 
     Steps: make the ink bright on black (:func:`ink_on_black`); crop to the ink's
-    bounding box; pad to a square, so the aspect ratio survives; resize to 20 x 20; place
+    bounding box (shrunk first if a side exceeds ``MAX_SQUARE_SIDE``); pad to a square,
+    so the aspect ratio survives; resize to 20 x 20; place
     in a 28 x 28 field with the centre of mass at pixel (14, 14); stretch so the
     brightest ink is 1. ``name`` names the image in errors: :class:`ImageError` when it
     holds no visible digit.
@@ -150,6 +194,8 @@ def mnistify(gray: np.ndarray, *, name: str = "the image") -> np.ndarray:
     if min(gray.shape) < 2:
         height, width = gray.shape
         raise ImageError(f"{name} is {width}x{height} pixels, too small to hold a digit.")
+    if not np.isfinite(gray).all():
+        raise ImageError(f"{name} holds NaN or infinite pixel values, not gray levels.")
 
     ink = ink_on_black(gray)
     if ink.max() < MIN_CONTRAST:
@@ -157,7 +203,8 @@ def mnistify(gray: np.ndarray, *, name: str = "the image") -> np.ndarray:
             f"{name} contains no visible digit: no pixel differs from the background by "
             f"{MIN_CONTRAST:.0%} of the full gray range or more."
         )
-    digit = pad_to_square(crop_to_ink(ink / ink.max()))
+    digit = crop_to_ink(ink / ink.max())
+    digit = pad_to_square(shrink_to_fit(digit, MAX_SQUARE_SIDE))
     digit = resize(digit, DIGIT_BOX)
     canvas = center_by_mass(digit, MNIST_SIZE)
     return (canvas / canvas.max()).astype(np.float32)
@@ -194,6 +241,22 @@ def crop_to_ink(ink: np.ndarray, level: float = INK_LEVEL) -> np.ndarray:
     rows = np.flatnonzero((ink > level).any(axis=1))
     cols = np.flatnonzero((ink > level).any(axis=0))
     return ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+
+
+def shrink_to_fit(image: np.ndarray, side: int) -> np.ndarray:
+    """Shrink (h, w) with Lanczos so neither side exceeds ``side``, keeping the aspect ratio.
+
+    An image that already fits is returned as it is. Padding a long, thin crop to a
+    square would otherwise take side² pixels: a 20000 x 40 line drawing became a 3 GB
+    square.
+    """
+    height, width = image.shape
+    scale = side / max(height, width)
+    if scale >= 1:
+        return image
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    shrunk = Image.fromarray(image.astype(np.float32)).resize(size, Image.Resampling.LANCZOS)
+    return np.clip(np.asarray(shrunk, dtype=np.float64), 0, None)
 
 
 def pad_to_square(image: np.ndarray) -> np.ndarray:

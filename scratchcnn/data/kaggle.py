@@ -26,12 +26,18 @@ import numpy as np
 
 from scratchcnn.data.mnist import IMAGE_SHAPE, NUM_CLASSES
 from scratchcnn.errors import DataError, ScratchCNNError
-from scratchcnn.files import write_atomically
+from scratchcnn.files import check_regular_file, os_reason, write_atomically
 
 NUM_PIXELS = IMAGE_SHAPE[0] * IMAGE_SHAPE[1]  # 784
 PIXEL_COLUMNS = tuple(f"pixel{index}" for index in range(NUM_PIXELS))
 LABEL_COLUMN = "label"
 SUBMISSION_HEADER = "ImageId,Label"
+
+# The most we read of one CSV: Kaggle's files are far smaller (train.csv, the larger,
+# is about 75 MB and 42,001 lines). Reading is capped before the text is split into
+# lines, so a huge file, /dev/zero or millions of short lines cannot exhaust memory.
+MAX_CSV_BYTES = 128 * 2**20
+MAX_CSV_LINES = 100_000
 
 # An integer as a CSV field may write it: optional spaces and sign, ASCII digits only.
 _INTEGER = re.compile(r"\s*[+-]?[0-9]+\s*")
@@ -72,12 +78,22 @@ def read_kaggle_test_csv(path: str | os.PathLike) -> np.ndarray:
 
 def _read_lines(path: Path) -> list[str]:
     """The file's lines, without line endings and without trailing blank lines."""
+    check_regular_file(path, "a CSV file", KaggleFormatError)
     try:
-        data = path.read_bytes()
-    except IsADirectoryError as error:
-        raise KaggleFormatError(f"{path} is a folder, not a CSV file.") from error
+        with path.open("rb") as file:
+            data = file.read(MAX_CSV_BYTES + 1)
     except OSError as error:
-        raise KaggleFormatError(f"cannot read {path}: {error.strerror or error}.") from error
+        raise KaggleFormatError(f"cannot read {path}: {os_reason(error)}.") from error
+    if len(data) > MAX_CSV_BYTES:
+        raise KaggleFormatError(
+            f"{path} is larger than {MAX_CSV_BYTES:,} bytes, far more than a Kaggle "
+            f"Digit Recognizer CSV holds."
+        )
+    if data.count(b"\n") > MAX_CSV_LINES:
+        raise KaggleFormatError(
+            f"{path} has more than {MAX_CSV_LINES:,} lines, far more than a Kaggle "
+            f"Digit Recognizer CSV holds."
+        )
     try:
         # utf-8-sig drops the byte-order mark that spreadsheet programs put first.
         text = data.decode("utf-8-sig")
@@ -85,7 +101,8 @@ def _read_lines(path: Path) -> list[str]:
         raise KaggleFormatError(
             f"{path} is not a text file: byte {error.start} is not valid UTF-8."
         ) from error
-    lines = text.splitlines()
+    # Split at "\n" only, the line ends counted above, and drop Windows' "\r".
+    lines = [line.removesuffix("\r") for line in text.split("\n")]
     while lines and not lines[-1].strip():
         lines.pop()
     if not lines:
@@ -184,7 +201,8 @@ def write_submission(path: str | os.PathLike, labels: np.ndarray) -> Path:
     file appears complete or not at all (see :func:`~scratchcnn.files.write_atomically`):
     a failed write leaves an existing file untouched. Raises :class:`KaggleFormatError`
     for labels that are not digits and :class:`~scratchcnn.errors.DataError` when the
-    file cannot be written (for example, its folder does not exist).
+    file cannot be written (its folder does not exist) and ``WriteError`` when the path is a
+    folder or a device.
     """
     path = Path(path)
     labels = _check_labels(labels)
@@ -192,8 +210,6 @@ def write_submission(path: str | os.PathLike, labels: np.ndarray) -> Path:
         raise DataError(
             f"cannot write the submission {path}: the folder {path.parent} does not exist."
         )
-    if path.is_dir():
-        raise DataError(f"cannot write the submission {path}: it is a folder.")
     text = submission_text(labels)
     write_atomically(path, lambda file: file.write(text.encode("ascii")))
     return path

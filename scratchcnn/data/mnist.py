@@ -1,12 +1,15 @@
 """Find MNIST on disk (or download it), verify it, and load it as uint8 arrays.
 
-Where we look, first match wins:
+Where we look:
 
-1. the folder passed as ``data_dir`` (the ``--data-dir`` flag of ``scratchcnn data``);
-2. the folder in the environment variable ``$SCRATCHCNN_DATA_DIR``;
-3. the per-user cache, ``platformdirs.user_cache_dir("scratchcnn")/mnist``, or
+1. the folder passed as ``data_dir`` (the ``--data-dir`` flag of the commands), else
+   the folder in the environment variable ``$SCRATCHCNN_DATA_DIR``. A folder you name
+   is the only place searched: when it does not hold MNIST, that is an error, never a
+   silent switch to some other copy;
+2. otherwise the per-user cache, ``platformdirs.user_cache_dir("scratchcnn")/mnist``, or
    ``$SCRATCHCNN_CACHE_DIR/mnist`` when that variable is set;
-4. a download into that cache (only when 1-3 all fail), by one of two routes:
+3. when the cache is empty, a download into it, by one of two routes (without a
+   network, both fail within seconds and leave no folder behind):
 
    a. the four original files from TFDS's own MNIST mirror, fetched with the
       tensorflow-datasets download manager. This needs no TensorFlow, and gives the
@@ -14,11 +17,10 @@ Where we look, first match wins:
       examples come in the original order, so results match any other copy bit for bit;
    b. only if (a) fails: ``tfds.data_source("mnist")``. Preparing the dataset that way
       needs TensorFlow (the TFDS builder reads its downloads with ``tf.io.gfile``), so
-      this route only helps where TensorFlow is installed or TFDS has MNIST already.
+      this route only helps where TensorFlow is installed.
 
-A folder that holds none of the MNIST files is skipped. A folder that holds some but not
-all of them is an error, not a reason to look elsewhere: silently using a different copy
-would hide the broken one.
+A folder that holds some but not all of the MNIST files is an error too: silently using
+a different copy would hide the broken one.
 
 A folder can hold MNIST in one of two layouts:
 
@@ -32,10 +34,14 @@ A folder can hold MNIST in one of two layouts:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
+import socket
+import stat
 import tempfile
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +51,7 @@ import platformdirs
 
 from scratchcnn.data.idx import read_idx, write_idx
 from scratchcnn.errors import ChecksumError, DataError
-from scratchcnn.files import write_atomically
+from scratchcnn.files import check_regular_file, os_reason, write_atomically
 
 SPLITS = ("train", "test")
 IMAGE_SHAPE = (28, 28)  # (H, W) of one digit: the project's one place for it
@@ -71,6 +77,7 @@ f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6  t10k-labels-id
 ORIGINAL_SHA256: dict[str, str] = {
     name: digest for digest, name in (line.split() for line in ORIGINAL_SHA256SUMS.splitlines())
 }
+_FILE_LIST = ", ".join(ORIGINAL_FILES.values())  # the four names, for error messages
 
 MANIFEST_NAME = "SHA256SUMS"
 DATA_DIR_ENV = "SCRATCHCNN_DATA_DIR"
@@ -200,39 +207,42 @@ def _check_labels(labels: np.ndarray, path: Path) -> None:
 def find_mnist(
     data_dir: str | os.PathLike | None = None, *, download: bool = True
 ) -> MnistLocation:
-    """Search the locations in order and return the first that holds verified MNIST.
+    """Find verified MNIST: in the folder you name, else in the cache, else download it.
 
-    When none does and ``download`` is true, download MNIST into the cache first.
-    Raises :class:`DataError` (or :class:`ChecksumError`) with one sentence otherwise.
+    A folder you name (``data_dir``, else ``$SCRATCHCNN_DATA_DIR``) is the only place
+    searched: when it holds no MNIST, that is the error, not a quiet switch to another
+    copy. Otherwise the per-user cache is used, filled by a download when it is empty
+    and ``download`` is true. Raises :class:`DataError` (or :class:`ChecksumError`)
+    with one sentence when no verified copy is found.
     """
-    searched = []
-    for source, directory in candidate_locations(data_dir):
+    if data_dir is not None or os.environ.get(DATA_DIR_ENV):
+        source = "argument" if data_dir is not None else "env"
+        directory = _absolute(data_dir if data_dir is not None else os.environ[DATA_DIR_ENV])
         location = inspect_location(directory, source)
-        if location is not None:
-            return location
-        searched.append(f"{directory} ({SOURCE_LABELS[source]}: {_why_empty(directory)})")
+        if location is None:
+            raise DataError(
+                f"{directory}, named by {SOURCE_DESCRIPTIONS[source]}, "
+                f"{_why_empty(directory)}; put the four MNIST files {_FILE_LIST} there."
+            )
+        return location
 
-    where = _join_with_or(searched)
-    fix = f"set {DATA_DIR_ENV} to a folder holding the four files {', '.join(ORIGINAL_SHA256)}"
+    directory = cache_dir()
+    location = inspect_location(directory, "cache")
+    if location is not None:
+        return location
+    fix = (
+        f"put the four files {_FILE_LIST} in {directory}, "
+        f"or in a folder you name with --data-dir or ${DATA_DIR_ENV}"
+    )
     if not download:
-        raise DataError(f"no MNIST found in {where}; {fix}.")
+        raise DataError(f"no MNIST in the per-user cache {directory}; {fix}.")
     try:
-        return download_mnist(cache_dir())
+        return download_mnist(directory)
     except _DownloadFailed as failure:
         raise DataError(
-            f"no MNIST found in {where}; download failed ({failure.reason}); {fix}."
+            f"no MNIST in the per-user cache {directory} and the download failed "
+            f"({failure.reason}); {fix}."
         ) from failure.__cause__
-
-
-def candidate_locations(data_dir: str | os.PathLike | None = None) -> list[tuple[str, Path]]:
-    """The (source, folder) pairs to search, in order; unset ones are left out."""
-    candidates = []
-    if data_dir is not None:
-        candidates.append(("argument", _absolute(data_dir)))
-    if os.environ.get(DATA_DIR_ENV):
-        candidates.append(("env", _absolute(os.environ[DATA_DIR_ENV])))
-    candidates.append(("cache", cache_dir()))
-    return candidates
 
 
 def cache_dir() -> Path:
@@ -245,6 +255,10 @@ def inspect_location(directory: Path, source: str) -> MnistLocation | None:
     """Verify the MNIST files in ``directory``; None when it holds none of them."""
     if not directory.is_dir():
         return None
+    try:
+        os.listdir(directory)  # a folder we may not read: say so, not "no MNIST files"
+    except OSError as error:
+        raise DataError(f"cannot read the MNIST folder {directory}: {os_reason(error)}.") from error
     original = [directory / name for name in ORIGINAL_FILES.values()]
     if any(path.exists() for path in original):
         _require_all(directory, original, source)
@@ -274,6 +288,11 @@ def inspect_location(directory: Path, source: str) -> MnistLocation | None:
 
 def _require_all(directory: Path, paths: Sequence[Path], source: str) -> None:
     """A folder with some MNIST files must have all of them: name the missing ones."""
+    for path in paths:
+        if path.exists() and not path.is_file():
+            check_regular_file(
+                path, f"the MNIST file {path.name}", DataError
+            )  # a folder or a device
     missing = [path.name for path in paths if not path.is_file()]
     if not missing:
         return
@@ -287,19 +306,14 @@ def _require_all(directory: Path, paths: Sequence[Path], source: str) -> None:
 
 
 def _why_empty(directory: Path) -> str:
-    """Why a location was skipped, for the 'no MNIST found' message."""
-    if not directory.exists():
+    """Why a named folder holds no MNIST, for the error message."""
+    try:
+        is_folder = stat.S_ISDIR(directory.stat().st_mode)
+    except FileNotFoundError:
         return "does not exist"
-    if not directory.is_dir():
-        return "not a folder"
-    return "no MNIST files"
-
-
-def _join_with_or(items: Sequence[str]) -> str:
-    """'a', 'a or b', 'a, b or c': a list in a sentence."""
-    if len(items) <= 1:
-        return "".join(items)
-    return f"{', '.join(items[:-1])} or {items[-1]}"
+    except OSError as error:  # a symbolic link loop
+        return f"cannot be read ({os_reason(error)})"
+    return "holds no MNIST files" if is_folder else "is a file, not a folder"
 
 
 def _raw_name(name: str) -> str:
@@ -309,7 +323,11 @@ def _raw_name(name: str) -> str:
 
 def _absolute(path: str | os.PathLike) -> Path:
     """An absolute, normalised path, so messages say exactly which folder was used."""
-    return Path(path).expanduser().resolve()
+    path = Path(path).expanduser()
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # a symbolic link loop: keep the name as given
+        return path.absolute()
 
 
 # --------------------------------------------------------------------------- verifying
@@ -344,6 +362,8 @@ def verify_sha256(path: Path, expected: str, reference: str = "the expected dige
     return actual
 
 
+# Four lines of about 90 characters: anything much longer is not our manifest.
+MAX_MANIFEST_BYTES = 2**16
 # A manifest line, as written by `sha256sum`: 64 hex digits, two spaces, a file name.
 _MANIFEST_LINE = re.compile(r"^([0-9a-f]{64}) [ *](.+)$")
 
@@ -351,9 +371,15 @@ _MANIFEST_LINE = re.compile(r"^([0-9a-f]{64}) [ *](.+)$")
 def read_manifest(path: Path) -> dict[str, str]:
     """Read a ``SHA256SUMS`` file into {file name: hex digest}."""
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as file:
+            data = file.read(MAX_MANIFEST_BYTES + 1)
+        text = data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise DataError(f"cannot read the manifest {path}: {error}.") from error
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise DataError(
+            f"{path} is larger than {MAX_MANIFEST_BYTES:,} bytes, not a manifest of four digests."
+        )
     return parse_manifest(text, path)
 
 
@@ -399,38 +425,61 @@ class _DownloadFailed(Exception):
 def download_mnist(directory: Path) -> MnistLocation:
     """Download MNIST into ``directory``: the original files, else through ``tfds``.
 
-    See the module docstring for the two routes and the layout each one writes.
+    See the module docstring for the two routes and the layout each one writes. Both
+    work in a temporary folder inside ``directory``, removed afterwards, and a
+    ``directory`` left empty by a failure is removed too: no half-filled cache remains.
     """
+    _check_reachable(MNIST_URL)
     try:
-        _download_original(directory)
-    except _DownloadFailed as failure:
-        try:
-            save_prepared(directory, _download_with_tfds(directory / "tfds"))
-        except _DownloadFailed as fallback:
-            reason = f"{failure.reason}; TFDS fallback: {fallback.reason}"
-            raise _DownloadFailed(reason) from fallback.__cause__
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DataError(
+            f"cannot create the MNIST folder {directory}: {os_reason(error)}."
+        ) from error
+    try:
+        with tempfile.TemporaryDirectory(dir=directory, prefix=".download-") as scratch:
+            _download_into(directory, Path(scratch))
+    except BaseException:
+        with contextlib.suppress(OSError):
+            directory.rmdir()  # only when empty: it never removes a file
+        raise
     location = inspect_location(directory, "download")
     if location is None:  # only if something deleted the files we have just written
         raise DataError(f"the MNIST files written to {directory} disappeared after the download.")
     return location
 
 
-def _download_original(directory: Path) -> None:
-    """Fetch the four original .gz files, verify them, then move them into ``directory``.
+def _check_reachable(url: str, timeout: float = 5.0) -> None:
+    """Fail in seconds when the download server cannot be reached (no network).
 
-    TFDS downloads into a temporary folder inside ``directory``, removed afterwards, so
-    a failed or corrupt download leaves nothing behind.
+    TFDS would retry every file for minutes, printing a warning at each attempt.
     """
+    host = urllib.parse.urlsplit(url).hostname
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        socket.create_connection((host, 443), timeout=timeout).close()
     except OSError as error:
-        raise DataError(f"cannot create the MNIST folder {directory}: {error.strerror}.") from error
-    with tempfile.TemporaryDirectory(dir=directory, prefix=".download-") as download_dir:
-        paths = _fetch_original(Path(download_dir))
-        for name, path in paths.items():
-            verify_sha256(path, ORIGINAL_SHA256[name], f"the published digest of {name}")
-        for name in ORIGINAL_FILES.values():
-            os.replace(paths[name], directory / name)  # atomic: same file system
+        raise _DownloadFailed(f"cannot reach {host}: {os_reason(error)}") from error
+
+
+def _download_into(directory: Path, scratch: Path) -> None:
+    """Try the two routes in turn, downloading into ``scratch``, writing into ``directory``."""
+    try:
+        _download_original(directory, scratch)
+    except _DownloadFailed as failure:
+        try:
+            save_prepared(directory, _download_with_tfds(scratch / "tfds"))
+        except _DownloadFailed as fallback:
+            reason = f"{failure.reason}; TFDS fallback: {fallback.reason}"
+            raise _DownloadFailed(reason) from fallback.__cause__
+
+
+def _download_original(directory: Path, scratch: Path) -> None:
+    """Fetch the four original .gz files into ``scratch``, verify them, move them over."""
+    paths = _fetch_original(scratch)
+    for name, path in paths.items():
+        verify_sha256(path, ORIGINAL_SHA256[name], f"the published digest of {name}")
+    for name in ORIGINAL_FILES.values():
+        os.replace(paths[name], directory / name)  # atomic: same file system
 
 
 def _fetch_original(download_dir: Path) -> dict[str, Path]:
