@@ -19,6 +19,7 @@ one by one.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -178,7 +179,7 @@ def pgd(
     if norm not in NORMS:
         raise AttackError(f"norm must be 'linf' or 'l2', got {norm!r}.")
     _check_eps(eps, norm)
-    if steps < 1 or restarts < 1 or step_size <= 0:
+    if not (steps >= 1 and restarts >= 1 and 0 < step_size < math.inf):  # NaN fails too
         raise AttackError(
             f"PGD needs steps >= 1, restarts >= 1 and step size > 0; got steps={steps}, "
             f"restarts={restarts}, step size={step_size}."
@@ -210,8 +211,10 @@ def pgd(
 
 def _check_eps(eps: float, norm: str = "linf") -> None:
     """L-infinity budgets are pixel changes in [0, 1]; an L2 budget is any length >= 0."""
-    if eps < 0 or (norm == "linf" and eps > 1):
+    if norm == "linf" and not 0 <= eps <= 1:  # NaN is in no range
         raise AttackError(f"eps must be in [0, 1] for pixels in [0, 1] (L-infinity); got {eps}.")
+    if not 0 <= eps < math.inf:
+        raise AttackError(f"eps must be a finite length >= 0 (L2); got {eps}.")
 
 
 def _l2(v: np.ndarray) -> np.ndarray:

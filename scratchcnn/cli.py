@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
-import json
 import typing
 from collections.abc import Callable
 from pathlib import Path
@@ -21,8 +20,9 @@ import numpy as np
 import typer
 
 from scratchcnn.data.mnist import find_mnist, summarize_mnist
-from scratchcnn.errors import ScratchCNNError
-from scratchcnn.train.config import TrainConfig, flags
+from scratchcnn.errors import InputError, ScratchCNNError
+from scratchcnn.files import json_text
+from scratchcnn.train.config import TEST_IMAGES, TrainConfig, flags
 
 app = typer.Typer(
     name="scratchcnn",
@@ -36,6 +36,9 @@ app = typer.Typer(
 
 Command = TypeVar("Command", bound=Callable[..., Any])
 KEYWORD_ONLY = inspect.Parameter.KEYWORD_ONLY
+
+MAX_EPS_VALUES = 100  # a curve of --eps values; more would only take longer
+GRADIENTS = ("jax", "manual")  # the two ways `attack` takes the input gradient
 
 CHECKPOINT_HELP = (
     "A checkpoint file written by train, or the name of a pretrained network "
@@ -64,6 +67,21 @@ def reports_errors(command: Command) -> Command:
     return wrapper  # type: ignore[return-value]
 
 
+class Interrupted(ScratchCNNError):
+    """Ctrl-C: said in one line, like any other reason to stop."""
+
+
+def echo_json(payload: Any) -> None:
+    """Print ``payload`` as JSON; NaN and infinities become null (JSON has neither)."""
+    typer.echo(json_text(payload), nl=False)
+
+
+def check_between(flag: str, value: float, low: float, high: float) -> None:
+    """Refuse a number option outside [low, high]; NaN is outside every range."""
+    if not low <= value <= high:
+        raise InputError(f"{flag} must be from {low:g} to {high:g}, got {value}.")
+
+
 # --------------------------------------------------------------------------- data
 
 
@@ -79,7 +97,7 @@ def data(
         Path | None,
         typer.Option(
             "--data-dir",
-            help="Folder holding the four MNIST .gz files (searched first).",
+            help="Folder holding the four MNIST .gz files (the only one searched).",
             show_default=False,
         ),
     ] = None,
@@ -89,13 +107,13 @@ def data(
 ) -> None:
     """Find MNIST, verify its SHA-256 digests and count images, labels and classes.
 
-    Looks in --data-dir, then $SCRATCHCNN_DATA_DIR, then the per-user cache
-    ($SCRATCHCNN_CACHE_DIR), and downloads through tensorflow-datasets only when
-    none of them holds MNIST.
+    Looks only in --data-dir when given, else only in $SCRATCHCNN_DATA_DIR when set,
+    else in the per-user cache ($SCRATCHCNN_CACHE_DIR), downloading through
+    tensorflow-datasets only when the cache is empty.
     """
     summary = summarize_mnist(find_mnist(data_dir))
     if as_json:
-        typer.echo(json.dumps(summary, indent=2))
+        echo_json(summary)
     else:
         typer.echo(format_data_summary(summary))
 
@@ -130,7 +148,8 @@ def format_data_summary(summary: dict) -> str:
 @reports_errors
 def parity(
     batch_size: Annotated[
-        int, typer.Option("--batch-size", min=1, help="Real MNIST test images per model check.")
+        int,
+        typer.Option("--batch-size", help="Real MNIST test images per model check (1 to 10000)."),
     ] = 32,
     data_dir: Annotated[
         Path | None,
@@ -156,12 +175,13 @@ def parity(
     from scratchcnn import models
     from scratchcnn import parity as p  # imports JAX and Flax: only when asked for
 
+    check_between("--batch-size", batch_size, 1, TEST_IMAGES)
     for name in model_names or []:
         models.build(name)  # an unknown name fails here, before any work
     images, labels = p.mnist_batch(batch_size, data_dir)
     rows = p.parity_rows(images, labels, model_names=model_names)
     if as_json:
-        typer.echo(json.dumps([row.as_dict() for row in rows], indent=2))
+        echo_json([row.as_dict() for row in rows])
     else:
         typer.echo(p.format_table(rows))
     failed = [row for row in rows if not row.ok]
@@ -177,6 +197,7 @@ def parity(
 
 
 @app.command(name="models", epilog="Example: scratchcnn models --json")
+@reports_errors
 def list_models(
     as_json: Annotated[bool, typer.Option("--json", help="Print the list as JSON.")] = False,
 ) -> None:
@@ -195,7 +216,7 @@ def list_models(
         rows.append({"name": name, "parameters": count_params(params), "summary": summary,
                      "pretrained": trained})  # fmt: skip
     if as_json:
-        typer.echo(json.dumps(rows, indent=2))
+        echo_json(rows)
         return
     for row in rows:
         typer.echo(f"{row['name']:<10} {row['parameters']:>9,}  {row['summary']}")
@@ -231,14 +252,14 @@ def with_config_options(config_class) -> Callable[[Command], Command]:
 
 
 def config_options(config_class) -> list[inspect.Parameter]:
-    """One option per field of a dataclass such as ``TrainConfig``: its flags, help text and
-    ``min`` from the field's metadata (``scratchcnn.train.config.option``), its type from
-    the annotation. Every default is None, "the recipe's value"."""
+    """One option per field of a dataclass such as ``TrainConfig``: its flags and help text
+    from the field's metadata (``scratchcnn.train.config.option``), its type from the
+    annotation. Every default is None, "the recipe's value"; the config's ``validate``
+    checks the values (so a library caller gets the same checks)."""
     hints = typing.get_type_hints(config_class)
     options = []
     for field in dataclasses.fields(config_class):
-        limits = {} if field.metadata["min"] is None else {"min": field.metadata["min"]}
-        option = _option(field.metadata["help"], *flags(field), **limits)
+        option = _option(field.metadata["help"], *flags(field))
         kind = _flag_type(hints[field.name])
         options.append(inspect.Parameter(field.name, KEYWORD_ONLY, default=None,
                                          annotation=Annotated[kind | None, option]))  # fmt: skip
@@ -299,6 +320,14 @@ def train(
         Path | None, _option("Folder for checkpoints and history.", "--output", "-o")
     ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --output.")] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Replace the run in --output (its last.npz, best.npz and history.json) "
+            "instead of refusing.",
+        ),
+    ] = False,
     data_dir: Annotated[
         Path | None, _option("Folder holding the four MNIST .gz files.", "--data-dir")
     ] = None,
@@ -317,18 +346,28 @@ def train(
     from scratchcnn.train import train as run_training
 
     if recipe not in RECIPES:
-        raise typer.BadParameter(f"unknown recipe {recipe!r}; choose one of: {', '.join(RECIPES)}.")
+        raise typer.BadParameter(
+            f"unknown recipe {recipe!r}; choose one of: {', '.join(RECIPES)}.",
+            param_hint="--recipe",
+        )
     config = dataclasses.replace(RECIPES[recipe], **_config_values(TrainConfig, options))
-    result = run_training(
-        config.validate(),
-        data_dir=data_dir,
-        output_dir=output,
-        resume=resume,
-        progress=not (quiet or as_json),
-        log=(lambda text: None) if as_json else typer.echo,
-    )
+    config.validate()  # before any data is read
+    try:
+        result = run_training(
+            config,
+            data_dir=data_dir,
+            output_dir=output,
+            resume=resume,
+            overwrite=overwrite,
+            progress=not (quiet or as_json),
+            log=(lambda text: None) if as_json else typer.echo,
+        )
+    except KeyboardInterrupt:
+        kept = f"{output} keeps every finished epoch (continue with --resume)" if output else (
+            "nothing was saved (no --output)")  # fmt: skip
+        raise Interrupted(f"interrupted; {kept}.") from None
     if as_json:
-        typer.echo(json.dumps(result.summary(), indent=2))
+        echo_json(result.summary())
     else:
         typer.echo(
             f"test accuracy {result.test.accuracy:.2%} (loss {result.test.loss:.4f}) after "
@@ -373,7 +412,7 @@ def evaluate(
     images, labels = load_mnist("test", data_dir)
     evaluation = evaluate_logits(predict_logits(model, ckpt.params, ckpt.state, images), labels)
     if as_json:
-        typer.echo(json.dumps({"checkpoint": str(checkpoint), **evaluation.to_json()}, indent=2))
+        echo_json({"checkpoint": str(checkpoint), **evaluation.to_json()})
         return
     typer.echo(f"{checkpoint} ({ckpt.model_name}) on the MNIST test set")
     typer.echo(evaluation.format())
@@ -449,7 +488,7 @@ def predict(
         for path, p in zip(images, probs)
     ]
     if as_json:
-        typer.echo(json.dumps(rows, indent=2))
+        echo_json(rows)
         return
     for row in rows:
         top = row["probabilities"][row["digit"]]
@@ -546,7 +585,7 @@ def export(
                "inputs": {v.name: shapes[v.name] for v in graph.input},
                "outputs": {v.name: shapes[v.name] for v in graph.output}}  # fmt: skip
     if as_json:
-        typer.echo(json.dumps(summary, indent=2))
+        echo_json(summary)
         return
 
     def listing(names: dict) -> str:
@@ -578,15 +617,15 @@ def attack(
     eps: Annotated[
         str, typer.Option("--eps", help="Comma-separated L-infinity budgets.")
     ] = "0,0.05,0.1,0.15,0.2,0.25,0.3",
-    steps: Annotated[int, typer.Option("--steps", min=1, help="PGD steps.")] = 40,
-    step_size: Annotated[float, typer.Option("--step-size", help="PGD step size.")] = 0.01,
-    restarts: Annotated[int, typer.Option("--restarts", min=1, help="PGD restarts.")] = 1,
+    steps: Annotated[int, typer.Option("--steps", help="PGD steps (1 to 10000).")] = 40,
+    step_size: Annotated[
+        float, typer.Option("--step-size", help="PGD step size, in (0, 1].")
+    ] = 0.01,
+    restarts: Annotated[int, typer.Option("--restarts", help="PGD restarts (1 to 100).")] = 1,
     grad: Annotated[
         str, typer.Option("--grad", help="jax (jax.grad, jitted) or manual (our backward).")
     ] = "jax",
-    limit: Annotated[
-        int | None, _option("Attack the first N test images only.", "--limit", min=1)
-    ] = None,
+    limit: Annotated[int | None, _option("Attack the first N test images only.", "--limit")] = None,
     sanity: Annotated[
         bool, typer.Option("--sanity", help="Run the checks against gradient masking.")
     ] = False,
@@ -614,6 +653,9 @@ def attack(
     from scratchcnn.data.preprocess import to_unit_nhwc
 
     eps_values = _parse_floats(eps, "--eps")
+    check_attack_options(eps_values, steps, step_size, restarts, grad, limit)
+    check_writable("--figure", figure)  # refuse now, not after minutes of attacks
+    check_writable("--save-examples", save_examples)
     config = robustness.AttackConfig(
         attack=method, steps=steps, step_size=step_size, restarts=restarts, grad=grad
     ).validate()
@@ -645,7 +687,7 @@ def attack(
             robustness.attacks.predict(model, params, state, adv), save_examples,
         )  # fmt: skip
     if as_json:
-        typer.echo(json.dumps(result, indent=2))
+        echo_json(result)
     else:
         for name, rows in curves.items():
             typer.echo(f"{name.upper()} on {len(y):,} test images ({ckpt.model_name})")
@@ -655,6 +697,32 @@ def attack(
             typer.echo(report.format())
     if report and not report.ok:
         raise typer.Exit(code=1)
+
+
+def check_attack_options(eps_values, steps, step_size, restarts, grad, limit) -> None:
+    """Refuse, before any work, the attack options that would crash or mean nothing."""
+    if len(eps_values) > MAX_EPS_VALUES:
+        raise InputError(f"--eps takes at most {MAX_EPS_VALUES} values, got {len(eps_values)}.")
+    for value in eps_values:  # L-infinity budgets: pixel changes, pixels are in [0, 1]
+        check_between("--eps", value, 0, 1)
+    if not 0 < step_size <= 1:
+        raise InputError(f"--step-size must be in (0, 1] (pixels are in [0, 1]), got {step_size}.")
+    check_between("--steps", steps, 1, 10_000)
+    check_between("--restarts", restarts, 1, 100)
+    if limit is not None:
+        check_between("--limit", limit, 1, TEST_IMAGES)
+    if grad not in GRADIENTS:
+        raise InputError(f"--grad must be jax or manual, got {grad!r}.")
+
+
+def check_writable(flag: str, path: Path | None) -> None:
+    """Refuse an output file that is a folder, or whose folder does not exist."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise InputError(f"{flag} {path} is a folder; give a file name, like {path / 'out.png'}.")
+    if not path.parent.is_dir():
+        raise InputError(f"{flag} {path}: the folder {path.parent} does not exist.")
 
 
 def _parse_floats(text: str, flag: str) -> list[float]:

@@ -123,8 +123,9 @@ def _is_number(value: Any) -> bool:
 
 
 def _check(value: Any, name: str, ok: Callable[[Any], bool], requirement: str) -> None:
-    """Raise ``ConfigError`` unless ``value`` is a number for which ``ok(value)`` holds."""
-    if not (_is_number(value) and ok(value)):
+    """Raise ``ConfigError`` unless ``value`` is a finite number for which ``ok(value)``
+    holds (NaN and the infinities never are: no hyperparameter means anything there)."""
+    if not (_is_number(value) and math.isfinite(value) and ok(value)):
         raise ConfigError(f"{name} must be {requirement}, got {value!r}.")
 
 

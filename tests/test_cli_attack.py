@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
-from cli_checks import run
+from cli_checks import assert_one_line_error, run
 
+from scratchcnn import attacks
 from scratchcnn.train import TrainConfig, train
 
 pytestmark = pytest.mark.lesson10
@@ -59,3 +61,42 @@ def test_bad_attack_flags(checkpoints, mnist_dir, flags, phrase):
     result = run("attack", checkpoints[0], *flags, "--limit", "10", "--data-dir", mnist_dir)
     assert result.exit_code == 1
     assert phrase in result.stderr and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("flags", "phrases"),
+    [
+        (["--eps", "nan"], ["--eps", "nan"]),
+        (["--eps", "0,inf"], ["--eps", "inf"]),
+        (["--eps", "1e400"], ["--eps", "inf"]),
+        (["--eps", "-0.1"], ["--eps", "-0.1"]),
+        (["--eps", ",".join(["0.1"] * 1000)], ["--eps", "1000"]),
+        (["--step-size", "nan"], ["--step-size", "nan"]),
+        (["--attack", "pgd", "--step-size", "inf"], ["--step-size", "inf"]),
+        (["--step-size", "0"], ["--step-size"]),
+        (["--step-size", "2"], ["--step-size"]),
+        (["--steps", "0"], ["--steps", "got 0"]),
+        (["--steps", "99999999999999999999"], ["--steps"]),
+        (["--restarts", "0"], ["--restarts"]),
+        (["--restarts", "18446744073709551616"], ["--restarts"]),
+        (["--limit", "0"], ["--limit"]),
+        (["--limit", "18446744073709551616"], ["--limit"]),
+        (["--grad", "torch"], ["--grad", "torch"]),
+        (["--attack", ""], ["unknown attack ''"]),
+        (["--figure", ""], ["--figure", "folder"]),
+        (["--save-examples", "no/such/folder/grid.png"], ["--save-examples", "does not exist"]),
+    ],
+)
+def test_hostile_attack_flags_are_one_line(flags, phrases, tmp_path):
+    """Refused before the checkpoint is even opened (it does not exist)."""
+    result = run("attack", tmp_path / "never-opened.npz", *flags)
+    assert_one_line_error(result, *phrases)
+
+
+@pytest.mark.parametrize("attack", [attacks.fgsm, attacks.pgd])
+def test_the_library_refuses_a_nan_budget(attack):
+    """NaN passes `eps < 0 or eps > 1`; the checks must catch it before any work."""
+    with pytest.raises(attacks.AttackError, match="eps"):
+        attack(None, None, None, np.zeros((1, 28, 28, 1)), np.zeros(1, int), float("nan"))
+    with pytest.raises(attacks.AttackError, match="step size"):
+        attacks.pgd(None, None, None, np.zeros((1, 28, 28, 1)), None, 0.1, step_size=np.nan)

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from cli_checks import assert_one_line_error
 from typer.testing import CliRunner
 
 from scratchcnn import parity
@@ -47,3 +48,8 @@ def test_parity_rejects_an_unknown_model_before_any_work():
     result = runner.invoke(app, ["parity", "--model", "resnet"])
     assert result.exit_code == 1
     assert "unknown architecture 'resnet'" in result.stderr
+
+
+@pytest.mark.parametrize("size", ["0", "-1", "10001", "18446744073709551616"])
+def test_parity_refuses_a_batch_size_outside_the_test_set(size):
+    assert_one_line_error(runner.invoke(app, ["parity", "--batch-size", size]), "--batch-size")

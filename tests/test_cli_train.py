@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +17,11 @@ import typer
 from cli_checks import assert_one_line_error, run
 from PIL import Image
 
+import scratchcnn.train
+from scratchcnn import optim
 from scratchcnn.cli import app
 from scratchcnn.data.mnist import CACHE_DIR_ENV, DATA_DIR_ENV
+from scratchcnn.optim import ConfigError
 from scratchcnn.train import RECIPES, TrainConfig
 
 # The lesson each test checks: train -> lesson 5, evaluate -> 6, predict -> 12.
@@ -179,14 +183,155 @@ def test_bad_checkpoints_are_refused(trained, tmp_path, mnist_dir):
 @pytest.mark.parametrize(
     ("flags", "phrases"),
     [
-        (["--epochs", "0"], ["--epochs"]),
-        (["--batch-size", "0"], ["--batch-size"]),
         (["--milestones", "five"], ["--milestones"]),
         (["--recipe", "fastest"], ["fastest"]),
+        (["--seed", "1.5"], ["--seed"]),
+        (["--lr", ""], ["--lr"]),
     ],
 )
 def test_bad_flags_are_usage_errors(flags, phrases):
     assert_usage_error(run("train", *flags), *phrases)
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """Make reaching the training loop a failure: these refusals must come before it."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the options were accepted and training started")
+
+    monkeypatch.setattr(scratchcnn.train, "train", refuse)
+
+
+HUGE = "18446744073709551616"  # 2**64: wider than any integer NumPy or JAX takes
+
+
+@lesson05
+@pytest.mark.parametrize(
+    ("flags", "phrases"),
+    [
+        (["--epochs", "0"], ["--epochs", "from 1 to 10000", "got 0"]),
+        (["--epochs", "99999999999999999999"], ["--epochs", "99999999999999999999"]),
+        (["--batch-size", "0"], ["--batch-size"]),
+        (["--batch-size", HUGE], ["--batch-size", HUGE]),
+        (["--eval-batch-size", "-1"], ["--eval-batch-size"]),
+        (["--train-limit", "0"], ["--train-limit"]),
+        (["--test-limit", "10001"], ["--test-limit", "10000"]),
+        (["--early-stopping", HUGE], ["--early-stopping"]),
+        (["--plateau", "0"], ["--plateau "]),
+        (["--adversarial-steps", "0"], ["--adversarial-steps"]),
+        (["--seed", "-1"], ["--seed", "0 to 4294967295", "got -1"]),
+        (["--seed", HUGE], ["--seed", HUGE]),
+        (["--seed", "4294967296"], ["--seed"]),
+        (["--lr", "nan"], ["--lr", "finite", "nan"]),
+        (["--learning-rate", "inf"], ["--lr", "inf"]),
+        (["--lr", "1e400"], ["--lr", "inf"]),
+        (["--lr", "-1"], ["--lr"]),
+        (["--gamma", "nan"], ["--gamma"]),
+        (["--weight-decay", "inf"], ["--weight-decay"]),
+        (["--weight-decay", "nan"], ["--weight-decay"]),
+        (["--clip-norm", "inf"], ["--clip-norm"]),
+        (["--clip-norm", "0"], ["--clip-norm"]),
+        (["--label-smoothing", "nan"], ["--label-smoothing"]),
+        (["--val-fraction", "-inf"], ["--val-fraction"]),
+        (["--plateau-factor", "nan"], ["--plateau-factor"]),
+        (["--adversarial-eps", "nan"], ["--adversarial-eps"]),
+        (["--adversarial-eps", "1.5"], ["--adversarial-eps"]),
+        (["--warmup-epochs", "nan"], ["--warmup-epochs", "nan"]),
+        (["--schedule", "constant", "--warmup-epochs", "inf"], ["--warmup-epochs", "inf"]),
+        (["--schedule", "cosine", "--warmup-epochs", "3"], ["--warmup-epochs", "longer"]),
+        (["--warmup-epochs", "1"], ["--warmup-epochs", "one_cycle"]),
+        (["--milestones", "-1"], ["--milestones", "-1"]),
+        (["--milestones", "5,3"], ["--milestones", "increase", "5,3"]),
+        (["--milestones", ",".join(["1"] * 10_000)], ["--milestones", "10000 values"]),
+        (["--schedule", "milestones", "--milestones", "2"], ["--milestones", "--epochs 2"]),
+        (["--recipe", "lenet", "--epochs", "3"], ["--milestones", "--epochs 3"]),
+        (
+            [
+                "--schedule",
+                "milestones",
+                "--epochs",
+                "5",
+                "--warmup-epochs",
+                "3",
+                "--milestones",
+                "2",
+            ],
+            ["--milestones", "--warmup-epochs 3"],
+        ),  # fmt: skip
+        (["--val-fraction", "0", "--plateau", "2"], ["--plateau", "--val-fraction"]),
+        (["--val-fraction", "1e-9"], ["--val-fraction", "holds out 0"]),
+        (["--val-fraction", "0.999999"], ["--val-fraction", "holds out 60000"]),
+        (["--init", ""], ["--init"]),
+        (["--model", ""], ["unknown architecture ''"]),
+        (["--optimizer", ""], ["unknown optimizer ''"]),
+    ],
+)
+def test_hostile_flag_values_are_one_line(no_training, flags, phrases):
+    """Values the flag parser lets through (NaN, inf, huge, negative, empty) are refused with
+    one sentence naming the flag, before any data is read."""
+    assert_one_line_error(run("train", *flags), *phrases)
+
+
+@lesson05
+@pytest.mark.parametrize(
+    ("flags", "phrases"),
+    [
+        (["--resume", "--overwrite", "--output", "somewhere"], ["--resume", "--overwrite"]),
+        (["--overwrite"], ["--overwrite", "--output"]),
+        (["--resume"], ["--resume", "--output"]),
+    ],
+)
+def test_resume_and_overwrite_need_an_output_folder_and_exclude_each_other(flags, phrases):
+    assert_one_line_error(run("train", *flags), *phrases)
+    assert not Path("somewhere").exists()
+
+
+@lesson05
+def test_the_library_refuses_what_the_command_line_refuses():
+    """TrainConfig.validate and the optimizers check values for library callers too."""
+    with pytest.raises(ConfigError, match="--seed"):
+        TrainConfig(seed=2**64).validate()
+    with pytest.raises(ConfigError, match="--epochs"):
+        TrainConfig(epochs=2.5).validate()
+    for value in (float("inf"), float("nan")):
+        with pytest.raises(ConfigError, match="learning_rate"):
+            optim.make_optimizer("adam", value)
+        with pytest.raises(ConfigError, match="weight_decay"):
+            optim.make_optimizer("sgd", 0.1, weight_decay=value)
+
+
+@lesson05
+def test_the_json_summary_has_null_for_nan(monkeypatch):
+    """JSON has no NaN: a diverged run's NaN test loss is printed as null."""
+
+    class Diverged:
+        def summary(self):
+            return {"test_loss": float("nan"), "history": [{"loss": float("inf")}]}
+
+    monkeypatch.setattr(scratchcnn.train, "train", lambda *args, **kwargs: Diverged())
+    result = run("train", "--json")
+    assert result.exit_code == 0, result.output
+
+    def no_constants(name):
+        raise AssertionError(f"{name} is not JSON")
+
+    summary = json.loads(result.stdout, parse_constant=no_constants)
+    assert summary == {"test_loss": None, "history": [{"loss": None}]}
+
+
+@lesson05
+def test_overwrite_replaces_the_run(trained, mnist_dir, tmp_path):
+    """--overwrite trains into a folder holding a run, replacing its files."""
+    out, _ = trained
+    shutil.copytree(out, tmp_path / "run")
+    before = (tmp_path / "run" / "last.npz").read_bytes()
+    result = run("train", "--model", "lenet", "--train-limit", "256", "--test-limit", "100",
+                 "--val-fraction", "0.01", "--epochs", "1", "--quiet", "--data-dir", mnist_dir,
+                 "--output", tmp_path / "run", "--overwrite", "--json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "run" / "last.npz").read_bytes() != before
+    assert json.loads(result.stdout)["config"]["model"] == "lenet"
 
 
 @lesson05
@@ -240,7 +385,7 @@ def test_help_shows_examples(command):
 @lesson05
 def test_train_has_a_flag_for_every_config_field():
     """The train options are made from TrainConfig: each field's flags and help text (its
-    limits: test_bad_flags_are_usage_errors)."""
+    limits: test_hostile_flag_values_are_one_line)."""
     options = {p.name: p for p in typer.main.get_command(app).commands["train"].params}
     for field in dataclasses.fields(TrainConfig):
         option = options[field.name]

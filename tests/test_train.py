@@ -214,16 +214,16 @@ def test_reduce_on_plateau_lowers_the_learning_rate(mnist_dir):
 @pytest.mark.parametrize(
     ("change", "phrase"),
     [
-        ({"epochs": 0}, "epochs must be at least 1"),
-        ({"batch_size": 0}, "batch size must be at least 1"),
+        ({"epochs": 0}, "--epochs must be an integer from 1"),
+        ({"batch_size": 0}, "--batch-size must be an integer from 1"),
         ({"model": "resnet9000"}, "unknown architecture 'resnet9000'"),
         ({"backend": "torch"}, "unknown backend"),
         ({"augment": "mixup"}, "unknown augmentation"),
-        ({"val_fraction": 1.0}, "validation fraction"),
+        ({"val_fraction": 1.0}, "--val-fraction"),
         ({"val_fraction": 0.0, "early_stopping": 2}, "need a validation fraction"),
         ({"optimizer": "adagrad"}, "adagrad"),
         ({"adversarial": "trades"}, "unknown adversarial training"),
-        ({"adversarial": "pgd", "adversarial_eps": 0.0}, "adversarial eps"),
+        ({"adversarial": "pgd", "adversarial_eps": 0.0}, "--adversarial-eps"),
     ],
 )
 def test_bad_options_are_refused(mnist_dir, change, phrase):

@@ -69,3 +69,29 @@ def test_sigkill_mid_epoch_then_resume(mnist_dir, tmp_path):
     for layer in whole.params:
         for name in whole.params[layer]:
             assert (whole.params[layer][name] == final.params[layer][name]).all(), layer
+
+
+def restore_ctrl_c() -> None:
+    """A shell's background job ignores SIGINT, and its children inherit that: undo it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def test_ctrl_c_is_one_sentence_and_the_run_resumes(mnist_dir, tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "SCRATCHCNN_DATA_DIR": str(mnist_dir)}
+    process = subprocess.Popen(command("--output", str(out)), env=env, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               preexec_fn=restore_ctrl_c)  # fmt: skip
+    try:
+        wait_for(out / "last.npz", process)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 1, stderr
+    assert stderr.strip() == (
+        f"error: interrupted; {out} keeps every finished epoch (continue with --resume)."
+    )
+    resumed = subprocess.run(command("--output", str(out), "--resume"), env=env,
+                             capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr

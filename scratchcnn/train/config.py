@@ -9,6 +9,8 @@ option is adding a field here.
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from dataclasses import dataclass
 
 from scratchcnn import attacks, models, optim
@@ -19,10 +21,10 @@ BACKENDS = ("numpy", "jax")
 SCHEDULES = ("constant", "milestones", "cosine", "one_cycle")
 
 
-def option(default, help: str, *flags: str, min: float | None = None):
+def option(default, help: str, *flags: str):
     """A config field with its command-line help (and ``flags``, the ``--spellings`` when
-    not just ``--field-name``; ``min``, a bound the command line checks first)."""
-    return dataclasses.field(default=default, metadata={"help": help, "flags": flags, "min": min})
+    not just ``--field-name``). ``TrainConfig.validate`` checks the values."""
+    return dataclasses.field(default=default, metadata={"help": help, "flags": flags})
 
 
 def flags(field: dataclasses.Field) -> tuple[str, ...]:
@@ -36,20 +38,53 @@ def listing(names) -> str:
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
 
 
+# The largest values the options take (larger ones would overflow, or mean nothing):
+MAX_EPOCHS = 10_000  # 10,000 epochs of 60,000 steps (batch 1) stay below 2**31 steps
+TRAIN_IMAGES, TEST_IMAGES = 60_000, 10_000  # MNIST's: a larger batch or limit means nothing
+MAX_SEED = 2**32 - 1  # NumPy's and JAX's random keys take unsigned 32-bit seeds
+MAX_ATTACK_STEPS = 1_000
+
+
+def whole(value, low: int, high: int) -> bool:
+    """Is ``value`` an integer (not a bool) from ``low`` to ``high``?"""
+    return (
+        isinstance(value, numbers.Integral) and not isinstance(value, bool) and low <= value <= high
+    )
+
+
+def finite(value) -> bool:
+    """Is ``value`` a number (not a bool) other than NaN and the infinities?"""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def shown(value) -> str:
+    """A value as a user typed it: (5, 8) -> "5,8", 0.5 -> "0.5", "adam" -> "'adam'"; a long
+    tuple by its first 8 values and its length."""
+    if isinstance(value, tuple):
+        head = ",".join(map(str, value[:8])) or "(none)"
+        return head if len(value) <= 8 else f"{head},... ({len(value)} values)"
+    return repr(value)
+
+
+def flag(name: str) -> str:
+    """The command-line spelling of TrainConfig field ``name``: "learning_rate" -> "--lr"."""
+    return flags(next(f for f in dataclasses.fields(TrainConfig) if f.name == name))[0]
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Every choice that shapes a run. Saved in each checkpoint; resume checks it."""
 
     model: str = option("default", "Architecture (see scratchcnn models).")
-    epochs: int = option(2, "Passes over the training set.", min=1)
-    batch_size: int = option(128, "Images per step.", min=1)
+    epochs: int = option(2, "Passes over the training set.")
+    batch_size: int = option(128, "Images per step.")
     optimizer: str = option("adam", f"Optimizer: {listing(optim.OPTIMIZERS)}.")
     learning_rate: float = option(3e-3, "Peak learning rate.", "--lr", "--learning-rate")
     schedule: str = option("one_cycle", f"Learning-rate schedule: {listing(SCHEDULES)}.")
-    warmup_epochs: float = option(0.0, "Linear warm-up length in epochs.", min=0)
+    warmup_epochs: float = option(0.0, "Linear warm-up length in epochs.")
     milestones: tuple[int, ...] = option((), "Epochs where lr is multiplied by gamma, e.g. 5,8.")
     gamma: float = option(0.1, "What --schedule milestones multiplies lr by.")
-    weight_decay: float = option(0.0, "Weight decay of the kernels.", min=0)
+    weight_decay: float = option(0.0, "Weight decay of the kernels.")
     clip_norm: float | None = option(None, "Clip gradients to this global norm.")
     label_smoothing: float = option(0.0, "Label smoothing in [0, 1).")
     augment: str = option("none", f"Augmentation: {listing(AUGMENTATIONS)}.")
@@ -68,11 +103,11 @@ class TrainConfig:
     )
     adversarial_eps: float = option(0.3, "L-infinity budget of the training attack.")
     adversarial_steps: int = option(7, "PGD steps per batch (--adversarial pgd).")
-    seed: int = option(0, "Seed of every random choice.")
+    seed: int = option(0, f"Seed of every random choice (0 to {MAX_SEED}).")
     backend: str = option("numpy", "numpy, or jax (the same step, compiled).")
     train_limit: int | None = option(None, "Train on the first N training images only.")
     test_limit: int | None = option(None, "Evaluate on the first N test images only.")
-    eval_batch_size: int = option(1000, "Images per evaluation batch.", min=1)
+    eval_batch_size: int = option(1000, "Images per evaluation batch.")
     init_from: str | None = option(
         None,
         "Fine-tune: start from this checkpoint's (or pretrained network's) weights, "
@@ -87,51 +122,116 @@ class TrainConfig:
                 f"unknown architecture {self.model!r}; "
                 f"choose one of: {', '.join(sorted(models.MODELS))}."
             )
-        checks = [
-            (self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}"),
-            (self.batch_size >= 1, f"batch size must be at least 1, got {self.batch_size}"),
-            (self.learning_rate > 0, f"learning rate must be positive, got {self.learning_rate}"),
+        names = [
             (self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r}; choose one of: "
              f"{', '.join(SCHEDULES)}"),
             (self.optimizer in optim.OPTIMIZERS, f"unknown optimizer {self.optimizer!r}; "
              f"choose one of: {', '.join(optim.OPTIMIZERS)}"),
             (self.adversarial in attacks.ADVERSARIAL, f"unknown adversarial training "
              f"{self.adversarial!r}; choose one of: {', '.join(attacks.ADVERSARIAL)}"),
-            (0 < self.adversarial_eps <= 1,
-             f"adversarial eps must be in (0, 1], got {self.adversarial_eps}"),
-            (self.adversarial_steps >= 1,
-             f"adversarial steps must be at least 1, got {self.adversarial_steps}"),
             (self.backend in BACKENDS, f"unknown backend {self.backend!r}; choose numpy or jax"),
             (self.augment in AUGMENTATIONS, f"unknown augmentation {self.augment!r}; choose "
              f"one of: {', '.join(AUGMENTATIONS)}"),
-            (0.0 <= self.val_fraction < 1.0,
-             f"validation fraction must be in [0, 1), got {self.val_fraction}"),
-            (0.0 <= self.label_smoothing < 1.0,
-             f"label smoothing must be in [0, 1), got {self.label_smoothing}"),
-            (self.warmup_epochs >= 0, f"warmup epochs must be >= 0, got {self.warmup_epochs}"),
-            (self.train_limit is None or self.train_limit >= 1,
-             f"train limit must be at least 1, got {self.train_limit}"),
-            (self.clip_norm is None or self.clip_norm > 0,
-             f"clip norm must be positive, got {self.clip_norm}"),
-            (self.test_limit is None or self.test_limit >= 1,
-             f"test limit must be at least 1, got {self.test_limit}"),
-            (self.eval_batch_size >= 1,
-             f"eval batch size must be at least 1, got {self.eval_batch_size}"),
-            (self.early_stopping is None or self.early_stopping >= 1,
-             f"early-stopping patience must be at least 1, got {self.early_stopping}"),
-            (self.plateau_patience is None or self.plateau_patience >= 1,
-             f"plateau patience must be at least 1, got {self.plateau_patience}"),
-            (0.0 < self.plateau_factor < 1.0,
-             f"plateau factor must be in (0, 1), got {self.plateau_factor}"),
-            (self.val_fraction > 0 or (self.early_stopping is None and
-                                        self.plateau_patience is None),
-             "early stopping and reduce-on-plateau watch the validation loss, so they need "
-             "a validation fraction above 0"),
+            (self.init_from is None or str(self.init_from).strip() != "", "--init needs a "
+             "checkpoint file or a pretrained network's name, got an empty one"),
         ]  # fmt: skip
-        for ok, message in checks:
+        for ok, message in names:
             if not ok:
                 raise ConfigError(message + ".")
+        for name, ok, requirement in self._ranges():
+            if not ok:
+                raise ConfigError(
+                    f"{flag(name)} must be {requirement}, got {shown(getattr(self, name))}."
+                )
+        self._check_together()
         return self
+
+    def _ranges(self) -> list[tuple[str, bool, str]]:
+        """(field, is its value allowed, what it must be): one row per number option."""
+        epochs, train, test = (
+            f"an integer from 1 to {n}" for n in (MAX_EPOCHS, TRAIN_IMAGES, TEST_IMAGES)
+        )
+        return [
+            ("epochs", whole(self.epochs, 1, MAX_EPOCHS), epochs),
+            ("batch_size", whole(self.batch_size, 1, TRAIN_IMAGES), train),
+            ("eval_batch_size", whole(self.eval_batch_size, 1, TRAIN_IMAGES), train),
+            ("train_limit", self.train_limit is None or whole(self.train_limit, 1, TRAIN_IMAGES),
+             train + " (MNIST's training images)"),
+            ("test_limit", self.test_limit is None or whole(self.test_limit, 1, TEST_IMAGES),
+             test + " (MNIST's test images)"),
+            ("early_stopping", self.early_stopping is None or
+             whole(self.early_stopping, 1, MAX_EPOCHS), epochs),
+            ("plateau_patience", self.plateau_patience is None or
+             whole(self.plateau_patience, 1, MAX_EPOCHS), epochs),
+            ("milestones", isinstance(self.milestones, tuple) and
+             all(whole(m, 1, MAX_EPOCHS) for m in self.milestones), "integers from 1 to "
+             f"{MAX_EPOCHS}, like 5,8"),
+            ("adversarial_steps", whole(self.adversarial_steps, 1, MAX_ATTACK_STEPS),
+             f"an integer from 1 to {MAX_ATTACK_STEPS}"),
+            ("seed", whole(self.seed, 0, MAX_SEED), f"an integer from 0 to {MAX_SEED}"),
+            ("learning_rate", finite(self.learning_rate) and self.learning_rate > 0,
+             "a finite number above 0"),
+            ("gamma", finite(self.gamma) and self.gamma > 0, "a finite number above 0"),
+            ("weight_decay", finite(self.weight_decay) and self.weight_decay >= 0,
+             "a finite number >= 0"),
+            ("clip_norm", self.clip_norm is None or finite(self.clip_norm) and self.clip_norm > 0,
+             "a finite number above 0"),
+            ("warmup_epochs", finite(self.warmup_epochs) and self.warmup_epochs >= 0,
+             "a finite number >= 0"),
+            ("label_smoothing", finite(self.label_smoothing) and 0 <= self.label_smoothing < 1,
+             "in [0, 1)"),
+            ("val_fraction", finite(self.val_fraction) and 0 <= self.val_fraction < 1,
+             "in [0, 1)"),
+            ("plateau_factor", finite(self.plateau_factor) and 0 < self.plateau_factor < 1,
+             "in (0, 1)"),
+            ("adversarial_eps", finite(self.adversarial_eps) and 0 < self.adversarial_eps <= 1,
+             "in (0, 1] (pixels are in [0, 1])"),
+        ]  # fmt: skip
+
+    def _check_together(self) -> None:
+        """The options that only make sense together: warm-up, milestones, validation."""
+        if self.warmup_epochs > self.epochs:
+            raise ConfigError(
+                f"--warmup-epochs {self.warmup_epochs:g} is longer than the run "
+                f"(--epochs {self.epochs})."
+            )
+        if self.warmup_epochs and self.schedule == "one_cycle":
+            raise ConfigError(
+                "--warmup-epochs does nothing with --schedule one_cycle (it has its own "
+                "warm-up); use constant, milestones or cosine, or leave it out."
+            )
+        self._check_milestones()
+        held_out = round(self.val_fraction * TRAIN_IMAGES)  # as train.data.load_splits does
+        if self.val_fraction > 0 and not 1 <= held_out < TRAIN_IMAGES:
+            raise ConfigError(
+                f"--val-fraction {self.val_fraction:g} holds out {held_out} of the "
+                f"{TRAIN_IMAGES} training images; it must hold out at least one and keep one."
+            )
+        watching = self.early_stopping is not None or self.plateau_patience is not None
+        if self.val_fraction == 0 and watching:
+            raise ConfigError(
+                "--early-stopping and --plateau watch the validation loss, so they need "
+                "a validation fraction (--val-fraction) above 0."
+            )
+
+    def _check_milestones(self) -> None:
+        """Milestones in increasing order; with --schedule milestones, each one an epoch
+        inside the run and after the warm-up."""
+        given = shown(self.milestones)
+        if list(self.milestones) != sorted(set(self.milestones)):
+            raise ConfigError(f"--milestones must increase, without repeats; got {given}.")
+        if self.schedule != "milestones":
+            return  # unused (a recipe's milestones stay harmless under another --schedule)
+        if any(m >= self.epochs for m in self.milestones):
+            raise ConfigError(
+                f"--milestones {given} must all fall inside the run: below --epochs "
+                f"{self.epochs} (a milestone at epoch m lowers lr from epoch m + 1)."
+            )
+        if any(m < self.warmup_epochs for m in self.milestones):
+            raise ConfigError(
+                f"--milestones {given} must not fall inside the warm-up "
+                f"(--warmup-epochs {self.warmup_epochs:g})."
+            )
 
     def adversarial_training(self) -> attacks.AdversarialTraining | None:
         if self.adversarial == "none":

@@ -24,7 +24,13 @@ from scratchcnn.pretrained import resolve_checkpoint
 from scratchcnn.train.config import TrainConfig
 from scratchcnn.train.data import AUGMENT, SHUFFLE, Split, batches, epoch_rng, load_splits
 from scratchcnn.train.progress import ProgressBar, format_epoch
-from scratchcnn.train.runs import RunFolder, RunState, TrainResult, prepare_output_dir
+from scratchcnn.train.runs import (
+    RunFolder,
+    RunState,
+    TrainResult,
+    check_folder_options,
+    prepare_output_dir,
+)
 from scratchcnn.train.step import evaluate_split, make_backend, make_run_optimizer, make_schedule
 
 # on_step(run, loss, accuracy): called after every step, e.g. to record each step's loss.
@@ -50,6 +56,7 @@ def train(
     (lowest validation loss) are the ones evaluated and returned.
     """
     config.validate()
+    check_folder_options(output_dir, resume, overwrite)
     splits = load_splits(config, data_dir)  # before any folder is made: data may be missing
     model = models.build(config.model)
     initial = None if resume else initial_weights(model, config)  # a bad --init stops here

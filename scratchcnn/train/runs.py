@@ -89,15 +89,21 @@ class TrainResult:
         }
 
 
-def prepare_output_dir(output_dir, resume: bool, overwrite: bool = False) -> Path | None:
-    """The run's folder, ready to write: created if new. Refuses to resume nothing, and to
-    replace any file of an earlier run unless ``overwrite`` (which deletes them first)."""
+def check_folder_options(output_dir, resume: bool, overwrite: bool) -> None:
+    """--resume and --overwrite: at most one, and only with an --output folder."""
     if resume and overwrite:
         raise ResumeError("--resume continues the run in --output and --overwrite replaces "
                           "it; pass only one of them.")  # fmt: skip
+    if output_dir is None and (resume or overwrite):
+        flag = "--resume" if resume else "--overwrite"
+        raise ResumeError(f"{flag} needs the --output folder of the run.")
+
+
+def prepare_output_dir(output_dir, resume: bool, overwrite: bool = False) -> Path | None:
+    """The run's folder, ready to write: created if new. Refuses to resume nothing, and to
+    replace any file of an earlier run unless ``overwrite`` (which deletes them first)."""
+    check_folder_options(output_dir, resume, overwrite)
     if output_dir is None:
-        if resume:
-            raise ResumeError("--resume needs the --output folder of the run to continue.")
         return None
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
