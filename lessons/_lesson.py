@@ -44,6 +44,13 @@ NETWORKS: dict[str, set[str]] = {"shipped": set(), "trained": set()}
 TRAINING = {"retrain": False, "seconds": 0.0}  # --retrain, and the time spent training
 
 
+def seed_value(text: str) -> int:
+    """--seed: a whole number NumPy's and JAX's generators take (0 to 2**32 - 1)."""
+    if not text.isdigit() or int(text) >= 2**32:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 0 to {2**32 - 1}")
+    return int(text)
+
+
 class Lesson:
     """A lesson run: ``lesson = Lesson(__file__, "what it does")``, then ``lesson.path(...)``
     for each figure and ``lesson.finish(results)`` at the end."""
@@ -54,7 +61,7 @@ class Lesson:
         parser.add_argument("--quick", action="store_true", help="a small run, in seconds")
         parser.add_argument("--out", type=Path, default=ASSETS / self.slug,
                             help="output folder (default: the site's assets)")
-        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--seed", type=seed_value, default=0)
         parser.add_argument(
             "--retrain", action="store_true", help="train the networks, not use the shipped ones"
         )
@@ -62,6 +69,8 @@ class Lesson:
         TRAINING["retrain"] = self.args.retrain
         self.quick, self.seed = self.args.quick, self.args.seed
         self.out = self.args.out
+        if str(self.out) in ("", ".") or (self.out.exists() and not self.out.is_dir()):
+            parser.error(f"--out {str(self.out)!r} must name a folder for the figures.")
         self.out.mkdir(parents=True, exist_ok=True)
         self.started = time.perf_counter()
 

@@ -9,8 +9,11 @@ its traceback.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 import inspect
+import signal
+import sys
 import typing
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +24,7 @@ import typer
 
 from scratchcnn.data.mnist import find_mnist, summarize_mnist
 from scratchcnn.errors import InputError, ScratchCNNError
-from scratchcnn.files import json_text
+from scratchcnn.files import check_output_file, json_text, os_reason
 from scratchcnn.train.config import TEST_IMAGES, TrainConfig, flags
 
 app = typer.Typer(
@@ -51,6 +54,29 @@ def main() -> None:
     """A convolutional network written from scratch in NumPy/JAX, proven equal to Flax."""
     # An explicit callback keeps `scratchcnn data` a subcommand even while it is the
     # only one: with a single command, typer would otherwise make it the whole program.
+    flag = empty_path_flag(sys.argv[1:])
+    if flag:
+        typer.secho(f"error: {flag} is empty; give a file or folder name.", fg="red", err=True)
+        raise typer.Exit(code=1)
+
+
+# Flags that take a path: an empty value would silently mean "." (the current folder).
+PATH_FLAGS = ("--output", "-o", "--data-dir", "--kaggle", "--figure", "--save-examples",
+              "--transfer-from", "--init")  # fmt: skip
+
+
+def empty_path_flag(argv: list[str]) -> str | None:
+    """The first path flag given an empty value (``--output ""`` or ``--output=``), if any."""
+    for flag, value in zip(argv, [*argv[1:], None]):
+        if flag in PATH_FLAGS and value == "":
+            return flag
+        if flag.endswith("=") and flag[:-1] in PATH_FLAGS:
+            return flag[:-1]
+    return None
+
+
+# Writing to standard output can fail too: `> /dev/full`, or `| head` closing the pipe.
+OUTPUT_FAILURES = (errno.ENOSPC, errno.EPIPE, errno.EIO, errno.EDQUOT)
 
 
 def reports_errors(command: Command) -> Command:
@@ -63,12 +89,21 @@ def reports_errors(command: Command) -> Command:
         except ScratchCNNError as error:
             typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
             raise typer.Exit(code=1) from None
+        except OSError as error:
+            if error.errno not in OUTPUT_FAILURES:
+                raise  # not ours to explain: keep the traceback
+            typer.secho(f"error: cannot write the output: {os_reason(error)}.", err=True)
+            raise typer.Exit(code=1) from None
 
     return wrapper  # type: ignore[return-value]
 
 
 class Interrupted(ScratchCNNError):
     """Ctrl-C: said in one line, like any other reason to stop."""
+
+
+def stop_like_ctrl_c(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def echo_json(payload: Any) -> None:
@@ -352,6 +387,7 @@ def train(
         )
     config = dataclasses.replace(RECIPES[recipe], **_config_values(TrainConfig, options))
     config.validate()  # before any data is read
+    signal.signal(signal.SIGTERM, stop_like_ctrl_c)  # `kill`: the same clean stop as Ctrl-C
     try:
         result = run_training(
             config,
@@ -371,7 +407,8 @@ def train(
     else:
         typer.echo(
             f"test accuracy {result.test.accuracy:.2%} (loss {result.test.loss:.4f}) after "
-            f"{len(result.history)} epochs, {result.train_seconds:.0f} s of training"
+            f"{len(result.history)} epoch{'s' * (len(result.history) != 1)}, "
+            f"{result.train_seconds:.0f} s of training"
         )
 
 
@@ -448,6 +485,9 @@ def predict(
     output: Annotated[
         Path, typer.Option("--output", "-o", help="Where --kaggle writes the submission.")
     ] = Path("submission.csv"),
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing --output file.")
+    ] = False,
     model_name: Annotated[
         str | None, _option("Refuse a checkpoint of any other architecture.", "--model")
     ] = None,
@@ -468,11 +508,15 @@ def predict(
     if kaggle is not None:
         from scratchcnn.data.kaggle import read_kaggle_test_csv, write_submission
 
+        check_output_file(output, overwrite=overwrite, inputs=(kaggle, checkpoint), flag="--output")
         digits = read_kaggle_test_csv(kaggle)
         model, ckpt = load_for_model(checkpoint, model_name)
         probs = predict_probabilities(model, ckpt.params, ckpt.state, digits)
         write_submission(output, probs.argmax(axis=1))
-        typer.echo(f"wrote {len(digits):,} predictions to {output}")
+        if as_json:
+            echo_json({"output": str(output), "predictions": len(digits)})
+        else:
+            typer.echo(f"wrote {len(digits):,} prediction{'s' * (len(digits) != 1)} to {output}")
         return
     from scratchcnn.data.images import prepare_images
 
@@ -502,7 +546,7 @@ def predict(
 @app.command(
     epilog=(
         "Examples: scratchcnn export runs/default/best.npz  (writes best.onnx here)  |  "
-        "scratchcnn export best.npz --output site/mnist.onnx --features --force  |  "
+        "scratchcnn export best.npz --output site/mnist.onnx --features --overwrite  |  "
         "scratchcnn export best.npz --layout nchw --no-softmax --json  |  "
         "scratchcnn export default --int8 --output default-int8.onnx"
     )
@@ -514,7 +558,9 @@ def export(
     output: Annotated[
         Path | None, _option("Where to write (default: <name>.onnx here).", "--output", "-o")
     ] = None,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+    force: Annotated[
+        bool, typer.Option("--overwrite", "--force", help="Replace an existing file.")
+    ] = False,
     no_softmax: Annotated[
         bool, typer.Option("--no-softmax", help="Leave out the probabilities output.")
     ] = False,
@@ -549,6 +595,7 @@ def export(
 
     if fmt.lower() not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}.")
+    check_between("--calibration", calibration, 1, 60_000)  # MNIST's training images
     if not int8 and (calibration != 1000 or data_dir is not None):
         raise ExportError("--calibration and --data-dir only apply with --int8.")
     target = output if output is not None else Path(f"{Path(checkpoint).stem}.onnx")
@@ -636,6 +683,9 @@ def attack(
     save_examples: Annotated[
         Path | None, _option("Write a grid of clean/perturbation/adversarial.", "--save-examples")
     ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace existing --figure/--save-examples files.")
+    ] = False,
     data_dir: Annotated[
         Path | None, _option("Folder holding the four MNIST .gz files.", "--data-dir")
     ] = None,
@@ -653,9 +703,19 @@ def attack(
     from scratchcnn.data.preprocess import to_unit_nhwc
 
     eps_values = _parse_floats(eps, "--eps")
+    if transfer_from is not None and not sanity:
+        raise InputError("--transfer-from is used by the --sanity checks only; add --sanity.")
     check_attack_options(eps_values, steps, step_size, restarts, grad, limit)
-    check_writable("--figure", figure)  # refuse now, not after minutes of attacks
-    check_writable("--save-examples", save_examples)
+    for flag, path in (("--figure", figure), ("--save-examples", save_examples)):
+        if path is not None:  # refuse now, not after minutes of attacks
+            inputs = (checkpoint, transfer_from)
+            check_output_file(path, overwrite=overwrite, inputs=inputs, flag=flag)
+    if (
+        figure is not None
+        and save_examples is not None
+        and figure.resolve() == save_examples.resolve()
+    ):
+        raise InputError("--figure and --save-examples name the same file; give two names.")
     config = robustness.AttackConfig(
         attack=method, steps=steps, step_size=step_size, restarts=restarts, grad=grad
     ).validate()
@@ -715,23 +775,13 @@ def check_attack_options(eps_values, steps, step_size, restarts, grad, limit) ->
         raise InputError(f"--grad must be jax or manual, got {grad!r}.")
 
 
-def check_writable(flag: str, path: Path | None) -> None:
-    """Refuse an output file that is a folder, or whose folder does not exist."""
-    if path is None:
-        return
-    if path.is_dir():
-        raise InputError(f"{flag} {path} is a folder; give a file name, like {path / 'out.png'}.")
-    if not path.parent.is_dir():
-        raise InputError(f"{flag} {path}: the folder {path.parent} does not exist.")
-
-
 def _parse_floats(text: str, flag: str) -> list[float]:
     try:
-        values = [float(part) for part in text.split(",") if part.strip()]
+        values = [float(part) for part in text.split(",")]
     except ValueError:
         raise typer.BadParameter(f"{flag} takes comma-separated numbers; got {text!r}.") from None
-    if not values:
-        raise typer.BadParameter(f"{flag} needs at least one value.")
+    if len(set(values)) != len(values):
+        raise typer.BadParameter(f"{flag} names a value twice; got {text!r}.")
     return values
 
 

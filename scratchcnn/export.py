@@ -46,8 +46,8 @@ from onnx import TensorProto, helper, numpy_helper
 from scratchcnn import __version__
 from scratchcnn.data.mnist import INPUT_SHAPE
 from scratchcnn.data.preprocess import MNIST_MEAN, MNIST_STD
-from scratchcnn.errors import ScratchCNNError, ShapeError
-from scratchcnn.files import write_atomically
+from scratchcnn.errors import ScratchCNNError, ShapeError, WriteError
+from scratchcnn.files import check_output_file, write_atomically
 from scratchcnn.fold import fold_batchnorm
 from scratchcnn.layers import (
     AvgPool,
@@ -406,14 +406,10 @@ def _metadata(
 
 def check_target(path: str | Path, *, force: bool = False) -> Path:
     """Refuse a folder, a missing parent folder, or an existing file without ``force``."""
-    path = Path(path)
-    if path.is_dir():
-        raise ExportError(f"cannot write {path}: it is a folder.")
-    if not path.parent.is_dir():
-        raise ExportError(f"cannot write {path}: the folder {path.parent} does not exist.")
-    if path.exists() and not force:
-        raise ExportError(f"{path} already exists; pass --force to overwrite it.")
-    return path
+    try:
+        return check_output_file(Path(path), overwrite=force)
+    except WriteError as error:
+        raise ExportError(str(error)) from None
 
 
 def save_onnx(onnx_model: onnx.ModelProto, path: str | Path, *, force: bool = False) -> Path:

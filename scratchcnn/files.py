@@ -99,6 +99,39 @@ def kind_of_file(mode: int) -> str:
     return next((words for is_kind, words in kinds if is_kind(mode)), "a special file")
 
 
+def check_output_file(path: Path, *, overwrite: bool, inputs: tuple = (), flag: str = "") -> Path:
+    """Refuse, before any work, an output file that cannot or should not be written.
+
+    A folder, a device or a missing folder cannot be; an existing file should not be
+    replaced unless the user asked (``overwrite``), and never when it is one of the
+    command's own ``inputs`` (writing a figure over the checkpoint it came from).
+    """
+    path = Path(path)
+    name = f"{flag} {path}".strip()
+    if os.path.lexists(path) and not path.is_file():
+        kind = kind_of_file(path.stat().st_mode) if path.exists() else "a broken link"
+        raise WriteError(f"cannot write {name}: it is {kind}, not a file.")
+    parent = path.parent
+    if not parent.is_dir():
+        why = "is not a folder" if parent.exists() else "does not exist"
+        raise WriteError(f"cannot write {name}: {parent} {why}.")
+    for other in inputs:
+        if (
+            other is not None
+            and path.exists()
+            and os.path.exists(other)
+            and os.path.samefile(path, other)
+        ):
+            raise WriteError(f"{name} is also an input of this command; choose another file.")
+    if path.exists() and not overwrite:
+        raise WriteError(f"{name} already exists; pass --overwrite to replace it.")
+    return path
+
+
+def _same_file(path: Path, other) -> bool:
+    return os.path.exists(other) and os.path.samefile(path, other)
+
+
 def remove_stale_temporaries(path: str | os.PathLike) -> None:
     """Delete the temporary files of ``path`` that a killed writer left behind."""
     path = Path(path)

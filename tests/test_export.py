@@ -421,7 +421,7 @@ def test_cli_default_output_is_named_after_the_checkpoint(checkpoint, tmp_path, 
 def test_cli_refuses_to_overwrite_without_force(checkpoint, tmp_path):
     out = tmp_path / "taken.onnx"
     out.write_bytes(b"precious")
-    assert_one_line_error(run("export", checkpoint, "-o", out), "already exists", "--force")
+    assert_one_line_error(run("export", checkpoint, "-o", out), "already exists", "--overwrite")
     assert out.read_bytes() == b"precious"
     result = run("export", checkpoint, "-o", out, "--force")
     assert result.exit_code == 0, result.output

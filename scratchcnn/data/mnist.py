@@ -227,6 +227,9 @@ def find_mnist(
         return location
 
     directory = cache_dir()
+    if directory.parent.exists() and not directory.parent.is_dir():
+        raise DataError(f"the per-user cache {directory.parent} (${CACHE_DIR_ENV}) is a file, "
+                        "not a folder.")  # fmt: skip
     location = inspect_location(directory, "cache")
     if location is not None:
         return location

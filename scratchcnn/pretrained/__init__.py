@@ -91,7 +91,7 @@ def resolve_checkpoint(argument: str | os.PathLike) -> Path:
     if not os.path.lexists(candidate):  # lexists: a broken link is the loader's to explain
         raise PretrainedError(
             f"checkpoint {argument} does not exist, and it is not the name of a pretrained "
-            f"network ({', '.join(NAMES)})."
+            f"network ({', '.join(available()) or 'none is shipped'})."
         )
     return candidate
 

@@ -31,7 +31,13 @@ import numpy as np
 from scratchcnn import __version__
 from scratchcnn.checkpoint import load_checkpoint, require_info, save_checkpoint
 from scratchcnn.errors import ScratchCNNError
-from scratchcnn.files import remove_stale_temporaries, write_atomically, write_json
+from scratchcnn.files import (
+    kind_of_file,
+    os_reason,
+    remove_stale_temporaries,
+    write_atomically,
+    write_json,
+)
 from scratchcnn.metrics import Evaluation
 from scratchcnn.train.config import TrainConfig
 
@@ -107,7 +113,8 @@ def prepare_output_dir(output_dir, resume: bool, overwrite: bool = False) -> Pat
         return None
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
-        raise ResumeError(f"the output folder {output_dir} is a file, not a folder.")
+        kind = kind_of_file(output_dir.stat().st_mode)
+        raise ResumeError(f"the output folder {output_dir} is {kind}, not a folder.")
     if resume:
         if not (output_dir / "last.npz").is_file():
             raise ResumeError(f"cannot resume: {output_dir / 'last.npz'} does not exist.")
@@ -116,7 +123,9 @@ def prepare_output_dir(output_dir, resume: bool, overwrite: bool = False) -> Pat
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise ResumeError(f"cannot create the output folder {output_dir}: {error}.") from error
+        raise ResumeError(
+            f"cannot create the output folder {output_dir}: {os_reason(error)}."
+        ) from error
     for name in RUN_FILES:  # what a crash mid-write left behind
         remove_stale_temporaries(output_dir / name)
     return output_dir
