@@ -1,14 +1,15 @@
 """Lesson 9: FGSM. The gradient of the loss with respect to the input, and the attack it gives.
 
 The input gradient of the undefended default network (the shipped one) computed two ways,
-by jax.grad through our own forward pass and by our hand-written backward pass, and how far
-apart they are: on the test digits as they are, where max-pool windows on the flat
+by jax.grad through our own forward pass and by our hand-written backward pass (beside its
+naive version, which cancels in float32), and how far from float64 they are: on the test
+digits as they are, where max-pool windows on the flat
 background tie, and on the same digits with a little noise (parity.untie), where they do
 not. Then the fast gradient sign method (Goodfellow et al. 2015): how well the first-order
 Taylor expansion predicts the loss it adds, the network's accuracy under FGSM at eps 0,
 0.05, ..., 0.3 on all 10,000 test images, and a grid of adversarial examples.
 
-    python lessons/09_fgsm.py           # a few minutes on 2 cores
+    python lessons/09_fgsm.py           # about 12 minutes on 2 cores
     python lessons/09_fgsm.py --quick   # seconds: a network trained on 512 images
 """
 
@@ -20,7 +21,7 @@ from scratchcnn import attacks, robustness
 from scratchcnn.data.mnist import load_mnist
 from scratchcnn.data.preprocess import MNIST_STD, standardize_unit, to_unit_nhwc
 from scratchcnn.gradcheck import relative_error
-from scratchcnn.inference import predict_probabilities
+from scratchcnn.inference import predict_logits, predict_probabilities
 from scratchcnn.ops.losses import log_softmax
 from scratchcnn.parity import untie
 from scratchcnn.viz import accuracy_vs_eps, adversarial_grid, save_figure
@@ -42,34 +43,36 @@ def per_image_error(g, reference) -> np.ndarray:
     return np.array([relative_error(a, b) for a, b in zip(g, reference)])
 
 
-# --8<-- [start:exact_label_gradient]
-def loss_and_gradient_exact(model, params, state, x, labels):
-    """loss_and_gradient_manual with exercise 3's fix: the label's entry of d loss / d logits
-    is -sum of the other classes' probabilities, never a number computed near 1."""
+# --8<-- [start:naive_label_gradient]
+def loss_and_gradient_naive(model, params, state, x, labels):
+    """The input gradient as the library computed it before the fix: softmax minus one-hot,
+    with the label's entry p_y - 1 taken as expm1(log p_y). In float32 it cancels."""
     logits, _, caches = model.forward(params, state, standardize_unit(x), train=False)
     log_probs = log_softmax(logits)
     one_hot = labels[:, None] == np.arange(logits.shape[1])[None, :]
-    others = np.where(one_hot, 0, np.exp(log_probs))  # every class but the label, exact
-    dlogits = others - others.sum(axis=1, keepdims=True) * one_hot
-    dx, _ = model.backward(dlogits.astype(logits.dtype), caches)
-    return -log_probs[one_hot], dx / np.asarray(MNIST_STD, dtype=x.dtype)
+    dlogits = np.where(one_hot, np.expm1(log_probs), np.exp(log_probs))
+    dx, _ = model.backward(dlogits, caches)
+    return dx / np.asarray(MNIST_STD, dtype=x.dtype)
 
 
-# --8<-- [end:exact_label_gradient]
+# --8<-- [end:naive_label_gradient]
+
+GRADIENTS = {"jax": "jax.grad, float32", "naive": "ours, naive $p_y - 1$, float32",
+             "manual": "ours, exact, float32"}
 
 
 def compare_gradients(net, x, y) -> tuple[dict, dict, np.ndarray]:
-    """The input gradient by jax.grad, by our backward pass and by our backward pass with
-    exercise 3's fix (float32), against our backward pass in float64 as the reference."""
+    """The input gradient by jax.grad, by our backward pass (the library's, exact) and by
+    our backward pass from the naive p_y - 1, all float32, against our backward pass in
+    float64 as the reference."""
     model, params, state = net
     loss_j, g_j = attacks.loss_and_gradient(*net, x, y, grad="jax")
     loss_m, g_m = attacks.loss_and_gradient(*net, x, y, grad="manual")
-    _, g_e = loss_and_gradient_exact(*net, x, y)
+    gradients = {"jax": g_j, "naive": loss_and_gradient_naive(*net, x, y), "manual": g_m}
     loss_64, g_64 = attacks.loss_and_gradient(
         model, as_float64(params), as_float64(state), x.astype(np.float64), y, grad="manual"
     )
-    errors = {"jax": per_image_error(g_j, g_64), "manual": per_image_error(g_m, g_64),
-              "exact": per_image_error(g_e, g_64)}
+    errors = {name: per_image_error(g, g_64) for name, g in gradients.items()}
     summary = {
         "images": len(y),
         "max_abs_gradient": float(np.abs(g_64).max()),
@@ -80,20 +83,43 @@ def compare_gradients(net, x, y) -> tuple[dict, dict, np.ndarray]:
         "pixels": int(g_m.size),
         "vs_float64": {
             name: {
-                "max_image_error": float(err.max()),
-                "median_image_error": float(np.median(err)),
-                "images_above_1e-3": int(np.sum(err > 1e-3)),
+                "max_image_error": float(errors[name].max()),
+                "median_image_error": float(np.median(errors[name])),
+                "images_above_1e-3": int(np.sum(errors[name] > 1e-3)),
                 "sign_disagreements": int(np.sum(np.sign(g) != np.sign(g_64))),
             }
-            for name, err, g in (
-                ("jax", errors["jax"], g_j),
-                ("manual", errors["manual"], g_m),
-                ("exact", errors["exact"], g_e),
-            )
+            for name, g in gradients.items()
         },
         "images_with_loss_below_1e-6": int(np.sum(loss_64 < 1e-6)),
     }
     return summary, {"loss": loss_64, **errors}, g_64
+
+
+def logit_gradient_rows(net, x, y) -> dict:
+    """The label's entry of d loss / d logits, p_y - 1, from the network's float32 logits,
+    four ways: on how many images it is off by more than 1e-3 (relative) from float64."""
+    import jax
+    import jax.numpy as jnp
+
+    logits = predict_logits(*net, x[..., 0])
+    rows, labels = np.arange(len(y)), jnp.asarray(y)[:, None]
+    reference = attacks.cross_entropy_gradient(logits.astype(np.float64), y)[rows, y]
+
+    def by_jax_grad(log_softmax_fn):
+        def loss(z):
+            return -jnp.take_along_axis(log_softmax_fn(z), labels, axis=1).sum()
+
+        return np.asarray(jax.grad(loss)(jnp.asarray(logits)))
+
+    one_hot = y[:, None] == np.arange(logits.shape[1])[None, :]
+    label_entry = {
+        "naive": np.where(one_hot, np.expm1(log_softmax(logits)), 0),
+        "manual": attacks.cross_entropy_gradient(logits, y),
+        "jax": by_jax_grad(log_softmax),  # ours: the max it subtracts is differentiated
+        "jax_nn": by_jax_grad(jax.nn.log_softmax),  # JAX's: stop_gradient on the max
+    }
+    return {name: int(np.sum(np.abs(g[rows, y] - reference) > 1e-3 * np.abs(reference)))
+            for name, g in label_entry.items()}
 
 
 def taylor_rows(net, x, y) -> list[dict]:
@@ -144,10 +170,9 @@ def precision_figure(panels: dict, path):
     figure, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8),
                                 sharey=True, squeeze=False)
     for ax, (title, errors) in zip(axes[0], panels.items()):
-        for name, marker, label in (("manual", "o", "our backward pass, float32"),
-                                    ("jax", "x", "jax.grad, float32")):
+        for name, marker in zip(GRADIENTS, ("x", "o", "^")):
             ax.scatter(errors["loss"], np.maximum(errors[name], 1e-9), s=8, marker=marker,
-                       alpha=0.6, label=label)
+                       alpha=0.5, label=GRADIENTS[name])
         losses = np.sort(errors["loss"][errors["loss"] > 0])
         ax.plot(losses, np.minimum(2.0**-24 / losses, 1.5), "k--", lw=0.8,
                 label="$2^{-24}$ / loss")
@@ -184,7 +209,8 @@ def main():
     # 1. The input gradient, two ways.
     agreement, errors, g = compare_gradients(net, x[:n_small], y[:n_small])
     untied, untied_errors, _ = compare_gradients(net, untie(x[:n_small], lesson.seed), y[:n_small])
-    print(f"jax.grad vs our backward: {agreement}\nuntied: {untied}", flush=True)
+    logit_rows = logit_gradient_rows(net, untie(x[:n_small], lesson.seed), y[:n_small])
+    print(f"jax.grad vs our backward: {agreement}\nuntied: {untied}\n{logit_rows}", flush=True)
     gradient_figure(x, g, y, lesson.path("input_gradients.png"))
     precision_figure({"test digits as they are": errors,
                       "the same digits untied (parity.untie)": untied_errors},
@@ -217,6 +243,7 @@ def main():
         "n_test": n_test,
         "gradients": agreement,
         "gradients_untied": untied,
+        "label_entry_above_1e-3": logit_rows,
         "taylor": taylor["test images"],
         "taylor_noisy": taylor["test images + noise in [0.01, 0.02]"],
         "curve": curve,

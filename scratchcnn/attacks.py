@@ -3,8 +3,9 @@
 Images are attacked in [0, 1] (the scale a perturbation budget ``eps`` is quoted in);
 the network reads them standardized, so the chain rule adds a factor ``1 / MNIST_STD``.
 The network is attacked in eval mode (BatchNorm running statistics, no dropout) and on
-its logits, through the cross-entropy of each example (never through softmax outputs,
-whose gradient vanishes once the network is confident).
+its logits, through a loss of each example (never through softmax outputs, whose
+gradient vanishes once the network is confident): the cross-entropy, Carlini & Wagner's
+margin, or Croce & Hein's DLR loss, untargeted or targeted (``LOSSES``).
 
 The input gradient comes from one of two places, and a test proves them equal:
 
@@ -34,40 +35,177 @@ from scratchcnn.ops.losses import log_softmax
 
 GRADS = ("jax", "manual")
 NORMS = ("linf", "l2")
+LOSSES = ("ce", "cw", "dlr", "dlr_targeted")
 
 
 class AttackError(ScratchCNNError, ValueError):
     """An attack parameter is out of range."""
 
 
+# --------------------------------------------------------------------------- losses
+#
+# Each loss an attack can climb, per example: logits (N, K), labels (N,), and for the
+# targeted DLR loss a target class per example (N,). Each is written twice: the loss in
+# array code (what ``jax.grad`` differentiates on the "jax" path), and its gradient with
+# respect to the logits by hand (what our backward pass starts from on the "manual" path).
+
+
+def _one_hot(classes, logits):
+    """(N, K) in the logits' dtype: 1 at each example's class in ``classes`` (N,), else 0."""
+    xp = namespace(logits)
+    hits = classes[:, None].astype("int32") == xp.arange(logits.shape[1])[None, :]
+    return hits.astype(logits.dtype)
+
+
+def _pick(logits, classes):
+    """z[i, classes[i]] of each example: (N, K), (N,) -> (N,)."""
+    xp = namespace(logits)
+    return xp.take_along_axis(logits, classes[:, None].astype("int32"), axis=1)[:, 0]
+
+
+def per_example_loss(logits, labels, target=None):
+    """Cross-entropy of each example. logits: (N, K), labels: (N,) -> (N,).
+
+    ``jax.grad`` of it keeps the label's entry exact only because our log_softmax lets the
+    gradient through the max it subtracts (``loss_and_gradient`` says why);
+    ``jax.nn.log_softmax`` stops it there, and its gradient cancels (lesson 9).
+    """
+    return -_pick(log_softmax(logits), labels)
+
+
+# --8<-- [start:cross_entropy_gradient]
+def cross_entropy_gradient(logits, labels, target=None):
+    """d per_example_loss / d logits (N, K): softmax minus one-hot, p - e_y, exactly.
+
+    For k != y the entry is p_k, accurate to float precision. At the label it is
+    p_y - 1, which we never compute: when the network is sure, p_y is within 2^-24 of 1
+    and p_y - 1 in float32 keeps none of its digits (lesson 9 measures it). Since the
+    p_k sum to 1, p_y - 1 = -sum_{k != y} p_k: a sum of small positive numbers, each exact.
+    """
+    xp = namespace(logits)
+    one_hot = _one_hot(labels, logits)
+    others = xp.where(one_hot > 0, 0, xp.exp(log_softmax(logits)))  # p_k, and 0 at the label
+    return others - one_hot * others.sum(axis=1, keepdims=True)
+
+
+# --8<-- [end:cross_entropy_gradient]
+
+
+# --8<-- [start:margin_losses]
+def margin_loss(logits, labels, target=None):
+    """Carlini & Wagner's margin (2017): max_{k != y} z_k - z_y, (N,). Positive exactly
+    when the image is misclassified, and it does not saturate as the cross-entropy does."""
+    xp = namespace(logits)
+    others = xp.where(_one_hot(labels, logits) > 0, -xp.inf, logits)
+    return xp.max(others, axis=1) - _pick(logits, labels)
+
+
+def _descending(logits):
+    """The logits of each example sorted from the largest down: (N, K)."""
+    return namespace(logits).sort(logits, axis=1)[:, ::-1]
+
+
+def dlr_loss(logits, labels, target=None):
+    """Croce & Hein's difference of logits ratio (2020): the margin divided by the spread
+    of the top logits, z_pi1 - z_pi3 (pi: the classes sorted downwards), so that scaling
+    the logits (which makes the cross-entropy saturate) does not change it. (N,)"""
+    top = _descending(logits)
+    return margin_loss(logits, labels) / (top[:, 0] - top[:, 2] + 1e-12)
+
+
+def targeted_dlr_loss(logits, labels, target):
+    """Croce & Hein's targeted DLR: (z_t - z_y) / (z_pi1 - (z_pi3 + z_pi4) / 2), (N,).
+    labels are the true classes y; climbing it moves z_t above z_y."""
+    top = _descending(logits)
+    spread = top[:, 0] - (top[:, 2] + top[:, 3]) / 2 + 1e-12
+    return (_pick(logits, target) - _pick(logits, labels)) / spread
+
+
+# --8<-- [end:margin_losses]
+
+
+# --8<-- [start:margin_gradients]
+def _runner_up(logits, labels):
+    """The strongest class other than the label, (N,) ints (the first one on a tie)."""
+    xp = namespace(logits)
+    return xp.argmax(xp.where(_one_hot(labels, logits) > 0, -xp.inf, logits), axis=1)
+
+
+def margin_gradient(logits, labels, target=None):
+    """d margin_loss / d logits: +1 at the runner-up class j, -1 at the label. (N, K)"""
+    return _one_hot(_runner_up(logits, labels), logits) - _one_hot(labels, logits)
+
+
+def _ratio_gradient(margin, d_margin, spread, d_spread):
+    """d (margin / spread) = d_margin / spread - margin / spread^2 * d_spread (quotient
+    rule), each example's row on its own: (N,), (N, K), (N,), (N, K) -> (N, K)."""
+    return d_margin / spread[:, None] - (margin / spread**2)[:, None] * d_spread
+
+
+def _rank(logits, place):
+    """(N, K) one-hot of the class in sorted place ``place`` (0 = the largest logit)."""
+    order = namespace(logits).argsort(-logits, axis=1)
+    return _one_hot(order[:, place], logits)
+
+
+def dlr_gradient(logits, labels, target=None):
+    """d dlr_loss / d logits (N, K)."""
+    top = _descending(logits)
+    return _ratio_gradient(
+        margin_loss(logits, labels), margin_gradient(logits, labels),
+        top[:, 0] - top[:, 2] + 1e-12, _rank(logits, 0) - _rank(logits, 2),
+    )  # fmt: skip
+
+
+def targeted_dlr_gradient(logits, labels, target):
+    """d targeted_dlr_loss / d logits (N, K)."""
+    top = _descending(logits)
+    return _ratio_gradient(
+        _pick(logits, target) - _pick(logits, labels),
+        _one_hot(target, logits) - _one_hot(labels, logits),
+        top[:, 0] - (top[:, 2] + top[:, 3]) / 2 + 1e-12,
+        _rank(logits, 0) - (_rank(logits, 2) + _rank(logits, 3)) / 2,
+    )
+
+
+# --8<-- [end:margin_gradients]
+
+# name: (the loss, its gradient with respect to the logits written by hand)
+LOSS_FUNCTIONS = {
+    "ce": (per_example_loss, cross_entropy_gradient),
+    "cw": (margin_loss, margin_gradient),
+    "dlr": (dlr_loss, dlr_gradient),
+    "dlr_targeted": (targeted_dlr_loss, targeted_dlr_gradient),
+}
+
+
+def _check_loss(loss: str, target, labels) -> None:
+    """A known loss name, and a target class per example exactly for the targeted one."""
+    if loss not in LOSS_FUNCTIONS:
+        raise AttackError(f"loss must be one of {', '.join(LOSSES)}; got {loss!r}.")
+    if loss == "dlr_targeted" and (target is None or np.shape(target) != np.shape(labels)):
+        raise AttackError(
+            "loss 'dlr_targeted' needs target=, one target class per image "
+            f"({np.shape(labels)[0]}); got {None if target is None else np.shape(target)}."
+        )
+
+
 # --------------------------------------------------------------------------- gradients
 
 
-def per_example_loss(logits, labels):
-    """Cross-entropy of each example. logits: (N, K), labels: (N,) -> (N,)."""
-    xp = namespace(logits)
-    picked = xp.take_along_axis(log_softmax(logits), labels[:, None].astype("int32"), axis=1)
-    return -picked[:, 0]
-
-
 # --8<-- [start:loss_and_gradient_manual]
-def loss_and_gradient_manual(model, params, state, x, labels):
+def loss_and_gradient_manual(model, params, state, x, labels, loss="ce", target=None):
     """(per-example losses (N,), d sum(losses) / dx (N, H, W, C)) by our backward pass.
 
     Written against the array namespace of x, so it also runs on JAX arrays under
     ``jax.jit`` (adversarial training compiles it into the training step).
     """
     xp = namespace(x)
+    loss_of, gradient_of = LOSS_FUNCTIONS[loss]
     logits, _, caches = model.forward(params, state, standardize_unit(x), train=False)
-    log_probs = log_softmax(logits)
-    one_hot = (labels[:, None] == xp.arange(logits.shape[1])[None, :]).astype(logits.dtype)
-    # d loss_i / d logits_i = softmax_i - target_i: each example's own loss, not the mean.
-    # At the label that is p - 1, taken as expm1(log p) to avoid one more rounding. For a
-    # confident network log p itself has lost most of its digits in float32 already
-    # (lesson 9 measures it; writing the label entry as -sum of the other p_k keeps them).
-    probs_minus_targets = xp.where(one_hot > 0, xp.expm1(log_probs), xp.exp(log_probs))
-    dx_standardized, _ = model.backward(probs_minus_targets, caches)
-    losses = -(log_probs * one_hot).sum(axis=1)
+    # d loss_i / d logits_i of each example's own loss, not the mean, written by hand.
+    dx_standardized, _ = model.backward(gradient_of(logits, labels, target), caches)
+    losses = loss_of(logits, labels, target)
     return losses, dx_standardized / xp.asarray(MNIST_STD, dtype=x.dtype)
 
 
@@ -78,15 +216,18 @@ _JITTED: dict[tuple, Callable] = {}
 
 
 # --8<-- [start:jax_grad]
-def _jax_loss_and_gradient(model) -> Callable:
-    """``jax.jit(jax.value_and_grad(...))`` of our forward pass, compiled once per network."""
-    key = tuple(model.layers)  # layers are frozen dataclasses: a network's identity
+def _jax_loss_and_gradient(model, loss: str = "ce") -> Callable:
+    """``jax.jit(jax.value_and_grad(...))`` of our forward pass and a loss of
+    ``LOSS_FUNCTIONS``, compiled once per network and loss."""
+    key = (tuple(model.layers), loss)  # layers are frozen dataclasses: a network's identity
     if key not in _JITTED:
         import jax
 
-        def total_loss(x, params, state, labels):
+        loss_of = LOSS_FUNCTIONS[loss][0]
+
+        def total_loss(x, params, state, labels, target):
             logits, _, _ = model.forward(params, state, standardize_unit(x), train=False)
-            losses = per_example_loss(logits, labels)
+            losses = loss_of(logits, labels, target)
             return losses.sum(), losses
 
         keep_freed_memory()  # XLA's CPU buffers come from malloc too (see fast/cores.py)
@@ -97,14 +238,26 @@ def _jax_loss_and_gradient(model) -> Callable:
 # --8<-- [end:jax_grad]
 
 
-def loss_and_gradient(model, params, state, x, labels, grad: str = "jax"):
-    """Per-example losses (N,) and the input gradient (N, H, W, C), as NumPy arrays."""
+def loss_and_gradient(model, params, state, x, labels, grad="jax", loss="ce", target=None):
+    """Per-example losses (N,) and the input gradient (N, H, W, C), as NumPy arrays.
+
+    loss: "ce" (cross-entropy), "cw" (margin_loss), "dlr" or "dlr_targeted" (dlr_loss,
+    targeted_dlr_loss; that one needs ``target``, a class (N,) per image). Attacks climb it.
+    Both ``grad`` paths give the cross-entropy's gradient to float precision even where
+    the network is sure (lesson 9 measures it against float64): the manual one by
+    ``cross_entropy_gradient``'s sum of the other classes; ``jax.grad`` because the max
+    that log_softmax subtracts sends the label's entry back as minus the sum of all
+    entries, so the rounded p_y - 1 enters twice, once with each sign, and drops out.
+    """
+    _check_loss(loss, target, labels)
+    target = np.asarray(labels if target is None else target)
+    x, labels = np.asarray(x), np.asarray(labels)
     if grad == "manual":
-        return loss_and_gradient_manual(model, params, state, np.asarray(x), np.asarray(labels))
+        return loss_and_gradient_manual(model, params, state, x, labels, loss, target)
     if grad != "jax":
         raise AttackError(f"grad must be 'jax' or 'manual', got {grad!r}.")
-    (_, losses), dx = _jax_loss_and_gradient(model)(
-        np.asarray(x), params, state, np.asarray(labels).astype(np.int32)
+    (_, losses), dx = _jax_loss_and_gradient(model, loss)(
+        x, params, state, labels.astype(np.int32), target.astype(np.int32)
     )
     return np.asarray(losses), np.asarray(dx)
 
@@ -129,17 +282,21 @@ def fgsm(
     grad: str = "jax",
     targeted: bool = False,
     clip: tuple[float, float] = (0.0, 1.0),
+    loss: str = "ce",
+    target=None,
 ) -> np.ndarray:
     """Fast gradient sign method (Goodfellow et al. 2015): one step of size eps.
 
     x: (N, H, W, C) in [0, 1]; y: (N,) labels, or None to attack the network's own
     predictions (so the true label cannot leak into the attack). Untargeted: move up
-    the loss of y; targeted: y are the targets, move down their loss.
+    the loss of y; targeted: y are the targets, move down their loss. loss: one of
+    LOSSES (``loss_and_gradient``); "dlr_targeted" takes y and target= instead.
     """
     _check_eps(eps)
     x = np.asarray(x)
     labels = predict(model, params, state, x) if y is None else np.asarray(y)
-    _, g = loss_and_gradient(model, params, state, x, labels, grad)
+    _check_targeting(loss, targeted)
+    _, g = loss_and_gradient(model, params, state, x, labels, grad, loss, target)
     direction = -np.sign(g) if targeted else np.sign(g)
     return np.clip(x + eps * direction, *clip).astype(x.dtype)
 
@@ -168,13 +325,17 @@ def pgd(
     grad: str = "jax",
     targeted: bool = False,
     clip: tuple[float, float] = (0.0, 1.0),
+    loss: str = "ce",
+    target=None,
 ) -> np.ndarray:
     """Projected gradient descent (Madry et al. 2018): many small steps, each projected
     back onto the eps-ball around x (L-infinity or L2) and into the image range.
 
     With ``restarts > 1`` every restart begins at a new random point, and each example
     keeps its worst case: an example the attack fooled beats one it did not, and among
-    equals the higher loss (lower, for a targeted attack) wins.
+    equals the higher loss (lower, for a targeted attack) wins. loss: which loss the
+    steps climb (LOSSES); with "dlr_targeted" pass the true labels as y and the classes
+    to move towards as target= (success is still any wrong answer, as in AutoAttack).
     """
     if norm not in NORMS:
         raise AttackError(f"norm must be 'linf' or 'l2', got {norm!r}.")
@@ -186,17 +347,19 @@ def pgd(
         )
     x = np.asarray(x)
     labels = predict(model, params, state, x) if y is None else np.asarray(y)
+    _check_loss(loss, target, labels)
+    _check_targeting(loss, targeted)
     rng = np.random.default_rng(rng)
     best, best_success, best_loss = x.copy(), None, None
     for _ in range(restarts):
         x_adv = _start(x, eps, norm, rng, clip) if random_start else x.copy()
         for _ in range(steps):
-            _, g = loss_and_gradient(model, params, state, x_adv, labels, grad)
+            _, g = loss_and_gradient(model, params, state, x_adv, labels, grad, loss, target)
             x_adv = _ascend(x_adv, -g if targeted else g, step_size, norm)
             x_adv = np.clip(_project(x_adv, x, eps, norm), *clip).astype(x.dtype)
-        loss, _ = loss_and_gradient(model, params, state, x_adv, labels, grad)
+        value, _ = loss_and_gradient(model, params, state, x_adv, labels, grad, loss, target)
         success = (predict(model, params, state, x_adv) == labels) == targeted
-        score = -loss if targeted else loss
+        score = -value if targeted else value
         if best_success is None:
             best, best_success, best_loss = x_adv, success, score
             continue
@@ -207,6 +370,15 @@ def pgd(
 
 
 # --8<-- [end:pgd]
+
+
+def _check_targeting(loss: str, targeted: bool) -> None:
+    """targeted=True descends the loss of y taken as targets; "dlr_targeted" already aims."""
+    if targeted and loss == "dlr_targeted":
+        raise AttackError(
+            "loss 'dlr_targeted' is targeted already: pass the true labels as y and the "
+            "targets as target=, without targeted=True."
+        )
 
 
 def _check_eps(eps: float, norm: str = "linf") -> None:

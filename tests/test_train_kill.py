@@ -71,17 +71,18 @@ def test_sigkill_mid_epoch_then_resume(mnist_dir, tmp_path):
             assert (whole.params[layer][name] == final.params[layer][name]).all(), layer
 
 
-def restore_ctrl_c() -> None:
-    """A shell's background job ignores SIGINT, and its children inherit that: undo it."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+def with_ctrl_c(argv: list[str]) -> list[str]:
+    """``python -m scratchcnn.cli ...`` with Ctrl-C restored first: a shell's background
+    job ignores SIGINT, and its children inherit that (CI runs in one)."""
+    restore = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler)"
+    return [argv[0], "-c", f"{restore}; from scratchcnn.cli import app; app()", *argv[3:]]
 
 
 def test_ctrl_c_is_one_sentence_and_the_run_resumes(mnist_dir, tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "SCRATCHCNN_DATA_DIR": str(mnist_dir)}
-    process = subprocess.Popen(command("--output", str(out)), env=env, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               preexec_fn=restore_ctrl_c)  # fmt: skip
+    process = subprocess.Popen(with_ctrl_c(command("--output", str(out))), env=env, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
     try:
         wait_for(out / "last.npz", process)
         process.send_signal(signal.SIGINT)
