@@ -143,7 +143,7 @@ def _clear_earlier_run(output_dir: Path, overwrite: bool) -> None:
         try:
             (output_dir / name).unlink()
         except OSError as error:
-            raise ResumeError(f"cannot replace {output_dir / name}: {error.strerror}.") from error
+            raise ResumeError(f"cannot replace {output_dir / name}: {os_reason(error)}.") from error
 
 
 def weights_digest(params, state) -> str:
