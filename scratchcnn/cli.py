@@ -660,11 +660,27 @@ def export(
 @reports_errors
 def attack(
     checkpoint: Annotated[Path, typer.Argument(help=CHECKPOINT_HELP)],
-    method: Annotated[str, typer.Option("--attack", help="fgsm or pgd.")] = "fgsm",
+    method: Annotated[
+        str,
+        typer.Option(
+            "--attack",
+            help="fgsm, pgd, apgd-ce, apgd-t (targeted DLR, 9 targets), square (no gradients), "
+            "or autoattack (apgd-ce, apgd-t, square in turn, each example's worst case).",
+        ),
+    ] = "fgsm",
     eps: Annotated[
         str, typer.Option("--eps", help="Comma-separated L-infinity budgets.")
     ] = "0,0.05,0.1,0.15,0.2,0.25,0.3",
-    steps: Annotated[int, typer.Option("--steps", help="PGD steps (1 to 10000).")] = 40,
+    steps: Annotated[
+        int | None,
+        typer.Option("--steps", help="PGD/APGD steps, 1 to 10000 (default: PGD 40, APGD 100)."),
+    ] = None,
+    queries: Annotated[
+        int, typer.Option("--queries", help="Square: queries per image (1 to 100000).")
+    ] = 5000,
+    loss: Annotated[
+        str, typer.Option("--loss", help="What FGSM/PGD climb: ce, cw (margin) or dlr.")
+    ] = "ce",
     step_size: Annotated[
         float, typer.Option("--step-size", help="PGD step size, in (0, 1].")
     ] = 0.01,
@@ -691,7 +707,7 @@ def attack(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
 ) -> None:
-    """Accuracy of a checkpoint under FGSM or PGD, eps by eps (L-infinity, pixels in [0, 1]).
+    """Accuracy of a checkpoint under attack, eps by eps (L-infinity, pixels in [0, 1]).
 
     The network is attacked in eval mode, on its logits, with labels from the test set.
     --sanity adds the checks that tell robustness from gradient masking and exits with
@@ -703,6 +719,9 @@ def attack(
     from scratchcnn.data.preprocess import to_unit_nhwc
 
     eps_values = _parse_floats(eps, "--eps")
+    if steps is None:
+        steps = 40 if method in ("fgsm", "pgd") else 100  # AutoAttack runs APGD for 100
+    check_between("--queries", queries, 1, 100_000)
     if transfer_from is not None and not sanity:
         raise InputError("--transfer-from is used by the --sanity checks only; add --sanity.")
     check_attack_options(eps_values, steps, step_size, restarts, grad, limit)
@@ -717,7 +736,13 @@ def attack(
     ):
         raise InputError("--figure and --save-examples name the same file; give two names.")
     config = robustness.AttackConfig(
-        attack=method, steps=steps, step_size=step_size, restarts=restarts, grad=grad
+        attack=method,
+        steps=steps,
+        step_size=step_size,
+        restarts=restarts,
+        grad=grad,
+        queries=queries,
+        loss=loss,
     ).validate()
     model, ckpt = load_for_model(checkpoint)
     source = None

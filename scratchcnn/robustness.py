@@ -20,7 +20,10 @@ import numpy as np
 
 from scratchcnn import attacks
 
-ATTACKS = ("fgsm", "pgd")
+ATTACKS = ("fgsm", "pgd", "apgd-ce", "apgd-t", "square", "autoattack")
+# AutoAttack's standard order (Croce & Hein 2020), FAB-T left out: each attack only sees
+# the examples every attack before it failed to fool.
+AUTOATTACK = ("apgd-ce", "apgd-t", "square")
 
 
 @dataclass(frozen=True)
@@ -28,17 +31,25 @@ class AttackConfig:
     """Which attack and how hard: PGD uses steps, step_size, restarts, random_start."""
 
     attack: str = "pgd"
-    steps: int = 40
+    steps: int = 40  # PGD's and APGD's iterations (AutoAttack runs APGD for 100)
     step_size: float = 0.01
     restarts: int = 1
     random_start: bool = True
     grad: str = "jax"
     seed: int = 0
     batch_size: int = 500
+    queries: int = 5000  # the Square attack's budget per example
+    loss: str = "ce"  # what PGD climbs: attacks.LOSSES
 
     def validate(self) -> AttackConfig:
         if self.attack not in ATTACKS:
-            raise attacks.AttackError(f"unknown attack {self.attack!r}; choose fgsm or pgd.")
+            raise attacks.AttackError(
+                f"unknown attack {self.attack!r}; choose one of: {', '.join(ATTACKS)}."
+            )
+        if self.loss not in attacks.LOSSES[:3]:  # the targeted DLR loss needs targets
+            raise attacks.AttackError(
+                f"unknown loss {self.loss!r}; choose one of: {', '.join(attacks.LOSSES[:3])}."
+            )
         if self.batch_size < 1:
             raise attacks.AttackError(f"batch size must be at least 1, got {self.batch_size}.")
         return self
@@ -50,17 +61,58 @@ def adversarial_examples(model, params, state, x, y, eps: float, config: AttackC
     out = []
     for start in range(0, len(x), config.batch_size):
         xb, yb = x[start : start + config.batch_size], y[start : start + config.batch_size]
-        if config.attack == "fgsm" or eps == 0:
-            out.append(attacks.fgsm(model, params, state, xb, yb, eps, grad=config.grad))
-        else:
-            out.append(attacks.pgd(
-                model, params, state, xb, yb, eps, steps=config.steps,
-                step_size=config.step_size, restarts=config.restarts,
-                random_start=config.random_start, rng=[config.seed, start], grad=config.grad,
-            ))  # fmt: skip
+        out.append(
+            attack_batch(model, params, state, xb, yb, eps, config, rng=[config.seed, start])
+        )
     return np.concatenate(out) if out else np.asarray(x).copy()  # no images: none to attack
 
 
+def attack_batch(model, params, state, x, y, eps: float, config: AttackConfig, rng):
+    """One batch through the attack the config names (eps = 0: the clean images)."""
+    from scratchcnn import apgd, square
+
+    network = (model, params, state)
+    if eps == 0:
+        return np.asarray(x).copy()
+    if config.attack == "fgsm":
+        return attacks.fgsm(*network, x, y, eps, grad=config.grad, loss=config.loss)
+    if config.attack == "pgd":
+        return attacks.pgd(
+            *network, x, y, eps, steps=config.steps, step_size=config.step_size,
+            restarts=config.restarts, random_start=config.random_start, rng=rng,
+            grad=config.grad, loss=config.loss,
+        )  # fmt: skip
+    if config.attack == "apgd-ce":
+        return apgd.apgd(*network, x, y, eps, steps=config.steps, rng=rng, grad=config.grad)
+    if config.attack == "apgd-t":
+        return apgd.apgd_targeted(*network, x, y, eps, steps=config.steps, rng=rng,
+                                  grad=config.grad)  # fmt: skip
+    if config.attack == "square":
+        return square.square_attack(*network, x, y, eps, queries=config.queries, rng=rng)[0]
+    return autoattack(*network, x, y, eps, config, rng)
+
+
+# --8<-- [end:adversarial_examples]
+
+
+# --8<-- [start:autoattack]
+def autoattack(model, params, state, x, y, eps: float, config: AttackConfig, rng):
+    """The worst case of each example over AUTOATTACK's attacks, run in order, each on the
+    examples still classified correctly (Croce & Hein 2020). x: (N, H, W, 1) -> same."""
+    worst = np.asarray(x).copy()
+    robust = attacks.predict(model, params, state, worst) == y
+    for name in AUTOATTACK:
+        still = np.flatnonzero(robust)
+        if not len(still):
+            break
+        member = AttackConfig(**{**config.__dict__, "attack": name})
+        adv = attack_batch(model, params, state, worst[still], y[still], eps, member, rng)
+        fooled = attacks.predict(model, params, state, adv) != y[still]
+        worst[still[fooled]], robust[still[fooled]] = adv[fooled], False
+    return worst
+
+
+# --8<-- [end:autoattack]
 # --8<-- [end:adversarial_examples]
 
 

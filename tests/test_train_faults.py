@@ -122,7 +122,7 @@ def test_kill_at_one_instant_then_resume_gives_the_same_run(name, uninterrupted,
     check_kill_at(number, uninterrupted, tmp_path, mnist_dir)
 
 
-@pytest.mark.slow
+@pytest.mark.exhaustive  # 57 kills and resumes, about 4.5 minutes: CI runs the sample above
 def test_kill_at_every_instant_then_resume_gives_the_same_run(uninterrupted, tmp_path, mnist_dir):
     _, events = uninterrupted
     for number in range(1, len(events) + 1):
