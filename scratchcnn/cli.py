@@ -790,6 +790,8 @@ def check_attack_options(eps_values, steps, step_size, restarts, grad, limit) ->
         raise InputError(f"--eps takes at most {MAX_EPS_VALUES} values, got {len(eps_values)}.")
     for value in eps_values:  # L-infinity budgets: pixel changes, pixels are in [0, 1]
         check_between("--eps", value, 0, 1)
+        if eps_values.count(value) > 1:
+            raise InputError(f"--eps names {value:g} twice.")
     if not 0 < step_size <= 1:
         raise InputError(f"--step-size must be in (0, 1] (pixels are in [0, 1]), got {step_size}.")
     check_between("--steps", steps, 1, 10_000)
@@ -805,8 +807,6 @@ def _parse_floats(text: str, flag: str) -> list[float]:
         values = [float(part) for part in text.split(",")]
     except ValueError:
         raise typer.BadParameter(f"{flag} takes comma-separated numbers; got {text!r}.") from None
-    if len(set(values)) != len(values):
-        raise typer.BadParameter(f"{flag} names a value twice; got {text!r}.")
     return values
 
 

@@ -20,7 +20,7 @@ import pytest
 from cli_checks import assert_one_line_error, run
 from PIL import Image
 
-from scratchcnn import __version__, checkpoint
+from scratchcnn import __version__, checkpoint, pretrained
 from scratchcnn.checkpoint import (
     FORMAT,
     FORMAT_VERSION,
@@ -803,7 +803,7 @@ def test_a_missing_checkpoint_is_neither_a_file_nor_a_name(tmp_path: Path, digit
         assert_one_line_error(
             result,
             f"checkpoint {missing} does not exist, and it is not the name of a pretrained "
-            "network (default, best, defended).",
+            f"network ({', '.join(pretrained.available())}).",
         )
 
 

@@ -158,7 +158,7 @@ def test_predict_refusals_leave_files_alone(trained, tmp_path):
     csv.write_text(",".join(f"pixel{i}" for i in range(784)) + "\n" + ",".join(["0"] * 783))
     submission = tmp_path / "submission.csv"
     submission.write_text("keep me")
-    result = run("predict", checkpoint, "--kaggle", csv, "--output", submission)
+    result = run("predict", checkpoint, "--kaggle", csv, "--output", submission, "--overwrite")
     assert_one_line_error(result, "test.csv", "783")
     assert submission.read_text() == "keep me"
     assert checkpoint.read_bytes() == before
