@@ -138,3 +138,18 @@ def served_site(built_site: Path):
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
+
+
+@pytest.fixture(scope="session")
+def default_network():
+    """(model, params, state) of the shipped, undefended ``default`` network."""
+    from scratchcnn.pretrained import load
+
+    return load("default")
+
+
+@pytest.fixture(scope="session")
+def first_digits(mnist_test):
+    """The first 100 real test digits (N, 28, 28, 1) in [0, 1], and their labels (N,)."""
+    images, labels = mnist_test
+    return (images[:100] / np.float32(255))[..., None], labels[:100].astype(np.int64)

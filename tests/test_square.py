@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
+from attack_checks import sizes
 
 from scratchcnn import attacks, square
 from scratchcnn.attacks import AttackError, predict
@@ -12,25 +13,6 @@ from scratchcnn.inference import predict_logits
 from scratchcnn.square import margin_and_loss, p_selection, square_attack, square_side
 
 pytestmark = pytest.mark.lesson10
-
-
-@pytest.fixture(scope="module")
-def network():
-    from scratchcnn.pretrained import load
-
-    return load("default")
-
-
-@pytest.fixture(scope="module")
-def digits(mnist_test):
-    """The first 100 real test digits (N, 28, 28, 1) in [0, 1], and their labels."""
-    images, labels = mnist_test
-    return (images[:100] / np.float32(255))[..., None], labels[:100].astype(np.int64)
-
-
-def sizes(adv, x, norm):
-    delta = (adv - x).reshape(len(x), -1).astype(np.float64)
-    return np.abs(delta).max(axis=1) if norm == "linf" else np.linalg.norm(delta, axis=1)
 
 
 # --------------------------------------------------------------------------- schedule
@@ -63,11 +45,11 @@ def test_square_side_on_mnist():
 # --------------------------------------------------------------------------- invariants
 
 
-def test_stripes_start_sits_on_the_corners_of_the_box(network, digits):
+def test_stripes_start_sits_on_the_corners_of_the_box(default_network, first_digits):
     """One query: the vertical stripes, every pixel moved by exactly +-eps (or clipped),
     one sign per column."""
-    x, y = digits[0][:8], digits[1][:8]
-    adv, used = square_attack(*network, x, y, 0.3, queries=1, rng=0)
+    x, y = first_digits[0][:8], first_digits[1][:8]
+    adv, used = square_attack(*default_network, x, y, 0.3, queries=1, rng=0)
     delta = adv.astype(np.float64) - x
     clipped = (adv == 0) | (adv == 1)
     assert np.all(clipped | np.isclose(np.abs(delta), 0.3, atol=1e-6))
@@ -77,27 +59,27 @@ def test_stripes_start_sits_on_the_corners_of_the_box(network, digits):
 
 
 @pytest.mark.parametrize(("norm", "eps"), [("linf", 0.3), ("l2", 2.0)])
-def test_budget_range_and_dtype(network, digits, norm, eps):
-    x, y = digits[0][:8], digits[1][:8]
-    adv, used = square_attack(*network, x, y, eps, norm=norm, queries=30, rng=0)
+def test_budget_range_and_dtype(default_network, first_digits, norm, eps):
+    x, y = first_digits[0][:8], first_digits[1][:8]
+    adv, used = square_attack(*default_network, x, y, eps, norm=norm, queries=30, rng=0)
     assert adv.shape == x.shape and adv.dtype == np.float32
     assert adv.min() >= 0 and adv.max() <= 1
     assert (sizes(adv, x, norm) <= eps + 1e-5).all()
     assert ((used >= 1) & (used <= 30)).all()
 
 
-def test_linf_pixels_stay_on_the_corners(network, digits):
+def test_linf_pixels_stay_on_the_corners(default_network, first_digits):
     """Every change the L-inf attack makes is to x +- eps: the pixels stay at corners."""
-    x, y = digits[0][:8], digits[1][:8]
-    adv, _ = square_attack(*network, x, y, 0.1, queries=40, rng=0)
+    x, y = first_digits[0][:8], first_digits[1][:8]
+    adv, _ = square_attack(*default_network, x, y, 0.1, queries=40, rng=0)
     delta = adv.astype(np.float64) - x
     assert np.all((adv == 0) | (adv == 1) | np.isclose(np.abs(delta), 0.1, atol=1e-6))
 
 
-def test_every_linf_candidate_is_a_new_image(digits):
+def test_every_linf_candidate_is_a_new_image(first_digits):
     """A window that is at its sign already gets the other one: no query is wasted on an
     image the network has seen (the reference redraws the sign until it changes)."""
-    x = digits[0][:50]
+    x = first_digits[0][:50]
     rng = np.random.default_rng(0)
     x_best = square._stripes(x, 0.3, rng)
     for s in (1, 2, 25):
@@ -106,26 +88,26 @@ def test_every_linf_candidate_is_a_new_image(digits):
 
 
 @pytest.mark.parametrize(("norm", "eps"), [("linf", 0.1), ("l2", 1.0)])
-def test_best_loss_never_rises_and_matches_the_images(network, digits, norm, eps):
+def test_best_loss_never_rises_and_matches_the_images(default_network, first_digits, norm, eps):
     """The best loss only falls, query after query; the last one is the returned images'."""
-    x, y = digits[0][:6], digits[1][:6]
+    x, y = first_digits[0][:6], first_digits[1][:6]
     history = []
-    adv, used = square_attack(*network, x, y, eps, norm=norm, queries=25, history=history)
+    adv, used = square_attack(*default_network, x, y, eps, norm=norm, queries=25, history=history)
     losses = np.array(history)  # (queries run, N)
     assert len(losses) == used.max() and (np.diff(losses, axis=0) <= 0).all()
     assert (losses[-1] < losses[0]).any()  # and the search did find something
-    _, final = margin_and_loss(predict_logits(*network, adv[..., 0]), y, targeted=False)
+    _, final = margin_and_loss(predict_logits(*default_network, adv[..., 0]), y, targeted=False)
     np.testing.assert_allclose(final, losses[-1], atol=1e-4)
 
 
-def test_never_asks_for_a_gradient(network, digits, monkeypatch):
+def test_never_asks_for_a_gradient(default_network, first_digits, monkeypatch):
     """Queries only: every gradient this library can compute raises here, and each query
     of an example is counted once."""
 
     def forbidden(*args, **kwargs):
         raise AssertionError("the Square attack asked for a gradient")
 
-    model = network[0]
+    model = default_network[0]
     for module, name in [(attacks, "loss_and_gradient"), (attacks, "loss_and_gradient_manual"),
                          (jax, "grad"), (jax, "value_and_grad"), (jax, "vjp"),
                          (type(model), "backward")]:  # fmt: skip
@@ -137,44 +119,48 @@ def test_never_asks_for_a_gradient(network, digits, monkeypatch):
         return predict_logits(model, params, state, images, **kw)
 
     monkeypatch.setattr(square, "predict_logits", counting)
-    x, y = digits[0][:4], digits[1][:4]
+    x, y = first_digits[0][:4], first_digits[1][:4]
     for norm, eps in [("linf", 0.1), ("l2", 1.0)]:
         seen.clear()
-        _, used = square_attack(*network, x, y, eps, norm=norm, queries=10)
+        _, used = square_attack(*default_network, x, y, eps, norm=norm, queries=10)
         assert sum(seen) == len(x) + used.sum()  # the clean look, then the counted queries
 
 
-def test_same_rng_same_images(network, digits):
-    x, y = digits[0][:4], digits[1][:4]
-    a, used_a = square_attack(*network, x, y, 0.1, queries=15, rng=3)
-    b, used_b = square_attack(*network, x, y, 0.1, queries=15, rng=3)
-    c, _ = square_attack(*network, x, y, 0.1, queries=15, rng=4)
+def test_same_rng_same_images(default_network, first_digits):
+    x, y = first_digits[0][:4], first_digits[1][:4]
+    a, used_a = square_attack(*default_network, x, y, 0.1, queries=15, rng=3)
+    b, used_b = square_attack(*default_network, x, y, 0.1, queries=15, rng=3)
+    c, _ = square_attack(*default_network, x, y, 0.1, queries=15, rng=4)
     np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(used_a, used_b)
     assert not np.array_equal(a, c)
 
 
-def test_an_example_already_wrong_is_left_alone(network, digits):
-    x, y = digits[0][:4], digits[1][:4].copy()
-    y[[1, 3]] = (predict(*network, x[[1, 3]]) + 1) % 10  # labels the network gets "wrong"
-    adv, used = square_attack(*network, x, y, 0.3, queries=20)
+def test_an_example_already_wrong_is_left_alone(default_network, first_digits):
+    x, y = first_digits[0][:4], first_digits[1][:4].copy()
+    y[[1, 3]] = (predict(*default_network, x[[1, 3]]) + 1) % 10  # labels the network gets "wrong"
+    adv, used = square_attack(*default_network, x, y, 0.3, queries=20)
     np.testing.assert_array_equal(adv[[1, 3]], x[[1, 3]])
     np.testing.assert_array_equal(used[[1, 3]], 0)
     assert (used[[0, 2]] >= 1).all() and not np.array_equal(adv[[0, 2]], x[[0, 2]])
 
 
-def test_targeted_attack_moves_towards_its_target(network, digits):
-    x, y = digits[0][:8], digits[1][:8]
+def test_targeted_attack_moves_towards_its_target(default_network, first_digits):
+    x, y = first_digits[0][:8], first_digits[1][:8]
     targets = (y + 1) % 10
-    adv, _ = square_attack(*network, x, targets, 0.3, queries=200, targeted=True, rng=0)
-    _, before = margin_and_loss(predict_logits(*network, x[..., 0]), targets, targeted=True)
-    _, after = margin_and_loss(predict_logits(*network, adv[..., 0]), targets, targeted=True)
+    adv, _ = square_attack(*default_network, x, targets, 0.3, queries=200, targeted=True, rng=0)
+    _, before = margin_and_loss(predict_logits(*default_network, x[..., 0]), targets, targeted=True)
+    _, after = margin_and_loss(
+        predict_logits(*default_network, adv[..., 0]), targets, targeted=True
+    )
     assert (after < before).all()
-    assert np.mean(predict(*network, adv) == targets) >= 0.5
+    assert np.mean(predict(*default_network, adv) == targets) >= 0.5
 
 
-def test_no_images_gives_no_images(network, digits):
-    adv, used = square_attack(*network, digits[0][:0], digits[1][:0], 0.3, queries=5)
+def test_no_images_gives_no_images(default_network, first_digits):
+    adv, used = square_attack(
+        *default_network, first_digits[0][:0], first_digits[1][:0], 0.3, queries=5
+    )
     assert adv.shape == (0, 28, 28, 1) and used.shape == (0,)
 
 
@@ -185,27 +171,27 @@ def test_no_images_gives_no_images(network, digits):
      ({"p_init": 0.0}, "p_init"), ({"targeted": True, "y": None}, "targets"),
      ({"y": np.array([3])}, "one class"), ({"y": np.array([3, 10])}, "one class")],
 )  # fmt: skip
-def test_bad_parameters(network, digits, kwargs, phrase):
-    x, y = digits[0][:2], digits[1][:2]
+def test_bad_parameters(default_network, first_digits, kwargs, phrase):
+    x, y = first_digits[0][:2], first_digits[1][:2]
     with pytest.raises(AttackError, match=phrase):
-        square_attack(*network, x, **{"y": y, "eps": 0.3, "queries": 3, **kwargs})
+        square_attack(*default_network, x, **{"y": y, "eps": 0.3, "queries": 3, **kwargs})
 
 
 # --------------------------------------------------------------------------- strength
 
 
-def test_undefended_network_falls_to_zero_at_eps_03(network, digits):
+def test_undefended_network_falls_to_zero_at_eps_03(default_network, first_digits):
     """The default network, 100 real test digits, eps 0.3, 1,000 queries: every digit is
     fooled (measured: mean 28 queries, the hardest 261)."""
-    x, y = digits
-    assert np.mean(predict(*network, x) == y) == 1.0
-    adv, used = square_attack(*network, x, y, 0.3, queries=1000, rng=0)
-    assert np.mean(predict(*network, adv) == y) == 0.0
+    x, y = first_digits
+    assert np.mean(predict(*default_network, x) == y) == 1.0
+    adv, used = square_attack(*default_network, x, y, 0.3, queries=1000, rng=0)
+    assert np.mean(predict(*default_network, adv) == y) == 0.0
     assert (sizes(adv, x, "linf") <= 0.3 + 1e-6).all() and used.max() < 1000
 
 
-def test_l2_attack_fools_most_digits(network, digits):
+def test_l2_attack_fools_most_digits(default_network, first_digits):
     """L2 at eps 3, 40 digits, 200 queries: measured 27.5% left (mean 63 queries)."""
-    x, y = digits[0][:40], digits[1][:40]
-    adv, _ = square_attack(*network, x, y, 3.0, norm="l2", queries=200, rng=0)
-    assert np.mean(predict(*network, adv) == y) <= 0.4
+    x, y = first_digits[0][:40], first_digits[1][:40]
+    adv, _ = square_attack(*default_network, x, y, 3.0, norm="l2", queries=200, rng=0)
+    assert np.mean(predict(*default_network, adv) == y) <= 0.4
