@@ -37,13 +37,13 @@ from fractions import Fraction
 import numpy as np
 
 from scratchcnn.attacks import (
-    NORMS,
     AttackError,
     _ascend,
-    _check_eps,
     _check_loss,
     _l2,
     _project,
+    as_labels,
+    check_budget,
     loss_and_gradient,
     predict,
 )
@@ -216,22 +216,9 @@ def _record(history, loss, best_loss, step_size, done) -> None:
 
 
 def _check(norm: str, eps: float, steps: int) -> None:
-    if norm not in NORMS:
-        raise AttackError(f"norm must be 'linf' or 'l2', got {norm!r}.")
-    _check_eps(eps, norm)
+    check_budget(norm, eps)
     if not (isinstance(steps, int | np.integer) and steps >= 1):
         raise AttackError(f"APGD needs steps >= 1 (an integer); got {steps!r}.")
-
-
-def _labels(y, n: int) -> np.ndarray:
-    """y as (n,) int64 labels, one per image."""
-    labels = np.asarray(y)
-    if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
-        raise AttackError(
-            f"y must hold one integer label per image ({n}); got shape {labels.shape}, "
-            f"dtype {labels.dtype}."
-        )
-    return labels.astype(np.int64)
 
 
 # --8<-- [start:apgd]
@@ -265,7 +252,7 @@ def apgd(
     x = np.asarray(x, dtype=np.float32)
     if len(x) == 0:
         return x.copy()  # no images: nothing to attack
-    labels = predict(model, params, state, x) if y is None else _labels(y, len(x))
+    labels = predict(model, params, state, x) if y is None else as_labels(y, len(x))
     _check_loss(loss, target, labels)
     todo = predict(model, params, state, x) == labels
     rng = np.random.default_rng(rng)
@@ -305,7 +292,7 @@ def apgd_targeted(
     if len(x) == 0:
         return x.copy()  # no images: nothing to attack
     logits = predict_logits(model, params, state, x[..., 0])
-    labels = logits.argmax(axis=1) if y is None else _labels(y, len(x))
+    labels = logits.argmax(axis=1) if y is None else as_labels(y, len(x))
     if not (isinstance(targets, int | np.integer) and 1 <= targets < logits.shape[1]):
         raise AttackError(
             f"targets must be an integer from 1 to {logits.shape[1] - 1} (the wrong classes); "

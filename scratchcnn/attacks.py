@@ -337,9 +337,7 @@ def pgd(
     steps climb (LOSSES); with "dlr_targeted" pass the true labels as y and the classes
     to move towards as target= (success is still any wrong answer, as in AutoAttack).
     """
-    if norm not in NORMS:
-        raise AttackError(f"norm must be 'linf' or 'l2', got {norm!r}.")
-    _check_eps(eps, norm)
+    check_budget(norm, eps)
     if not (steps >= 1 and restarts >= 1 and 0 < step_size < math.inf):  # NaN fails too
         raise AttackError(
             f"PGD needs steps >= 1, restarts >= 1 and step size > 0; got steps={steps}, "
@@ -379,6 +377,25 @@ def _check_targeting(loss: str, targeted: bool) -> None:
             "loss 'dlr_targeted' is targeted already: pass the true labels as y and the "
             "targets as target=, without targeted=True."
         )
+
+
+def check_budget(norm: str, eps: float) -> None:
+    """Every attack's threat model: a known norm, and an eps that makes sense for it."""
+    if norm not in NORMS:
+        raise AttackError(f"norm must be 'linf' or 'l2', got {norm!r}.")
+    _check_eps(eps, norm)
+
+
+def as_labels(y, n: int, classes: int = 10) -> np.ndarray:
+    """y as (n,) int64: one integer label per image, each a class of the network."""
+    labels = np.asarray(y)
+    integers = np.issubdtype(labels.dtype, np.integer)
+    if labels.shape != (n,) or not integers or not np.isin(labels, np.arange(classes)).all():
+        raise AttackError(
+            f"y must hold one integer label per image, one class in 0..{classes - 1} each "
+            f"({n} images); got shape {labels.shape}, dtype {labels.dtype}."
+        )
+    return labels.astype(np.int64)
 
 
 def _check_eps(eps: float, norm: str = "linf") -> None:

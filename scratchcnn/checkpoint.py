@@ -97,7 +97,13 @@ import numpy as np
 from scratchcnn import __version__
 from scratchcnn.data.mnist import INPUT_SHAPE
 from scratchcnn.errors import ScratchCNNError, WriteError
-from scratchcnn.files import kind_of_file, os_reason, to_jsonable, write_atomically
+from scratchcnn.files import (
+    check_output_file,
+    kind_of_file,
+    os_reason,
+    to_jsonable,
+    write_atomically,
+)
 from scratchcnn.layers import Sequential
 from scratchcnn.models import MODELS, UnknownModelError, build
 from scratchcnn.pretrained import resolve_checkpoint
@@ -217,13 +223,11 @@ def save_checkpoint(
 
 
 def _check_save_target(path: Path) -> None:
-    """Refuse a target that is a folder, or whose folder does not exist."""
-    if path.is_dir():
-        raise CheckpointError(f"cannot save checkpoint {path}: it is a folder.")
-    if not path.parent.is_dir():
-        raise CheckpointError(
-            f"cannot save checkpoint {path}: the folder {path.parent} does not exist."
-        )
+    """Refuse a target that is a folder or a device, or whose folder does not exist."""
+    try:
+        check_output_file(path, overwrite=True)  # a checkpoint replaces its last version
+    except WriteError as error:
+        raise CheckpointError(str(error)) from None
 
 
 def _flatten(tree: Mapping, prefix: str, path: Path) -> tuple[dict, dict[str, np.ndarray]]:

@@ -113,8 +113,12 @@ def check_output_file(path: Path, *, overwrite: bool, inputs: tuple = (), flag: 
         raise WriteError(f"cannot write {name}: it is {kind}, not a file.")
     parent = path.parent
     if not parent.is_dir():
-        why = "is not a folder" if parent.exists() else "does not exist"
-        raise WriteError(f"cannot write {name}: {parent} {why}.")
+        why = (
+            f"{parent} is not a folder"
+            if parent.exists()
+            else f"the folder {parent} does not exist"
+        )
+        raise WriteError(f"cannot write {name}: {why}.")
     for other in inputs:
         if (
             other is not None

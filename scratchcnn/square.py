@@ -37,7 +37,7 @@ import math
 
 import numpy as np
 
-from scratchcnn.attacks import NORMS, AttackError, _check_eps, _l2
+from scratchcnn.attacks import AttackError, _l2, as_labels, check_budget
 from scratchcnn.inference import predict_logits
 
 # The published schedule (the reference's ``p_selection``): p is halved after each of
@@ -226,25 +226,11 @@ def _l2_side(p: float, height: int, width: int) -> int:
 
 
 def _check(norm: str, eps: float, queries: int, p_init: float) -> None:
-    if norm not in NORMS:
-        raise AttackError(f"norm must be 'linf' or 'l2', got {norm!r}.")
-    _check_eps(eps, norm)
+    check_budget(norm, eps)
     if not (isinstance(queries, int | np.integer) and queries >= 1):
         raise AttackError(f"the Square attack needs a query budget >= 1; got {queries!r}.")
     if not 0 < p_init <= 1:  # NaN fails too
         raise AttackError(f"p_init is a fraction of the pixels, in (0, 1]; got {p_init}.")
-
-
-def _labels(y, logits: np.ndarray) -> np.ndarray:
-    """y as (N,) int64 class indices, one per image, each a class of the network."""
-    labels = np.asarray(y)
-    n, classes = logits.shape
-    if labels.shape != (n,) or not np.isin(labels, np.arange(classes)).all():
-        raise AttackError(
-            f"y must hold one class in 0..{classes - 1} per image ({n} images); "
-            f"got shape {labels.shape}."
-        )
-    return labels.astype(np.int64)
 
 
 # --8<-- [start:square_attack]
@@ -286,7 +272,7 @@ def square_attack(
     )
     rng = np.random.default_rng(rng)
     logits = _query(model, params, state, x)
-    labels = logits.argmax(axis=1) if y is None else _labels(y, logits)
+    labels = logits.argmax(axis=1) if y is None else as_labels(y, *logits.shape)
 
     used = np.zeros(len(x), np.int64)
 
