@@ -41,7 +41,6 @@ Command = TypeVar("Command", bound=Callable[..., Any])
 KEYWORD_ONLY = inspect.Parameter.KEYWORD_ONLY
 
 MAX_EPS_VALUES = 100  # a curve of --eps values; more would only take longer
-GRADIENTS = ("jax", "manual")  # the two ways `attack` takes the input gradient
 
 CHECKPOINT_HELP = (
     "A checkpoint file written by train, or the name of a pretrained network "
@@ -721,10 +720,9 @@ def attack(
     eps_values = _parse_floats(eps, "--eps")
     if steps is None:
         steps = 40 if method in ("fgsm", "pgd") else 100  # AutoAttack runs APGD for 100
-    check_between("--queries", queries, 1, 100_000)
     if transfer_from is not None and not sanity:
         raise InputError("--transfer-from is used by the --sanity checks only; add --sanity.")
-    check_attack_options(eps_values, steps, step_size, restarts, grad, limit)
+    check_attack_options(eps_values, limit)
     for flag, path in (("--figure", figure), ("--save-examples", save_examples)):
         if path is not None:  # refuse now, not after minutes of attacks
             inputs = (checkpoint, transfer_from)
@@ -784,22 +782,17 @@ def attack(
         raise typer.Exit(code=1)
 
 
-def check_attack_options(eps_values, steps, step_size, restarts, grad, limit) -> None:
-    """Refuse, before any work, the attack options that would crash or mean nothing."""
+def check_attack_options(eps_values, limit) -> None:
+    """Refuse, before any work, the --eps and --limit values that would crash or mean
+    nothing (AttackConfig.validate checks the rest)."""
     if len(eps_values) > MAX_EPS_VALUES:
         raise InputError(f"--eps takes at most {MAX_EPS_VALUES} values, got {len(eps_values)}.")
     for value in eps_values:  # L-infinity budgets: pixel changes, pixels are in [0, 1]
         check_between("--eps", value, 0, 1)
         if eps_values.count(value) > 1:
             raise InputError(f"--eps names {value:g} twice.")
-    if not 0 < step_size <= 1:
-        raise InputError(f"--step-size must be in (0, 1] (pixels are in [0, 1]), got {step_size}.")
-    check_between("--steps", steps, 1, 10_000)
-    check_between("--restarts", restarts, 1, 100)
     if limit is not None:
         check_between("--limit", limit, 1, TEST_IMAGES)
-    if grad not in GRADIENTS:
-        raise InputError(f"--grad must be jax or manual, got {grad!r}.")
 
 
 def _parse_floats(text: str, flag: str) -> list[float]:

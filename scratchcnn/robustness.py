@@ -52,6 +52,17 @@ class AttackConfig:
             )
         if self.batch_size < 1:
             raise attacks.AttackError(f"batch size must be at least 1, got {self.batch_size}.")
+        if not 0 < self.step_size <= 1:  # NaN fails too
+            raise attacks.AttackError(
+                f"--step-size must be in (0, 1] (pixels are in [0, 1]), got {self.step_size}."
+            )
+        for flag, value, high in (("--steps", self.steps, 10_000),
+                                  ("--restarts", self.restarts, 100),
+                                  ("--queries", self.queries, 100_000)):  # fmt: skip
+            if not 1 <= value <= high:
+                raise attacks.AttackError(f"{flag} must be from 1 to {high}, got {value}.")
+        if self.grad not in attacks.GRADS:
+            raise attacks.AttackError(f"--grad must be jax or manual, got {self.grad!r}.")
         return self
 
 
