@@ -35,7 +35,7 @@ def write_atomically(path: str | os.PathLike, write_body: Callable[[BinaryIO], N
     left as it was.
     """
     path = Path(path)
-    _check_replaceable(path)
+    check_output_file(path, overwrite=True)  # never rename over a folder or a device
     remove_stale_temporaries(path)
     temp_path = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
@@ -59,16 +59,6 @@ def write_atomically(path: str | os.PathLike, write_body: Callable[[BinaryIO], N
 
 
 # --8<-- [end:write_atomically]
-
-
-def _check_replaceable(path: Path) -> None:
-    """Refuse to rename a file over a folder, a device or a pipe (``/dev/null`` as root)."""
-    try:
-        mode = path.stat().st_mode
-    except OSError:  # nothing there yet; anything else, the write itself will report
-        return
-    if not stat.S_ISREG(mode):
-        raise WriteError(f"cannot write {path}: it is {kind_of_file(mode)}, not a file.")
 
 
 def check_regular_file(path: Path, noun: str, error: type[ScratchCNNError]) -> None:
