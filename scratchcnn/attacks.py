@@ -449,7 +449,7 @@ def _start(x, eps, norm, rng, clip):
 # --------------------------------------------------------------------------- training
 
 
-ADVERSARIAL = ("none", "fgsm", "pgd", "mixed")
+ADVERSARIAL = ("none", "fgsm", "pgd", "mixed", "trades")
 
 
 # --8<-- [start:adversarial_training]
@@ -463,20 +463,26 @@ class AdversarialTraining:
       2.5 * eps / steps long (the step rule of MadryLab's ``robustness`` library,
       Engstrom et al. 2019; Madry et al.'s own MNIST training takes 40 steps of 0.01 at
       eps 0.3);
-    - ``mixed``: each batch twice, clean and FGSM-attacked (what the seed projects did).
+    - ``mixed``: each batch twice, clean and FGSM-attacked (what the seed projects did);
+    - ``trades``: the TRADES loss (Zhang et al. 2019, ``scratchcnn.trades``): clean
+      cross-entropy + beta * KL to the prediction on a ``steps``-step PGD point, with
+      PGD's step rule.
     """
 
     method: str
     eps: float = 0.3
     steps: int = 7
+    beta: float = 6.0
 
     @property
     def attack_steps(self) -> int:
-        return self.steps if self.method == "pgd" else 1
+        return self.steps if self.method in ("pgd", "trades") else 1
 
     @property
     def step_size(self) -> float:
-        return 2.5 * self.eps / self.steps if self.method == "pgd" else 1.25 * self.eps
+        if self.method in ("pgd", "trades"):
+            return 2.5 * self.eps / self.steps
+        return 1.25 * self.eps
 
 
 # --8<-- [end:adversarial_training]

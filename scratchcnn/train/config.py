@@ -102,7 +102,10 @@ class TrainConfig:
         "none", f"Adversarial training: {listing(attacks.ADVERSARIAL)} (see lesson 11)."
     )
     adversarial_eps: float = option(0.3, "L-infinity budget of the training attack.")
-    adversarial_steps: int = option(7, "PGD steps per batch (--adversarial pgd).")
+    adversarial_steps: int = option(7, "PGD steps per batch (--adversarial pgd, trades).")
+    trades_beta: float = option(
+        6.0, "TRADES' weight of the robustness term (--adversarial trades): more is more robust."
+    )
     seed: int = option(0, f"Seed of every random choice (0 to {MAX_SEED}).")
     backend: str = option("numpy", "numpy, or jax (the same step, compiled).")
     train_limit: int | None = option(None, "Train on the first N training images only.")
@@ -186,6 +189,8 @@ class TrainConfig:
              "in (0, 1)"),
             ("adversarial_eps", finite(self.adversarial_eps) and 0 < self.adversarial_eps <= 1,
              "in (0, 1] (pixels are in [0, 1])"),
+            ("trades_beta", finite(self.trades_beta) and self.trades_beta >= 0,
+             "a finite number >= 0"),
         ]  # fmt: skip
 
     def _check_together(self) -> None:
@@ -237,7 +242,7 @@ class TrainConfig:
         if self.adversarial == "none":
             return None
         return attacks.AdversarialTraining(
-            self.adversarial, self.adversarial_eps, self.adversarial_steps
+            self.adversarial, self.adversarial_eps, self.adversarial_steps, self.trades_beta
         )
 
     def to_json(self) -> dict:

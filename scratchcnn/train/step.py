@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from scratchcnn import attacks, optim
+from scratchcnn import attacks, optim, trades
 from scratchcnn.data.preprocess import standardize_unit
 from scratchcnn.fast.cores import keep_freed_memory
 from scratchcnn.inference import make_eval_step, predict_logits
@@ -61,8 +61,10 @@ def make_train_step(model, optimizer, label_smoothing: float = 0.0, adversarial=
     With ``adversarial`` (an ``attacks.AdversarialTraining``) the images are attacked
     first, in [0, 1] where the budget eps is measured; either way the step standardizes
     them itself. rng drives dropout (and the attack's random start): a NumPy Generator,
-    or a JAX key under jit.
+    or a JAX key under jit. TRADES has a loss of its own: ``trades.make_train_step``.
     """
+    if adversarial is not None and adversarial.method == "trades":
+        return trades.make_train_step(model, optimizer, adversarial, label_smoothing)
 
     def train_step(params, state, opt_state, images, labels, rng):
         if adversarial is not None:
