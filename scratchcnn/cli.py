@@ -41,6 +41,7 @@ Command = TypeVar("Command", bound=Callable[..., Any])
 KEYWORD_ONLY = inspect.Parameter.KEYWORD_ONLY
 
 MAX_EPS_VALUES = 100  # a curve of --eps values; more would only take longer
+SANITY_SUBSET = 500  # images for the 2x stronger ensemble of --sanity (4x the cost)
 
 CHECKPOINT_HELP = (
     "A checkpoint file written by train, or the name of a pretrained network "
@@ -709,8 +710,9 @@ def attack(
     """Accuracy of a checkpoint under attack, eps by eps (L-infinity, pixels in [0, 1]).
 
     The network is attacked in eval mode, on its logits, with labels from the test set.
-    --sanity adds the checks that tell robustness from gradient masking and exits with
-    status 1 if one fails.
+    --sanity adds the checks that tell robustness from gradient masking, around the
+    autoattack ensemble at the largest --eps (its 2x stronger run and eps 0.5 on the first
+    500 images), and exits with status 1 if one fails.
     """
     from scratchcnn import robustness, viz
     from scratchcnn.checkpoint import load_for_model
@@ -718,8 +720,9 @@ def attack(
     from scratchcnn.data.preprocess import to_unit_nhwc
 
     eps_values = _parse_floats(eps, "--eps")
+    ensemble_steps = steps or 100  # --sanity's ensemble: AutoAttack runs APGD for 100
     if steps is None:
-        steps = 40 if method in ("fgsm", "pgd") else 100  # AutoAttack runs APGD for 100
+        steps = 40 if method in ("fgsm", "pgd") else 100
     if transfer_from is not None and not sanity:
         raise InputError("--transfer-from is used by the --sanity checks only; add --sanity.")
     check_attack_options(eps_values, limit)
@@ -751,15 +754,17 @@ def attack(
     x = to_unit_nhwc(images[:limit])
     y = labels[:limit].astype(np.int64)
     params, state = ckpt.params, ckpt.state
+    curves = {method: robustness.accuracy_curve(model, params, state, x, y, eps_values, config)}
+    report = details = None
     if sanity:
-        report, curves = robustness.sanity_checks(
-            model, params, state, x, y, eps_values, config, transfer_from=source
-        )
-    else:
-        report = None
-        curves = {method: robustness.accuracy_curve(model, params, state, x, y, eps_values, config)}
+        report, details = robustness.sanity_checks(
+            model, params, state, x, y, max(eps_values),
+            dataclasses.replace(config, steps=ensemble_steps),
+            transfer_from=source, subset=SANITY_SUBSET,
+        )  # fmt: skip
     result = {"checkpoint": str(checkpoint), "images": len(y), "config": config.__dict__,
-              "curves": curves, "sanity": report.checks if report else None}  # fmt: skip
+              "curves": curves, "sanity": report.checks if report else None,
+              "sanity_details": details}  # fmt: skip
     if figure is not None:
         viz.accuracy_vs_eps(curves, figure, title=f"{ckpt.model_name}, {len(y):,} test images")
     if save_examples is not None:

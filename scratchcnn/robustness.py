@@ -2,19 +2,22 @@
 
 A "defence" that only hides the gradient (saturated softmax, non-differentiable
 preprocessing, randomness) makes gradient attacks weak without making the network
-robust. Athalye, Carlini & Wagner (2018) list the symptoms; ``sanity_checks`` tests them:
+robust. Athalye, Carlini & Wagner (2018) list the symptoms; ``sanity_checks`` tests them
+around the evaluation attack itself, the AutoAttack-style ensemble (Croce & Hein 2020):
 
-1. iterative PGD is at least as strong as one-step FGSM, at every eps;
-2. accuracy does not rise as eps grows;
-3. at eps = 1 any image can be turned into any other: accuracy is (almost) 0;
-4. more PGD steps and restarts change accuracy little: not up (beyond noise), and not
-   much down either, or the attack had not converged and the number overstates robustness;
-5. a transfer attack (examples crafted on another network) is weaker than the white-box one.
+1. one FGSM step is not stronger than the ensemble;
+2. the cross-entropy attack (APGD-CE) is not far weaker than the ensemble: if it is, its
+   gradient is masked (the DLR loss and Square do not need the softmax's gradient);
+3. the gradient-free Square attack fools (almost) nothing the gradient attacks missed;
+4. a 2x stronger ensemble (more steps, more queries, restarts) changes accuracy little:
+   not up (noise), and not much down, or the evaluation had not converged;
+5. at eps = 0.5 (half the pixel range) accuracy is (almost) 0;
+6. a transfer attack (examples crafted on another network) is weaker than the white-box one.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -24,6 +27,8 @@ ATTACKS = ("fgsm", "pgd", "apgd-ce", "apgd-t", "square", "autoattack")
 # AutoAttack's standard order (Croce & Hein 2020), FAB-T left out: each attack only sees
 # the examples every attack before it failed to fool.
 AUTOATTACK = ("apgd-ce", "apgd-t", "square")
+# How far APGD-CE alone may stay above the ensemble before its gradient counts as masked.
+MASKING_GAP = 0.05
 
 
 @dataclass(frozen=True)
@@ -110,21 +115,43 @@ def attack_batch(model, params, state, x, y, eps: float, config: AttackConfig, r
 def autoattack(model, params, state, x, y, eps: float, config: AttackConfig, rng):
     """The worst case of each example over AUTOATTACK's attacks, run in order, each on the
     examples still classified correctly (Croce & Hein 2020). x: (N, H, W, 1) -> same."""
+    return autoattack_with_breakdown(model, params, state, x, y, eps, config, rng)[0]
+
+
+def autoattack_with_breakdown(model, params, state, x, y, eps: float, config, rng):
+    """``autoattack``, and who fooled each example first: (N,) strings, "clean" (wrong
+    without attack), a name from AUTOATTACK, or "" (robust to them all)."""
     worst = np.asarray(x).copy()
-    robust = attacks.predict(model, params, state, worst) == y
+    right = attacks.predict(model, params, state, worst) == y
+    fooled_by = np.where(right, "", "clean").astype(object)
     for name in AUTOATTACK:
-        still = np.flatnonzero(robust)
-        if not len(still):
+        still = np.flatnonzero(fooled_by == "")
+        if not len(still) or eps == 0:
             break
-        member = AttackConfig(**{**config.__dict__, "attack": name})
+        member = replace(config, attack=name)
         adv = attack_batch(model, params, state, worst[still], y[still], eps, member, rng)
         fooled = attacks.predict(model, params, state, adv) != y[still]
-        worst[still[fooled]], robust[still[fooled]] = adv[fooled], False
-    return worst
+        worst[still[fooled]], fooled_by[still[fooled]] = adv[fooled], name
+    return worst, fooled_by
 
 
 # --8<-- [end:autoattack]
-# --8<-- [end:adversarial_examples]
+
+
+def autoattack_breakdown(model, params, state, x, y, eps: float, config: AttackConfig):
+    """``autoattack_with_breakdown`` batch by batch, with the random streams of
+    ``adversarial_examples`` (so the same examples): (worst (N, H, W, 1), fooled_by (N,))."""
+    worst, fooled_by = [], []
+    for start in range(0, len(x), config.batch_size):
+        xb, yb = x[start : start + config.batch_size], y[start : start + config.batch_size]
+        adv, who = autoattack_with_breakdown(
+            model, params, state, xb, yb, eps, config, rng=[config.seed, start]
+        )
+        worst.append(adv)
+        fooled_by.append(who)
+    if not worst:
+        return np.asarray(x).copy(), np.array([], dtype=object)
+    return np.concatenate(worst), np.concatenate(fooled_by)
 
 
 def accuracy(model, params, state, x, y) -> float:
@@ -162,59 +189,74 @@ class SanityReport:
 
 # --8<-- [start:sanity_checks]
 def sanity_checks(
-    model, params, state, x, y, eps_values, config: AttackConfig, *,
-    tolerance: float = 0.01, transfer_from=None,
+    model, params, state, x, y, eps: float, config: AttackConfig, *,
+    tolerance: float = 0.01, transfer_from=None, subset: int | None = None,
 ) -> tuple[SanityReport, dict]:  # fmt: skip
-    """Run the five checks of the module docstring. Returns the report and the curves.
+    """Run the checks of the module docstring around the evaluation attack itself: the
+    ensemble (``config`` with attack "autoattack") at ``eps``, on x (N, H, W, 1).
 
-    ``transfer_from``: (model, params, state) of an independently trained network whose
-    adversarial examples are replayed against this one (check 5; skipped without it).
+    The 2x stronger ensemble and eps = 0.5 run on the first ``subset`` images (all by
+    default). ``transfer_from``: (model, params, state) of an independently trained
+    network whose adversarial examples are replayed against this one (skipped without
+    it). Returns the report and the numbers behind it.
     """
-    report = SanityReport()
-    fgsm_cfg = AttackConfig(**{**config.__dict__, "attack": "fgsm"})
-    pgd_cfg = AttackConfig(**{**config.__dict__, "attack": "pgd"})
-    fgsm_curve = accuracy_curve(model, params, state, x, y, eps_values, fgsm_cfg)
-    pgd_curve = accuracy_curve(model, params, state, x, y, eps_values, pgd_cfg)
-    pairs = [(f["eps"], f["accuracy"], p["accuracy"]) for f, p in zip(fgsm_curve, pgd_curve)]
-    report.add(
-        "PGD <= FGSM at every eps",
-        all(p <= f + tolerance for _, f, p in pairs),
-        ", ".join(f"{e:g}: {p:.1%} vs {f:.1%}" for e, f, p in pairs),
-    )
-    accs = [p for _, _, p in pairs]
-    report.add(
-        "accuracy falls as eps grows",
-        all(b <= a + tolerance for a, b in zip(accs, accs[1:])),
-        " -> ".join(f"{a:.1%}" for a in accs),
-    )
-    # Steps must be able to cross the whole budget: 2.5 * eps / steps (the step rule of
-    # MadryLab's robustness library), here with eps = 1.
-    reach = AttackConfig(**{**pgd_cfg.__dict__, "step_size": 2.5 / config.steps})
-    at_one = accuracy_curve(model, params, state, x, y, [1.0], reach)[0]["accuracy"]
-    report.add("eps = 1 leaves (almost) nothing", at_one <= tolerance, f"{at_one:.1%}")
-    eps = max(eps_values)
-    stronger = AttackConfig(**{**pgd_cfg.__dict__, "steps": 2 * config.steps,
-                               "restarts": config.restarts + 2})  # fmt: skip
-    base = next(row["accuracy"] for row in pgd_curve if row["eps"] == eps)
-    strong = accuracy_curve(model, params, state, x, y, [eps], stronger)[0]["accuracy"]
-    # Both ways: a stronger attack must not find the network *more* accurate (noise or a
-    # masked gradient), nor much less (then the evaluation had not converged).
-    report.add(
-        "more steps and restarts change little",
-        abs(strong - base) <= tolerance,
-        f"eps {eps:g}: {base:.1%} with {config.steps} steps x {config.restarts}, "
-        f"{strong:.1%} with {stronger.steps} x {stronger.restarts}",
-    )
+    network, report = (model, params, state), SanityReport()
+    evaluation = replace(config, attack="autoattack")
+    _, fooled_by = autoattack_breakdown(*network, x, y, eps, evaluation)
+    ensemble = float(np.mean(fooled_by == ""))
+    share = {name: float(np.mean(fooled_by == name)) for name in ("clean", *AUTOATTACK)}
+    details = {"eps": eps, "images": len(y), "ensemble": ensemble, "fooled_by": share}
+
+    fgsm = _attacked_accuracy(network, x, y, eps, replace(evaluation, attack="fgsm"))
+    report.add("one FGSM step is not stronger than the ensemble", ensemble <= fgsm + tolerance,
+               f"eps {eps:g}: {ensemble:.1%} (ensemble) vs {fgsm:.1%} (FGSM)")  # fmt: skip
+    # A masked cross-entropy gradient (saturated softmax) stalls APGD-CE, while the
+    # scale-free DLR loss of APGD-T and the gradient-free Square still find the way.
+    cross_entropy = ensemble + share["apgd-t"] + share["square"]
+    report.add("the cross-entropy attack is not masked",
+               cross_entropy - ensemble <= MASKING_GAP,
+               f"{cross_entropy:.1%} after APGD-CE, {ensemble:.1%} after all three "
+               f"(a gap above {MASKING_GAP:.0%} means its gradient is masked)")  # fmt: skip
+    report.add("gradient-free Square adds (almost) nothing", share["square"] <= tolerance,
+               f"Square fooled {share['square']:.1%} of the images that both APGD attacks "
+               "left standing")  # fmt: skip
+
+    n = len(y) if subset is None else min(subset, len(y))
+    xs, ys, before = x[:n], y[:n], float(np.mean(fooled_by[:n] == ""))
+    stronger = _stronger_ensemble_accuracy(network, xs, ys, eps, evaluation)
+    report.add("a 2x stronger ensemble changes little", abs(stronger - before) <= tolerance,
+               f"{n} images: {before:.1%}, and {stronger:.1%} with 2x the steps and queries, "
+               "2 restarts")  # fmt: skip
+    at_half = _attacked_accuracy(network, xs, ys, 0.5, evaluation)
+    report.add("eps = 0.5 leaves (almost) nothing", at_half <= tolerance,
+               f"{n} images: {at_half:.1%}")  # fmt: skip
+    details.update({"fgsm": fgsm, "apgd_ce": cross_entropy, "subset": n, "eps_0.5": at_half,
+                    "subset_ensemble": before, "stronger": stronger})  # fmt: skip
     if transfer_from is not None:
-        source = transfer_from
-        adv = adversarial_examples(*source, x, y, eps, pgd_cfg)
-        transfer = accuracy(model, params, state, adv, y)
-        report.add(
-            "transfer attack is weaker than white-box",
-            transfer >= base - tolerance,
-            f"eps {eps:g}: {transfer:.1%} (transfer) vs {base:.1%} (white-box)",
+        crafted = adversarial_examples(*transfer_from, x, y, eps, replace(config, attack="apgd-ce"))
+        transfer = accuracy(*network, crafted, y)
+        report.add("transfer attack is weaker than white-box", transfer >= ensemble - tolerance,
+                   f"eps {eps:g}: {transfer:.1%} (APGD-CE on the other network) vs "
+                   f"{ensemble:.1%} (white-box ensemble)")  # fmt: skip
+        details["transfer"] = transfer
+    return report, details
+
+
+def _attacked_accuracy(network, x, y, eps: float, config: AttackConfig) -> float:
+    return accuracy(*network, adversarial_examples(*network, x, y, eps, config), y)
+
+
+def _stronger_ensemble_accuracy(network, x, y, eps: float, config: AttackConfig) -> float:
+    """Accuracy under the ensemble with twice the steps and queries, restarted twice with
+    other seeds: an example counts as robust only if it survives both restarts."""
+    stronger = replace(config, steps=2 * config.steps, queries=2 * config.queries)
+    robust = np.ones(len(y), dtype=bool)
+    for restart in (1, 2):
+        _, fooled_by = autoattack_breakdown(
+            *network, x, y, eps, replace(stronger, seed=config.seed + restart)
         )
-    return report, {"fgsm": fgsm_curve, "pgd": pgd_curve}
+        robust &= fooled_by == ""
+    return float(robust.mean())
 
 
 # --8<-- [end:sanity_checks]
