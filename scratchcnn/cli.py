@@ -699,8 +699,20 @@ def attack(
     save_examples: Annotated[
         Path | None, _option("Write a grid of clean/perturbation/adversarial.", "--save-examples")
     ] = None,
+    record: Annotated[
+        Path | None,
+        _option(
+            "Save each finished batch to this JSON file, so --resume can continue.", "--record"
+        ),
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the evaluation the --record file holds.")
+    ] = False,
     overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace existing --figure/--save-examples files.")
+        bool,
+        typer.Option(
+            "--overwrite", help="Replace existing --figure, --save-examples, --record files."
+        ),
     ] = False,
     data_dir: Annotated[
         Path | None, _option("Folder holding the four MNIST .gz files.", "--data-dir")
@@ -714,10 +726,11 @@ def attack(
     autoattack ensemble at the largest --eps (its 2x stronger run and eps 0.5 on the first
     500 images), and exits with status 1 if one fails.
     """
-    from scratchcnn import robustness, viz
+    from scratchcnn import attack_record, robustness, viz
     from scratchcnn.checkpoint import load_for_model
     from scratchcnn.data.mnist import load_mnist
     from scratchcnn.data.preprocess import to_unit_nhwc
+    from scratchcnn.pretrained import resolve_checkpoint
 
     eps_values = _parse_floats(eps, "--eps")
     ensemble_steps = steps or 100  # --sanity's ensemble: AutoAttack runs APGD for 100
@@ -726,10 +739,14 @@ def attack(
     if transfer_from is not None and not sanity:
         raise InputError("--transfer-from is used by the --sanity checks only; add --sanity.")
     check_attack_options(eps_values, limit)
-    for flag, path in (("--figure", figure), ("--save-examples", save_examples)):
+    if resume and record is None:
+        raise InputError("--resume continues the evaluation of a --record file; add --record.")
+    outputs = (("--figure", figure), ("--save-examples", save_examples), ("--record", record))
+    for flag, path in outputs:
         if path is not None:  # refuse now, not after minutes of attacks
             inputs = (checkpoint, transfer_from)
-            check_output_file(path, overwrite=overwrite, inputs=inputs, flag=flag)
+            again = overwrite or (resume and flag == "--record")
+            check_output_file(path, overwrite=again, inputs=inputs, flag=flag)
     if (
         figure is not None
         and save_examples is not None
@@ -754,7 +771,13 @@ def attack(
     x = to_unit_nhwc(images[:limit])
     y = labels[:limit].astype(np.int64)
     params, state = ckpt.params, ckpt.state
-    curves = {method: robustness.accuracy_curve(model, params, state, x, y, eps_values, config)}
+    if record is None:
+        curves = {method: robustness.accuracy_curve(model, params, state, x, y, eps_values, config)}
+    else:
+        ident = attack_record.identity(resolve_checkpoint(checkpoint), config, eps_values, x, y)
+        progress = attack_record.open_record(record, ident, resume=resume)
+        curves = attack_record.run((model, params, state), x, y, eps_values, config, progress,
+                                   log=lambda line: typer.echo(line, err=True))  # fmt: skip
     report = details = None
     if sanity:
         report, details = robustness.sanity_checks(
