@@ -9,26 +9,17 @@ import pytest
 from cli_checks import assert_one_line_error, run
 
 from scratchcnn import attacks
-from scratchcnn.train import TrainConfig, train
 
 pytestmark = pytest.mark.lesson10
 
 
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory, mnist_dir):
-    """Two small default networks trained independently (seeds 0 and 1) on 3,000 images."""
-    paths = []
-    for seed in (0, 1):
-        out = tmp_path_factory.mktemp(f"net{seed}")
-        config = TrainConfig(model="default", epochs=2, train_limit=3000, val_fraction=0.01,
-                             test_limit=100, seed=seed, backend="jax")  # fmt: skip
-        train(config, data_dir=mnist_dir, output_dir=out, progress=False, log=lambda s: None)
-        paths.append(out / "best.npz")
-    return paths
+# Two independently trained networks: the shipped default and best (the transfer check
+# needs a second one; training them here would cost a minute).
+checkpoints = ["default", "best"]
 
 
 @pytest.mark.slow
-def test_attack_table_json_and_figures(checkpoints, mnist_dir, tmp_path):
+def test_attack_table_json_and_figures(mnist_dir, tmp_path):
     figure, grid = tmp_path / "acc.png", tmp_path / "grid.png"
     result = run("attack", checkpoints[0], "--attack", "pgd", "--eps", "0,0.1,0.3",
                  "--steps", "5", "--step-size", "0.1", "--limit", "100", "--json",
@@ -42,7 +33,7 @@ def test_attack_table_json_and_figures(checkpoints, mnist_dir, tmp_path):
     assert grid.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_sanity_checks_run_and_report(checkpoints, mnist_dir):
+def test_sanity_checks_run_and_report(mnist_dir):
     result = run("attack", checkpoints[0], "--sanity", "--eps", "0,0.2", "--steps", "5",
                  "--queries", "50", "--limit", "50", "--transfer-from", checkpoints[1],
                  "--data-dir", mnist_dir, "--json")  # fmt: skip
@@ -57,7 +48,7 @@ def test_sanity_checks_run_and_report(checkpoints, mnist_dir):
     ("flags", "phrase"),
     [(["--attack", "cw"], "unknown attack"), (["--eps", "0,1.5"], "eps")],
 )
-def test_bad_attack_flags(checkpoints, mnist_dir, flags, phrase):
+def test_bad_attack_flags(mnist_dir, flags, phrase):
     result = run("attack", checkpoints[0], *flags, "--limit", "10", "--data-dir", mnist_dir)
     assert result.exit_code == 1
     assert phrase in result.stderr and "Traceback" not in result.output
