@@ -1,22 +1,34 @@
-"""Lesson 11: adversarial training, and the robustness/accuracy trade-off.
+"""Lesson 11: adversarial training, PGD and TRADES, measured with the attack ensemble.
 
-The undefended default network (the shipped one; runs/default-s0 with --retrain) against
-the same architecture trained on PGD-7 adversarial examples at eps 0.3 (the shipped
+Three networks of the same `default` architecture: undefended (the shipped one;
+runs/default-s0 with --retrain), trained on PGD-7 examples at eps 0.3 (the shipped
 `defended` network when this copy of scratchcnn has it, else runs/robust-ft2-s0/best.npz,
-trained first when missing; --checkpoint picks another): clean accuracy and worst-case
-accuracy under PGD-50 (step 0.01) with 10 random restarts at eps 0.3 on the test set, FGSM
-and PGD-40 accuracy-against-eps curves of both networks on one figure, and the sanity
-checks against gradient masking on the defended network, with the undefended network as
-the source of the transfer attack.
+trained first when missing; --checkpoint picks another), and trained with TRADES
+(--trades CKPT, or the shipped `defended-trades` if it ever is; without either its rows are
+skipped). For each: clean accuracy on the test set; robust accuracy at eps 0.3 under the
+ensemble (APGD-CE 100 steps, APGD-T 9 targets x 100 steps, Square 5,000 queries) on every
+test image, with who fooled what; the worst case under PGD-50 (step 0.01) with 10 random
+restarts; and the sanity checks around the ensemble on the first 1,000 test images, with the
+undefended network as the source of the transfer attack. Then our numbers beside published
+MNIST eps-0.3 results (PUBLISHED) on one trade-off figure, FGSM and PGD-40 curves against
+eps, and the PGD network's training curve.
 
-    python lessons/11_adversarial_training.py            # about an hour on 2 cores
-    python lessons/11_adversarial_training.py --quick    # seconds: tiny networks
+    python lessons/11_adversarial_training.py --checkpoint CKPT --trades CKPT   # see below
+    python lessons/11_adversarial_training.py --quick    # about a minute: tiny networks
     python lessons/11_adversarial_training.py --limit 500 --out /tmp/l11   # a partial run
-    python lessons/11_adversarial_training.py --replot-restarts  # restarts.png from results.json
+    python lessons/11_adversarial_training.py --replot   # figures from results.json
 
-With --retrain (or when scratchcnn does not ship it) the defended network is trained, in
-three runs (about 46, 34 and 34 minutes on 2 cores): 10 epochs of PGD-7 training, then
-twice 8 more epochs from the previous run's weights at a third of the peak learning rate:
+The ensemble costs minutes per 50 digits of a defended network on a 2-core CPU, so the
+full run takes a day or more. It is resumable: the ensemble evaluates each network batch by
+batch into an attack record, runs/attack-records/<network>-<sha>-eps0.3-n10000.json (the
+checkpoint's SHA-256 in the name: another network gets a new record), saved after each
+batch and continued where it stopped when the script is run again; the sanity checks of
+each network are kept in runs/attack-records/sanity-<network>-<sha>-n1000.json once done.
+Stop it at any time and run the same command again.
+
+With --retrain (or when scratchcnn does not ship it) the PGD network is trained, in three
+runs (about 46, 34 and 34 minutes on 2 cores): 10 epochs of PGD-7 training, then twice 8
+more epochs from the previous run's weights at a third of the peak learning rate:
 
     scratchcnn train --adversarial pgd --adversarial-steps 7 --adversarial-eps 0.3 \\
         --epochs 10 --seed 0 --output runs/robust-s0
@@ -26,33 +38,47 @@ twice 8 more epochs from the previous run's weights at a third of the peak learn
     scratchcnn train --adversarial pgd --adversarial-steps 7 --adversarial-eps 0.3 \\
         --epochs 8 --lr 0.001 --init runs/robust-ft-s0/best.npz --seed 0 \\
         --output runs/robust-ft2-s0
+
+The TRADES network is trained by hand (this script never trains it): fine-tuned from the
+first PGD run's weights with the TRADES loss at beta 6, then given with --trades:
+
+    scratchcnn train --adversarial trades --trades-beta 6 --adversarial-steps 7 \\
+        --adversarial-eps 0.3 --epochs 8 --lr 0.001 --init runs/robust-s0/best.npz \\
+        --seed 0 --output runs/trades-ft-s0
+    python lessons/11_adversarial_training.py --trades runs/trades-ft-s0/best.npz
 """
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import sys
+import tempfile
 import time
 from contextlib import chdir as working_directory
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
-from _lesson import NETWORKS, ROOT, TRAINING, Lesson, undefended_network
+from _lesson import NETWORKS, ROOT, TRAINING, Lesson, trained_checkpoint
 from matplotlib.ticker import MaxNLocator
 
-from scratchcnn import attacks, models, pretrained, robustness
-from scratchcnn.checkpoint import load_for_model
+from scratchcnn import apgd, attack_record, attacks, models, pretrained, robustness
+from scratchcnn.checkpoint import load_for_model, save_checkpoint
 from scratchcnn.data.mnist import load_mnist
 from scratchcnn.data.preprocess import to_unit_nhwc
+from scratchcnn.files import write_json
 from scratchcnn.pretrained.ship import run_history
 from scratchcnn.train import RECIPES, TrainConfig, train
 from scratchcnn.viz import accuracy_vs_eps_by_network, adversarial_grid, save_figure
 
 EPS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3)
-SANITY_EPS = (0.0, 0.1, 0.2, 0.3)
-WORST_EPS = 0.3
+EVAL_EPS = 0.3  # every robust accuracy of this lesson is at this eps
 DEFENDED = "runs/robust-ft2-s0/best.npz"
+TRADES_NAME = "defended-trades"  # the pretrained name a shipped TRADES network would have
+RECORDS = ROOT / "runs" / "attack-records"
+SANITY_IMAGES, SANITY_SUBSET = 1_000, 100  # the 2x stronger ensemble and eps 0.5: first 100
+LABELS = {"undefended": "undefended", "defended": "PGD training", "trades": "TRADES"}
 # The defended network's runs (the module docstring has them as commands): PGD-7 training
 # from scratch, then twice more of it from the previous run's weights with a smaller step.
 ROBUST_RECIPE = dataclasses.replace(RECIPES["default"], adversarial="pgd", adversarial_steps=7,
@@ -64,25 +90,72 @@ ROBUST_RUNS = {
     "runs/robust-ft2-s0": dataclasses.replace(FINE_TUNING, init_from="runs/robust-ft-s0/best.npz"),
 }
 
+# Published MNIST results at eps 0.3 (L-infinity), as the AutoAttack README's MNIST table
+# lists them: clean accuracy, the robust accuracy the paper reported, and AutoAttack's.
+PUBLISHED = {
+    "source": "AutoAttack README, MNIST - Linf table (Croce & Hein)",
+    "url": "https://github.com/fra31/auto-attack/blob/"
+    "aaba775aedf24c86099ca0340d62275878a101ae/README.md",
+    "reported_attack": "the paper's own evaluation; the README warns it 'might be calculated "
+    "on a subset of the test set or on different models trained with the same defense'",
+    "autoattack_attack": "AutoAttack, standard version: APGD-CE, APGD-T (9 targets), FAB-T "
+    "(9 targets), Square (5,000 queries), on the full test set",
+    "rows": [
+        {"paper": "Madry et al., 2018", "defence": "PGD training", "short": "PGD",
+         "url": "https://arxiv.org/abs/1706.06083",
+         "clean": 0.9853, "reported": 0.8962, "autoattack": 0.8850},
+        {"paper": "Zhang et al., 2019b", "defence": "TRADES", "short": "TRADES",
+         "url": "https://arxiv.org/abs/1901.08573",
+         "clean": 0.9948, "reported": 0.9560, "autoattack": 0.9281},
+        {"paper": "Wong et al., 2020", "defence": "FGSM from a random start",
+         "short": "FGSM-RS",
+         "url": "https://arxiv.org/abs/2001.03994",
+         "clean": 0.9850, "reported": 0.8877, "autoattack": 0.8293},
+    ],
+}  # fmt: skip
+
 
 def log(text: str) -> None:
     print(text, flush=True)
 
 
+def duration(seconds: float) -> str:
+    """4.2 -> "4 s", 537.7 -> "9 min", 52000 -> "14.4 h"."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
 def own_options() -> argparse.Namespace:
-    """This lesson's own flags; the rest (--quick, --out, --seed) go to Lesson."""
+    """This lesson's own flags; the rest (--quick, --out, --seed, --retrain) go to Lesson."""
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--checkpoint", type=Path, default=None,
-                        help="the defended network (default: the shipped one)")
+                        help="the PGD-trained network (default: the shipped `defended`)")
+    parser.add_argument("--trades", type=Path, default=None,
+                        help=f"the TRADES-trained network (default: a shipped `{TRADES_NAME}`)")
     parser.add_argument("--limit", type=int, default=None,
                         help="attack the first N test images only (a partial run)")
-    parser.add_argument("--replot-restarts", action="store_true",
-                        help="only redraw restarts.png from results.json (no attacks)")
+    parser.add_argument("--replot", action="store_true",
+                        help="only redraw restarts.png and tradeoff.png from results.json")
     if {"-h", "--help"} & set(sys.argv[1:]):
-        parser.print_help()  # these two flags; Lesson's parser then prints its own
+        parser.print_help()  # these flags; Lesson's parser then prints its own
         print()
     options, sys.argv[1:] = parser.parse_known_args()
     return options
+
+
+# --------------------------------------------------------------------------- the networks
+
+
+@dataclasses.dataclass
+class Trained:
+    """A network of this lesson: net = (model, params, state), the checkpoint file it was
+    read from (the attack records name it by its SHA-256), and its training (config and
+    epoch-by-epoch history)."""
+
+    net: tuple
+    checkpoint: Path
+    training: dict
 
 
 def defended_checkpoint(option: Path | None) -> Path:
@@ -106,23 +179,74 @@ def defended_checkpoint(option: Path | None) -> Path:
     return ROOT / DEFENDED
 
 
-def defended_network(path: Path):
-    """(model, params, state), info: the checkpoint at ``path`` and its training history,
-    the epochs of the runs it was fine-tuned from first (a shipped network carries it)."""
+def trades_checkpoint(option: Path | None) -> Path | None:
+    """--trades if given; else a shipped `defended-trades`; else None (no TRADES rows)."""
+    if option is not None:
+        return option
+    if TRADES_NAME in pretrained.available():
+        NETWORKS["shipped"].add(TRADES_NAME)
+        return pretrained.path(TRADES_NAME)
+    return None
+
+
+def load_network(path: Path) -> Trained:
+    """The checkpoint at ``path`` with its training history: the one a shipped network
+    carries, else its run folder's, after the runs it was fine-tuned from (--init)."""
     model, ckpt = load_for_model(path)
-    history = ckpt.info.get("history") or run_history(path.parent, ROOT)
-    return (model, ckpt.params, ckpt.state), {**ckpt.info, "history": history}
+    history = ckpt.info.get("history") or folder_history(Path(path).parent)
+    training = {"config": ckpt.info.get("config"), "history": history}
+    return Trained((model, ckpt.params, ckpt.state), Path(path), training)
 
 
-def quick_defended_network(seed: int):
-    """Quick run: the undefended quick network's training (undefended_network), on PGD-2
-    examples; and its history."""
-    config = TrainConfig(model="default", epochs=1, train_limit=512, batch_size=64,
-                         val_fraction=0.0, test_limit=100, seed=seed, adversarial="pgd",
-                         adversarial_steps=2)
-    result = train(config, progress=False, log=lambda s: None)
-    net = (models.build("default"), result.params, result.state)
-    return net, {"config": result.config.to_json(), "history": result.history}
+def folder_history(run: Path) -> list[dict]:
+    """run_history of a run folder (--init paths are relative to the folder above runs/);
+    the run's own epochs only when a run it was fine-tuned from is not there."""
+    root = run.parent.parent if run.parent.name == "runs" else ROOT
+    try:
+        return run_history(run, root)
+    except FileNotFoundError as missing:
+        log(f"training history: {missing.filename} is missing; {run.name}'s own epochs only")
+    own = run / "history.json"
+    if not own.is_file():
+        return []
+    return [{**r, "run": run.name} for r in json.loads(own.read_text())["history"]]
+
+
+def full_networks(options, seed: int) -> dict[str, Trained]:
+    networks = {"undefended": load_network(trained_checkpoint("default", seed)),
+                "defended": load_network(defended_checkpoint(options.checkpoint))}  # fmt: skip
+    trades = trades_checkpoint(options.trades)
+    if trades is None:
+        log(f"no TRADES network (give --trades CKPT; scratchcnn ships no `{TRADES_NAME}`): "
+            "its rows are skipped. The docstring has the command that trains it.")  # fmt: skip
+    else:
+        networks["trades"] = load_network(trades)
+    return networks
+
+
+def quick_networks(seed: int, folder: Path) -> dict[str, Trained]:
+    """Quick run: three default networks trained for one epoch on 512 images, plainly, on
+    PGD-2 examples and with TRADES (2 attack steps), saved to ``folder`` (the attack
+    records name each network by its file)."""
+    plain = TrainConfig(model="default", epochs=1, train_limit=512, batch_size=64,
+                        val_fraction=0.0, test_limit=100, seed=seed)  # fmt: skip
+    recipes = {
+        "undefended": plain,
+        "defended": dataclasses.replace(plain, adversarial="pgd", adversarial_steps=2),
+        "trades": dataclasses.replace(plain, adversarial="trades", adversarial_steps=2),
+    }
+    networks = {}
+    for name, config in recipes.items():
+        result = train(config, progress=False, log=lambda s: None)
+        model = models.build("default")
+        path = save_checkpoint(folder / f"{name}.npz", model_name="default", model=model,
+                               params=result.params, state=result.state)  # fmt: skip
+        training = {"config": result.config.to_json(), "history": result.history}
+        networks[name] = Trained((model, result.params, result.state), path, training)
+    return networks
+
+
+# --------------------------------------------------------------------------- evaluations
 
 
 # --8<-- [start:worst_case]
@@ -147,6 +271,76 @@ def worst_case_accuracy(net, x, y, eps, config: robustness.AttackConfig, restart
 # --8<-- [end:worst_case]
 
 
+# --8<-- [start:ensemble]
+def ensemble_outcomes(name: str, network: Trained, x, y, config, folder: Path) -> np.ndarray:
+    """Who fooled each test image (N,) under the ensemble at EVAL_EPS: "" (robust),
+    "clean" (wrong without attack) or the attack's name, through the network's attack
+    record in ``folder``, continued where an earlier run of this script stopped."""
+    ident = attack_record.identity(network.checkpoint, config, [EVAL_EPS], x, y)
+    sha = ident["checkpoint_sha256"][:12]  # another network: another record
+    path = folder / f"{name}-{sha}-eps{EVAL_EPS:g}-n{len(y)}.json"
+    record = attack_record.open_record(path, ident, resume=True)
+    done = len(record.outcomes(EVAL_EPS))
+    log(f"ensemble, {name}: {done:,} of {len(y):,} images already in {path}")
+    progress = progress_log(name, len(y), done, config.batch_size)
+    attack_record.run(network.net, x, y, [EVAL_EPS], config, record, log=progress)
+    return record.outcomes(EVAL_EPS)
+
+
+# --8<-- [end:ensemble]
+
+
+def progress_log(name: str, total: int, done: int, batch: int):
+    """A log for attack_record.run: each batch's line, how far the record is, and how long
+    the rest takes at this run's pace."""
+    started, first = time.perf_counter(), done
+
+    def log_batch(line: str) -> None:
+        nonlocal done
+        done = min(done + batch, total)
+        left = (time.perf_counter() - started) / (done - first) * (total - done)
+        log(f"  {name}, {line}; {done / total:.0%} of the record, about {duration(left)} left")
+
+    return log_batch
+
+
+def ensemble_summary(outcomes: np.ndarray) -> dict:
+    """Robust accuracy, and the share of the images each attack fooled first."""
+    who = ("clean", *robustness.AUTOATTACK)
+    return {"robust": float(np.mean(outcomes == "")),
+            "fooled_by": {name: float(np.mean(outcomes == name)) for name in who}}  # fmt: skip
+
+
+def sanity(name: str, network: Trained, x, y, config, transfer_from, subset, folder,
+           fooled_by) -> dict:  # fmt: skip
+    """robustness.sanity_checks around the ensemble on x, kept in ``folder`` once done: on
+    a defended network they take hours, and a re-run of the script need not repeat them.
+    fooled_by: the ensemble's outcomes on x, from the attack record (not attacked again)."""
+    ident = {**attack_record.identity(network.checkpoint, config, [EVAL_EPS], x, y),
+             "subset": subset, "transfer_from": transfer_from and sha256(transfer_from.checkpoint)}
+    path = folder / f"sanity-{name}-{ident['checkpoint_sha256'][:12]}-n{len(y)}.json"
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved.get("identity") == json.loads(json.dumps(ident)):
+            log(f"sanity checks, {name}: done before, in {path}")
+            return saved["report"]
+    log(f"sanity checks, {name}, {len(y):,} images (hours on a defended network; kept "
+        "only when finished)")  # fmt: skip
+    started = time.perf_counter()
+    report, details = robustness.sanity_checks(
+        *network.net, x, y, EVAL_EPS, config, subset=subset, fooled_by=fooled_by,
+        transfer_from=transfer_from.net if transfer_from else None,
+    )  # fmt: skip
+    log(f"({duration(time.perf_counter() - started)})\n{report.format()}")
+    result = {"checks": report.checks, "ok": report.ok, "details": details}
+    write_json(path, {"identity": ident, "report": result})
+    return result
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 def curves_of(net, x, y, config, eps_values) -> dict:
     out = {}
     for attack in ("fgsm", "pgd"):
@@ -161,35 +355,83 @@ def curves_of(net, x, y, config, eps_values) -> dict:
 # --------------------------------------------------------------------------- figures
 
 
+COLORS = {"undefended": "tab:blue", "defended": "tab:orange", "trades": "tab:green"}
+
+
 def restarts_figure(worst, restarts, path):
     """Accuracy after each restart, one panel per network, each axis fitted to its own
     values: the defended network's fall of a point or two would vanish on a 0-100 axis."""
     figure, panels = plt.subplots(1, len(worst), figsize=(3.6 * len(worst), 3.2),
                                   squeeze=False, layout="constrained")
-    for axes, (name, after), color in zip(panels[0], worst.items(), ("tab:blue", "tab:orange")):
+    for axes, (name, after) in zip(panels[0], worst.items(), strict=True):
         percent = [100 * a for a in after]
-        axes.plot(range(1, restarts + 1), percent, "o-", color=color)
+        axes.plot(range(1, restarts + 1), percent, "o-", color=COLORS.get(name, "tab:gray"))
         for restart in (1, restarts):
             value = percent[restart - 1]
             axes.annotate(f"{value:.1f}%", (restart, value), textcoords="offset points",
                           xytext=(0, 6), ha="center", fontsize=8)
         low, high = min(percent), max(percent)
         pad = max(0.25 * (high - low), 0.5)  # a flat line still gets a readable axis
-        axes.set(xlabel="random restarts of PGD", ylabel="accuracy (%)", title=name,
-                 ylim=(max(low - pad, 0), min(high + pad, 100)))
+        axes.set(xlabel="random restarts of PGD", ylabel="accuracy (%)",
+                 title=LABELS.get(name, name), ylim=(max(low - pad, 0), min(high + pad, 100)))
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.grid(alpha=0.3)
-    figure.suptitle(f"Worst case over restarts, eps {WORST_EPS:g} (each axis fitted to its data)",
+    figure.suptitle(f"Worst case over restarts, eps {EVAL_EPS:g} (each axis fitted to its data)",
                     fontsize=10)
     save_figure(figure, path)
 
 
-def replot_restarts(lesson) -> None:
-    """--replot-restarts: redraw restarts.png from the results.json a full run wrote, with
-    no attack run again (the figure shows exactly the page's numbers)."""
+def tradeoff_points(results: dict) -> list[dict]:
+    """The trade-off figure's points from results.json: each defended network of ours,
+    robust accuracy under the ensemble, and each published one, under AutoAttack."""
+    robust = results.get("ensemble", {}).get("robust", {})
+    ours = [{"label": f"ours: {LABELS.get(name, name)}", "color": COLORS.get(name, "tab:gray"),
+             "clean": results["clean"][name], "robust": robust[name]}
+            for name in robust if name != "undefended"]  # fmt: skip
+    published = [{"label": f"{row['paper']} ({row['short']})", "color": "dimgray",
+                  "clean": row["clean"], "robust": row["autoattack"]}
+                 for row in results.get("published", PUBLISHED)["rows"]]  # fmt: skip
+    return ours + published
+
+
+def tradeoff_figure(results: dict, path) -> None:
+    """Clean accuracy against robust accuracy at eps 0.3 (our ensemble; AutoAttack for the
+    published networks), one labelled point per defended network."""
+    points = tradeoff_points(results)
+    figure, axes = plt.subplots(figsize=(6.4, 4.2))
+    for i, point in enumerate(sorted(points, key=lambda p: p["robust"])):
+        robust, clean = 100 * point["robust"], 100 * point["clean"]
+        axes.plot(robust, clean, "s" if point["label"].startswith("ours") else "o",
+                  color=point["color"], markersize=7)
+        above = i % 2 == 0  # alternate, so labels of neighbouring points do not collide
+        axes.annotate(point["label"], (robust, clean), textcoords="offset points",
+                      xytext=(0, 9 if above else -9), ha="center",
+                      va="bottom" if above else "top", fontsize=7, color=point["color"])
+    xs, ys = [100 * p["robust"] for p in points], [100 * p["clean"] for p in points]
+    x_pad, y_pad = max(4, 0.3 * (max(xs) - min(xs))), max(0.4, 0.2 * (max(ys) - min(ys)))
+    axes.set_xlim(max(min(xs) - x_pad, 0), min(max(xs) + x_pad, 100))
+    axes.set_ylim(max(min(ys) - y_pad, 0), max(ys) + y_pad)  # room above for labels
+    axes.set_yticks([tick for tick in axes.get_yticks() if tick <= 100])  # no "100.2%"
+    if "undefended" in results.get("ensemble", {}).get("robust", {}):
+        axes.text(0.02, 0.03, "not shown: the undefended network, "
+                  f"{results['clean']['undefended']:.1%} clean, "
+                  f"{results['ensemble']['robust']['undefended']:.1%} robust",
+                  transform=axes.transAxes, fontsize=7, color="tab:blue")  # fmt: skip
+    axes.set(xlabel=f"robust accuracy at eps {EVAL_EPS:g} (%): our ensemble; AutoAttack",
+             ylabel="clean accuracy (%)",
+             title=f"Clean against robust accuracy, MNIST, L-infinity eps {EVAL_EPS:g}")
+    axes.grid(alpha=0.3)
+    save_figure(figure, path)
+
+
+def replot(lesson) -> None:
+    """--replot: redraw restarts.png and tradeoff.png from the results.json of a run, with
+    no attack run again (the figures show exactly the page's numbers)."""
     results = json.loads(lesson.path("results.json").read_text())
     restarts_figure(results["worst_after_restart"], results["worst_attack"]["restarts"],
                     lesson.path("restarts.png"))
+    if "ensemble" in results:  # a run from before the ensemble has no trade-off figure
+        tradeoff_figure(results, lesson.path("tradeoff.png"))
 
 
 def training_figure(history, path):
@@ -216,102 +458,149 @@ def training_figure(history, path):
 # --------------------------------------------------------------------------- the run
 
 
+def settings(quick: bool, limit: int | None, seed: int) -> dict:
+    """How many images and how hard each attack: the full run's, or --quick's."""
+    attack = robustness.AttackConfig
+    if quick:
+        return {"n_test": 100, "n_curve": 100, "n_sanity": 100, "subset": 20,
+                "eps": (0.0, 0.1, 0.3), "restarts": 2,
+                "curve": attack("pgd", steps=5, step_size=0.03, seed=seed),
+                "worst": attack("pgd", steps=5, step_size=0.03, seed=seed),
+                "ensemble": attack("autoattack", steps=5, queries=20, batch_size=100, seed=seed)}
+    n_test = limit or 10_000
+    return {"n_test": n_test, "n_curve": min(n_test, 1_000), "n_sanity": min(n_test, SANITY_IMAGES),
+            "subset": SANITY_SUBSET, "eps": EPS, "restarts": 10,
+            "curve": attack("pgd", steps=40, step_size=0.01, seed=seed),
+            "worst": attack("pgd", steps=50, step_size=0.01, seed=seed),
+            # AutoAttack's budgets; a batch of 100 is a few minutes' work to lose at a stop
+            "ensemble": attack("autoattack", steps=100, queries=5000, batch_size=100,
+                               seed=seed)}  # fmt: skip
+
+
 def main():
     options = own_options()
     lesson = Lesson(__file__, __doc__.splitlines()[0])
-    if options.replot_restarts:
-        return replot_restarts(lesson)
+    if options.replot:
+        return replot(lesson)
     quick, seed = lesson.quick, lesson.seed
-    if quick:
-        n_test = n_curve = n_sanity = 100
-        eps_values, sanity_eps, restarts = (0.0, 0.1, 0.3), (0.0, 0.3), 2
-        curve_cfg = robustness.AttackConfig("pgd", steps=5, step_size=0.03, seed=seed)
-        worst_cfg = robustness.AttackConfig("pgd", steps=5, step_size=0.03, seed=seed)
-    else:
-        n_test = options.limit or 10_000
-        n_curve = n_sanity = min(n_test, 1_000)
-        eps_values, sanity_eps, restarts = EPS, SANITY_EPS, 10
-        curve_cfg = robustness.AttackConfig("pgd", steps=40, step_size=0.01, seed=seed)
-        worst_cfg = robustness.AttackConfig("pgd", steps=50, step_size=0.01, seed=seed)
-
+    s = settings(quick, options.limit, seed)
     images, labels = load_mnist("test")
-    x, y = to_unit_nhwc(images[:n_test]), labels[:n_test].astype(np.int64)
-    checkpoint = None
-    if quick:
-        robust, info = quick_defended_network(seed)
-    else:
-        checkpoint = defended_checkpoint(options.checkpoint)
-        robust, info = defended_network(checkpoint)
-    plain = undefended_network(seed, quick)
-    networks = {"undefended": plain, "defended": robust}
+    x, y = to_unit_nhwc(images[: s["n_test"]]), labels[: s["n_test"]].astype(np.int64)
+    with tempfile.TemporaryDirectory() as scratch:  # a quick run keeps nothing
+        records = Path(scratch) if quick else RECORDS
+        records.mkdir(parents=True, exist_ok=True)
+        networks = quick_networks(seed, records) if quick else full_networks(options, seed)
+        results = evaluate(networks, x, y, s, records, lesson)
+    results.update({"partial": options.limit is not None,
+                    "checkpoint": None if quick else shown(networks["defended"].checkpoint)})
+    if "trades" in networks:
+        trades = networks["trades"]
+        results["trades"] = {"checkpoint": None if quick else shown(trades.checkpoint),
+                             "training": training_summary(trades.training)}
+    tradeoff_figure(results, lesson.path("tradeoff.png"))
+    lesson.finish(results)
 
-    # 1. Clean accuracy, and the worst case at eps 0.3.
+
+def shown(path: Path) -> str:
+    """A checkpoint path as results.json records it: relative to the repository if inside."""
+    path = Path(path).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def training_summary(training: dict) -> dict:
+    history = training["history"]
+    seconds = [r.get("seconds") for r in history]
+    hours = round(sum(seconds) / 3600, 2) if history and None not in seconds else None
+    return {**training, "epochs": len(history), "hours": hours}
+
+
+def evaluate(networks: dict[str, Trained], x, y, s: dict, records: Path, lesson) -> dict:
+    """Every measurement of the lesson, the long resumable one first; returns results."""
+    ensemble_cfg, n_sanity = s["ensemble"], s["n_sanity"]
+    plain, pgd_net = networks["undefended"], networks["defended"]
+
+    # 1. The ensemble at eps 0.3 on every test image, through the attack records.
+    outcomes = {name: ensemble_outcomes(name, net, x, y, ensemble_cfg, records)
+                for name, net in networks.items()}  # fmt: skip
+    ensemble = {name: ensemble_summary(who) for name, who in outcomes.items()}
+    for name, summary in ensemble.items():
+        shares = ", ".join(f"{who} {share:.2%}" for who, share in summary["fooled_by"].items())
+        log(f"ensemble, {name}: {summary['robust']:.2%} robust (fooled first by: {shares})")
+
+    # 2. The sanity checks around the ensemble, first n_sanity images; the transfer attack
+    #    comes from the undefended network.
+    checks = {name: sanity(name, net, x[:n_sanity], y[:n_sanity], ensemble_cfg,
+                           None if name == "undefended" else plain, s["subset"], records,
+                           outcomes[name][:n_sanity])
+              for name, net in networks.items()}  # fmt: skip
+
+    # 3. Clean accuracy, and the worst case under PGD with restarts.
     clean, worst = {}, {}
-    for name, net in networks.items():
-        clean[name] = robustness.accuracy(*net, x, y)
+    for name, network in networks.items():
+        clean[name] = robustness.accuracy(*network.net, x, y)
         started = time.perf_counter()
-        worst[name] = worst_case_accuracy(net, x, y, WORST_EPS, worst_cfg, restarts)
-        seconds = time.perf_counter() - started
-        log(f"{name}: clean {clean[name]:.2%}, PGD-{worst_cfg.steps} x {restarts} at eps "
-            f"{WORST_EPS}: {worst[name][-1]:.2%}  ({seconds:.0f} s)")
-    restarts_figure(worst, restarts, lesson.path("restarts.png"))
+        worst[name] = worst_case_accuracy(network.net, x, y, EVAL_EPS, s["worst"], s["restarts"])
+        log(f"{name}: clean {clean[name]:.2%}, PGD-{s['worst'].steps} x {s['restarts']} at eps "
+            f"{EVAL_EPS}: {worst[name][-1]:.2%}  ({time.perf_counter() - started:.0f} s)")
+    restarts_figure(worst, s["restarts"], lesson.path("restarts.png"))
 
-    # 2. Accuracy against eps, both networks, on the first n_curve test images.
-    curves = {}
-    for name, net in networks.items():
+    # 4. Accuracy against eps on the first n_curve test images.
+    n_curve, curves = s["n_curve"], {}
+    for name, network in networks.items():
         log(f"curves, {name}, {n_curve:,} images")
-        curves[name] = curves_of(net, x[:n_curve], y[:n_curve], curve_cfg, eps_values)
+        curves[name] = curves_of(network.net, x[:n_curve], y[:n_curve], s["curve"], s["eps"])
     accuracy_vs_eps_by_network(
-        {"undefended": curves["undefended"], "adversarially trained": curves["defended"]},
+        {LABELS[name]: curve for name, curve in curves.items()},
         lesson.path("accuracy_vs_eps.png"),
         title=f"Undefended and adversarially trained, {n_curve:,} test images",
     )
 
-    # 3. What PGD does to the defended network's inputs.
-    pgd_cfg = dataclasses.replace(curve_cfg, attack="pgd")
-    adv = robustness.adversarial_examples(*robust, x[:8], y[:8], WORST_EPS, pgd_cfg)
-    adversarial_grid(x[:8], adv, attacks.predict(*robust, x[:8]), attacks.predict(*robust, adv),
-                     lesson.path("robust_examples.png"))
+    # 5. What PGD does to the PGD-trained network's inputs, and its training run.
+    adv = robustness.adversarial_examples(*pgd_net.net, x[:8], y[:8], EVAL_EPS, s["curve"])
+    adversarial_grid(x[:8], adv, attacks.predict(*pgd_net.net, x[:8]),
+                     attacks.predict(*pgd_net.net, adv), lesson.path("robust_examples.png"))
+    training_figure(pgd_net.training["history"], lesson.path("training.png"))
 
-    # 4. The sanity checks on the defended network; the transfer attack comes from the
-    #    undefended one.
-    started = time.perf_counter()
-    report, _ = robustness.sanity_checks(*robust, x[:n_sanity], y[:n_sanity], sanity_eps,
-                                         curve_cfg, transfer_from=plain)
-    log(f"sanity checks ({time.perf_counter() - started:.0f} s):\n{report.format()}")
-
-    # 5. The training run itself.
-    training_figure(info["history"], lesson.path("training.png"))
-
-    lesson.finish({
-        "n_test": n_test,
+    return {
+        "networks": list(networks),
+        "labels": {name: LABELS[name] for name in networks},
+        "n_test": len(y),
         "n_curve": n_curve,
         "n_sanity": n_sanity,
-        "partial": options.limit is not None,
-        "checkpoint": None if quick else str(checkpoint.relative_to(ROOT))
-        if checkpoint.is_relative_to(ROOT) else str(checkpoint),
-        "training": {"config": info["config"], "history": info["history"],
-                     "epochs": len(info["history"]),
-                     "hours": round(sum(r["seconds"] for r in info["history"]) / 3600, 2)
-                     if all("seconds" in r for r in info["history"]) else None},
+        "training": training_summary(pgd_net.training),
         "clean": clean,
-        "worst_eps": WORST_EPS,
-        "worst_attack": {"steps": worst_cfg.steps, "step_size": worst_cfg.step_size,
-                         "restarts": restarts},
+        "worst_eps": EVAL_EPS,
+        "worst_attack": {"steps": s["worst"].steps, "step_size": s["worst"].step_size,
+                         "restarts": s["restarts"]},
         "worst": {name: after[-1] for name, after in worst.items()},
         "worst_after_restart": worst,
         "worst_first_restart": {name: after[0] for name, after in worst.items()},
-        "curve_attack": {"steps": curve_cfg.steps, "step_size": curve_cfg.step_size},
-        "eps": list(eps_values),
+        "ensemble": {
+            "eps": EVAL_EPS,
+            "attack": {"attacks": list(robustness.AUTOATTACK), "steps": ensemble_cfg.steps,
+                       "targets": apgd_targets(), "queries": ensemble_cfg.queries,
+                       "batch_size": ensemble_cfg.batch_size, "seed": ensemble_cfg.seed},
+            "robust": {name: summary["robust"] for name, summary in ensemble.items()},
+            "fooled_by": {name: summary["fooled_by"] for name, summary in ensemble.items()},
+        },
+        "sanity_checks": checks,
+        "sanity_subset": min(s["subset"], n_sanity),
+        "sanity_ok": all(report["ok"] for report in checks.values()),
+        "published": PUBLISHED,
+        "curve_attack": {"steps": s["curve"].steps, "step_size": s["curve"].step_size},
+        "eps": list(s["eps"]),
         "curves": curves,
         "table": [{"eps": e, **{f"{name}_{attack}": curves[name][attack][i]["accuracy"]
-                                for name in ("undefended", "defended")
-                                for attack in ("fgsm", "pgd")}}
-                  for i, e in enumerate(eps_values)],
-        "sanity_eps": list(sanity_eps),
-        "sanity": report.checks,
-        "sanity_ok": report.ok,
-    })
+                                for name in networks for attack in ("fgsm", "pgd")}}
+                  for i, e in enumerate(s["eps"])],
+    }  # fmt: skip
+
+
+def apgd_targets() -> int:
+    """How many target classes APGD-T tries (apgd_targeted's default)."""
+    import inspect
+
+    return inspect.signature(apgd.apgd_targeted).parameters["targets"].default
 
 
 if __name__ == "__main__":

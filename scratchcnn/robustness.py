@@ -190,7 +190,7 @@ class SanityReport:
 # --8<-- [start:sanity_checks]
 def sanity_checks(
     model, params, state, x, y, eps: float, config: AttackConfig, *,
-    tolerance: float = 0.01, transfer_from=None, subset: int | None = None,
+    tolerance: float = 0.01, transfer_from=None, subset: int | None = None, fooled_by=None,
 ) -> tuple[SanityReport, dict]:  # fmt: skip
     """Run the checks of the module docstring around the evaluation attack itself: the
     ensemble (``config`` with attack "autoattack") at ``eps``, on x (N, H, W, 1).
@@ -198,11 +198,15 @@ def sanity_checks(
     The 2x stronger ensemble and eps = 0.5 run on the first ``subset`` images (all by
     default). ``transfer_from``: (model, params, state) of an independently trained
     network whose adversarial examples are replayed against this one (skipped without
-    it). Returns the report and the numbers behind it.
+    it). ``fooled_by``: the ensemble's outcomes on x (N,), as ``autoattack_breakdown``
+    gives them, when they are already known (an attack record). Returns the report and
+    the numbers behind it.
     """
     network, report = (model, params, state), SanityReport()
     evaluation = replace(config, attack="autoattack")
-    _, fooled_by = autoattack_breakdown(*network, x, y, eps, evaluation)
+    if fooled_by is None:
+        _, fooled_by = autoattack_breakdown(*network, x, y, eps, evaluation)
+    fooled_by = np.asarray(fooled_by, dtype=object)
     ensemble = float(np.mean(fooled_by == ""))
     share = {name: float(np.mean(fooled_by == name)) for name in ("clean", *AUTOATTACK)}
     details = {"eps": eps, "images": len(y), "ensemble": ensemble, "fooled_by": share}

@@ -1,0 +1,56 @@
+"""Lesson 11's ensemble evaluation goes through attack records: a re-run of the script
+continues from its record without attacking again, and another network (another
+checkpoint) gets a record of its own instead of the first one's numbers."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scratchcnn import models, robustness
+from scratchcnn.checkpoint import save_checkpoint
+
+pytestmark = pytest.mark.lesson11
+LESSONS = Path(__file__).resolve().parents[1] / "lessons"
+
+
+@pytest.fixture
+def lesson(monkeypatch):
+    """The lesson script as a module (it imports _lesson from its own folder)."""
+    monkeypatch.syspath_prepend(str(LESSONS))
+    script = LESSONS / "11_adversarial_training.py"
+    spec = importlib.util.spec_from_file_location("lesson11", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_ensemble_resumes_from_its_record_and_another_network_gets_its_own(
+    lesson, first_digits, tmp_path, monkeypatch
+):
+    x, y = first_digits[0][:8], first_digits[1][:8]
+    config = robustness.AttackConfig("autoattack", steps=2, queries=5, batch_size=4)
+    records = tmp_path / "records"
+    records.mkdir()
+    model = models.build("default")
+
+    def network(seed):
+        params, state = model.init(seed)
+        path = save_checkpoint(tmp_path / f"net{seed}.npz", model_name="default", model=model,
+                               params=params, state=state)  # fmt: skip
+        return lesson.Trained((model, params, state), path, {})
+
+    first = lesson.ensemble_outcomes("net", network(0), x, y, config, records)
+    assert len(first) == len(y) and set(first) <= {"", "clean", *robustness.AUTOATTACK}
+    lesson.ensemble_outcomes("net", network(1), x, y, config, records)
+    assert len(list(records.glob("net-*.json"))) == 2  # named by the checkpoint's SHA-256
+
+    def no_attack(*args, **kwargs):
+        raise AssertionError("a finished record was attacked again")
+
+    monkeypatch.setattr(lesson.attack_record, "batch_outcomes", no_attack)
+    again = lesson.ensemble_outcomes("net", network(0), x, y, config, records)
+    np.testing.assert_array_equal(again, first)
