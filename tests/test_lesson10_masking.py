@@ -3,8 +3,9 @@
 A network whose logits are multiplied by 1,000 decides exactly as the original does (the
 argmax is the same), so it is exactly as easy to fool. But its softmax saturates to
 one-hot in float32, its input gradient is zero on the images it classifies with a clear
-margin, and gradient attacks stall. ``robustness.sanity_checks`` must flag it and pass
-the original network.
+margin, and attacks on the cross-entropy stall. Square (no gradient) and APGD-T (the
+scale-free DLR loss) do not, and ``robustness.sanity_checks`` must flag the masked network
+and pass the original.
 """
 
 from __future__ import annotations
@@ -14,10 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from scratchcnn import attacks, models, robustness
-from scratchcnn.data.preprocess import to_unit_nhwc
+from scratchcnn import apgd, attacks, pretrained, robustness, square
 from scratchcnn.layers import Layer, Sequential
-from scratchcnn.train import TrainConfig, train
 
 pytestmark = pytest.mark.lesson10
 
@@ -37,19 +36,13 @@ class Scale(Layer):
 
 
 @pytest.fixture(scope="module")
-def setting(mnist_dir, mnist_test):
-    """Two default networks (seeds 0, 1) trained on 2,000 images, and 100 test digits."""
-    nets = []
-    for seed in (0, 1):
-        config = TrainConfig(model="default", epochs=1, train_limit=2000, batch_size=64,
-                             val_fraction=0.0, test_limit=10, seed=seed)  # fmt: skip
-        result = train(config, data_dir=mnist_dir, progress=False, log=lambda s: None)
-        nets.append((models.build("default"), result.params, result.state))
-    images, labels = mnist_test
-    x, y = to_unit_nhwc(images[:100]), labels[:100].astype(np.int64)
-    model, params, state = nets[0]
+def setting(first_digits):
+    """The shipped default network, its masked copy, the shipped best network (another
+    network for the transfer check), and the first 50 test digits."""
+    model, params, state = pretrained.load("default")
     masked = (Sequential([*model.layers, Scale()]), params, state)
-    return nets[0], masked, nets[1], x, y
+    x, y = first_digits
+    return (model, params, state), masked, pretrained.load("best"), x[:50], y[:50]
 
 
 def test_scaled_logits_keep_every_decision_but_zero_the_gradient(setting):
@@ -69,12 +62,28 @@ def test_scaled_logits_keep_every_decision_but_zero_the_gradient(setting):
 
 def test_sanity_checks_flag_the_masked_network_and_pass_the_original(setting):
     net, masked, other, x, y = setting
-    config = robustness.AttackConfig("pgd", steps=10, step_size=0.05)
+    config = robustness.AttackConfig("autoattack", steps=10, queries=50)
     checks = {}
     for name, candidate in (("original", net), ("masked", masked)):
-        report, _ = robustness.sanity_checks(*candidate, x, y, [0.0, 0.3], config,
-                                             tolerance=0.05, transfer_from=other)  # fmt: skip
+        report, _ = robustness.sanity_checks(*candidate, x, y, 0.3, config, tolerance=0.05,
+                                             transfer_from=other, subset=20)  # fmt: skip
         checks[name] = {c["check"]: c["ok"] for c in report.checks}
-    gradient_free = ["eps = 1 leaves (almost) nothing", "transfer attack is weaker than white-box"]
-    assert all(checks["original"][name] for name in gradient_free), checks["original"]
-    assert not any(checks["masked"][name] for name in gradient_free), checks["masked"]
+    assert all(checks["original"].values()), checks["original"]
+    assert not checks["masked"]["the cross-entropy attack is not masked"], checks["masked"]
+
+
+def test_square_and_dlr_see_through_the_mask_the_cross_entropy_does_not(setting):
+    """At eps 0.3 the cross-entropy attacks report the masked network far more robust than
+    the original; Square (no gradient) and APGD-T (the scale-free DLR loss) do not."""
+    net, masked, _, x, y = setting
+    accuracy = {}
+    for name, candidate in (("original", net), ("masked", masked)):
+        adversarial = {
+            "apgd-ce": apgd.apgd(*candidate, x, y, 0.3, steps=10),
+            "apgd-t": apgd.apgd_targeted(*candidate, x, y, 0.3, steps=10, targets=3),
+            "square": square.square_attack(*candidate, x, y, 0.3, queries=50)[0],
+        }
+        accuracy[name] = {k: robustness.accuracy(*candidate, v, y) for k, v in adversarial.items()}
+    assert accuracy["masked"]["apgd-ce"] >= accuracy["original"]["apgd-ce"] + 0.2, accuracy
+    for attack in ("apgd-t", "square"):
+        assert accuracy["masked"][attack] <= accuracy["original"][attack] + 0.02, accuracy
