@@ -62,6 +62,7 @@ from scratchcnn.layers import (
 )
 from scratchcnn.ops.conv import conv_geometry
 from scratchcnn.ops.pool import pool_geometry
+from scratchcnn.residual import Residual
 
 FORMATS = ("onnx",)
 LAYOUTS = ("nhwc", "nchw")
@@ -212,11 +213,32 @@ def _add_global_avg_pool(graph: _Graph, name: str) -> None:
     graph.shape = (graph.shape[0],)
 
 
+# --8<-- [start:add_residual]
+def _add_residual(graph: _Graph, name: str, block: Residual, params: dict, model_name: str):
+    """Both branches read the block's input; ``Add`` joins them and ``Relu`` follows.
+
+    The branches' nodes are named ``<name>.body.conv1``, ``<name>.shortcut.conv1``...
+    (weights ``<name>.body.conv1.weight``); an identity shortcut adds no node at all.
+    """
+    source, in_shape, ends = graph.tensor, graph.shape, []
+    for branch_name, branch in block.branches().items():
+        graph.tensor, graph.shape = source, in_shape  # each branch starts from the input
+        for layer_name, layer in zip(branch.names, branch.layers):
+            _add_layer(graph, f"{name}.{branch_name}.{layer_name}", layer,
+                       params.get(branch_name, {}).get(layer_name, {}), model_name)  # fmt: skip
+        ends.append(graph.tensor)
+    graph.add("Add", ends, f"{name}.add", f"{name}.add")
+    graph.add("Relu", [graph.tensor], name, name)
+
+
+# --8<-- [end:add_residual]
+
+
 def _add_layer(graph: _Graph, name: str, layer: Layer, params: dict, model_name: str) -> None:
     """Append the nodes of one folded layer. Exact types only: a subclass may compute
     something else, and a silently wrong graph is worse than a refusal."""
     kind = type(layer)
-    if kind in (Conv, MaxPool, AvgPool, GlobalAvgPool) and not graph.spatial:
+    if kind in (Conv, MaxPool, AvgPool, GlobalAvgPool, Residual) and not graph.spatial:
         raise ExportError(
             f"cannot export {name} of architecture {model_name!r}: it follows a flattened "
             f"activation of shape {graph.shape}."
@@ -238,11 +260,13 @@ def _add_layer(graph: _Graph, name: str, layer: Layer, params: dict, model_name:
         _add_flatten(graph, name)
     elif kind is GlobalAvgPool:
         _add_global_avg_pool(graph, name)
+    elif kind is Residual:
+        _add_residual(graph, name, layer, params, model_name)
     else:
         raise ExportError(
             f"cannot export layer {name} ({kind.__name__}) of architecture {model_name!r} to "
             "ONNX: only Conv, Dense, ReLU, MaxPool, AvgPool, GlobalAvgPool, Flatten, "
-            "BatchNorm and Dropout are supported."
+            "Residual, BatchNorm and Dropout are supported."
         )
 
 

@@ -20,15 +20,17 @@ import dataclasses
 import numpy as np
 
 from scratchcnn.errors import ShapeError, WeightError
-from scratchcnn.layers import BatchNorm, Conv, Dense, Dropout, Layer, Sequential
+from scratchcnn.layers import BatchNorm, Conv, Dense, Dropout, Layer, Sequential, named_arrays
+from scratchcnn.residual import Residual
 
 
 def fold_batchnorm(model: Sequential, params: dict, state: dict) -> tuple[Sequential, dict]:
     """The eval-mode network without BatchNorm or Dropout: ``(folded_model, folded_params)``.
 
     Every BatchNorm must follow a Conv or Dense layer directly (true of every registered
-    architecture). The folded layers keep their order; ``Sequential`` renames them
-    (``conv1``, ``relu1``...), and ``folded_params`` uses those new names. The folded
+    architecture); residual blocks are folded branch by branch (``fold_residual``). The
+    folded layers keep their order; ``Sequential`` renames them (``conv1``, ``relu1``...),
+    and ``folded_params`` uses those new names. The folded
     network has no state. Arithmetic is float64, the result in the params' dtype.
     Weights that are not finite, or a negative BatchNorm variance, raise WeightError:
     folding would turn them into a network that quietly answers NaN.
@@ -38,6 +40,11 @@ def fold_batchnorm(model: Sequential, params: dict, state: dict) -> tuple[Sequen
     weights: list[dict] = []  # params of each kept layer, in order
     for name, layer in zip(model.names, model.layers):
         if isinstance(layer, Dropout):
+            continue
+        if isinstance(layer, Residual):
+            layer, layer_params = fold_residual(layer, params.get(name, {}), state.get(name, {}))
+            layers.append(layer)
+            weights.append(layer_params)
             continue
         if isinstance(layer, BatchNorm):
             previous = layers[-1] if layers else None
@@ -55,16 +62,32 @@ def fold_batchnorm(model: Sequential, params: dict, state: dict) -> tuple[Sequen
     return folded, folded_params
 
 
+def fold_residual(block: Residual, params: dict, state: dict) -> tuple[Residual, dict]:
+    """A residual block with each branch folded on its own: ``(folded_block, its_params)``.
+
+    The addition and the ReLU after it stay as they are; inside each branch, every
+    BatchNorm follows its conv, so each branch folds like a network of its own.
+    """
+    folded_params, branches = {}, {}
+    for name, branch in block.branches().items():
+        folded, folded_params[name] = fold_batchnorm(
+            branch, params.get(name, {}), state.get(name, {})
+        )
+        branches[name] = tuple(folded.layers)
+    return Residual(branches["body"], branches["shortcut"]), {
+        name: p for name, p in folded_params.items() if p
+    }
+
+
 def check_weights(params: dict, state: dict) -> None:
     """Refuse NaN or inf anywhere, and BatchNorm variances below zero, in one sentence."""
     for tree_name, tree in (("params", params), ("state", state)):
-        for layer, arrays in tree.items():
-            for name, array in arrays.items():
-                array = np.asarray(array)
-                if not np.isfinite(array).all():
-                    raise WeightError(f"{tree_name} {layer}/{name} holds NaN or inf values.")
-                if tree_name == "state" and name == "var" and (array < 0).any():
-                    raise WeightError(f"state {layer}/var holds a negative BatchNorm variance.")
+        for path, array in named_arrays(tree).items():
+            array, path = np.asarray(array), path.replace(".", "/")  # "conv1/kernel"
+            if not np.isfinite(array).all():
+                raise WeightError(f"{tree_name} {path} holds NaN or inf values.")
+            if tree_name == "state" and path.endswith("/var") and (array < 0).any():
+                raise WeightError(f"state {path} holds a negative BatchNorm variance.")
 
 
 # --8<-- [start:fold_pair]

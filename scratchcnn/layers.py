@@ -371,6 +371,18 @@ class Sequential:
     # --8<-- [end:forward_backward]
 
 
+def named_arrays(tree, prefix: str = "") -> dict:
+    """Every array of a nested params/state dict under its dotted path, in the tree's order:
+    ``{"conv1.kernel": ..., "residual1.body.conv1.kernel": ...}``."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(named_arrays(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
 def count_params(params) -> int:
     """Number of scalars in a params pytree."""
-    return sum(int(np.prod(a.shape)) for layer in params.values() for a in layer.values())
+    return sum(int(np.prod(a.shape)) for a in named_arrays(params).values())

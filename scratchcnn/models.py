@@ -8,6 +8,7 @@ The seed networks are kept as published so their results can be reproduced:
 - ``flax_cnn``: the CNN of Flax's ``examples/mnist``.
 - ``default``: our choice for speed on a CPU (99% in two epochs).
 - ``best``: the network of our best recipe (99.6%+ with augmentation).
+- ``resnet``: a small residual network (``residual.py``) for MNIST.
 """
 
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from scratchcnn.layers import (
     ReLU,
     Sequential,
 )
+from scratchcnn.residual import basic_block
 
 MODELS: dict[str, Callable[[], Sequential]] = {}
 
@@ -131,5 +133,26 @@ def best() -> Sequential:
         Conv(128, 3, use_bias=False), BatchNorm(), ReLU(), MaxPool(2),  # 7 -> 3
         Flatten(),  # 3 * 3 * 128 = 1152
         Dense(256, use_bias=False), BatchNorm(), ReLU(), Dropout(0.4),
+        Dense(10),
+    ])  # fmt: skip
+
+
+@register("resnet")
+def resnet() -> Sequential:
+    """A small ResNet: a conv + max-pool stem and three residual blocks at 32, 64, 128 channels.
+
+    The stem brings 28x28 down to 14x14, as ResNet's stem does (a conv, then a max pool);
+    the first block keeps the shape, so its shortcut is the identity; the second and third
+    halve the resolution with a stride-2 conv (14 -> 7 -> 4) and double the channels, so
+    their shortcuts are 1x1 stride-2 projections. Global average pooling, one dense layer.
+    8 weight layers deep (stem, 3 x 2 convs, dense) plus the two projections: 308,074
+    parameters.
+    """
+    return Sequential([
+        Conv(32, 3, use_bias=False), BatchNorm(), ReLU(), MaxPool(2),  # 14x14x32
+        basic_block(32),  # 14x14x32, identity shortcut
+        basic_block(64, strides=2, project=True),  # 7x7x64
+        basic_block(128, strides=2, project=True),  # 4x4x128 (SAME: 7 / 2 rounded up)
+        GlobalAvgPool(),  # 128
         Dense(10),
     ])  # fmt: skip

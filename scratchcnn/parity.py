@@ -19,6 +19,7 @@ from scratchcnn.data.mnist import load_mnist
 from scratchcnn.data.preprocess import standardize_unit
 from scratchcnn.gradcheck import relative_error
 from scratchcnn.ops.losses import softmax_cross_entropy_backward, softmax_cross_entropy_forward
+from scratchcnn.residual import basic_block
 
 TOLERANCE = {"float32": 1e-5, "float64": 1e-10}
 
@@ -80,22 +81,29 @@ OP_CASES = [
     ("dropout 0.3, train", L.Dropout(0.3), (6, 5, 3), True),
     ("dropout, eval", L.Dropout(0.3), (6, 5, 3), False),
     ("channel dropout 0.5, train", L.ChannelDropout(0.5), (6, 5, 8), True),
+    ("residual, identity shortcut, train", basic_block(3), (6, 5, 3), True),
+    ("residual, identity shortcut, eval", basic_block(3), (6, 5, 3), False),
+    ("residual, 1x1 projection stride 2, train", basic_block(4, 2, True), (7, 6, 3), True),
 ]
 
 
 def randomized(tree, rng):
     """Same structure, random values: biases and running stats must not be trivial zeros.
 
-    Variances stay positive; everything else is standard normal.
+    Variances stay positive; everything else is standard normal. Nested dicts (the
+    branches of a residual block) are randomized level by level.
     """
     out = {}
-    for name, arrays in tree.items():
-        out[name] = {
-            key: (
-                rng.uniform(0.5, 1.5, a.shape) if key == "var" else rng.standard_normal(a.shape)
-            ).astype(a.dtype)
-            for key, a in arrays.items()
-        }
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out[key] = randomized(value, rng)
+        else:
+            draw = (
+                rng.uniform(0.5, 1.5, value.shape)
+                if key == "var"
+                else rng.standard_normal(value.shape)
+            )
+            out[key] = draw.astype(value.dtype)
     return out
 
 
@@ -131,15 +139,12 @@ def compare_network(model, params, state, x, *, train, key, loss_labels=None, do
     if loss_labels is not None:
         diffs["loss"] = relative_error(loss, flax_loss_value)
     diffs["d input"] = relative_error(ours_dx, flax_dx)
-    for name, arrays in flax_dparams.items():
-        for key_name, flax_grad in arrays.items():
-            diffs[f"d {name}.{key_name}"] = relative_error(ours_grads[name][key_name], flax_grad)
+    ours_grads, ours_state = L.named_arrays(ours_grads), L.named_arrays(ours_state)
+    for name, flax_grad in L.named_arrays(flax_dparams).items():  # "conv1.kernel"...
+        diffs[f"d {name}"] = relative_error(ours_grads[name], flax_grad)
     if train:
-        for name, arrays in flax_state.items():
-            for key_name, value in arrays.items():
-                diffs[f"running {name}.{key_name}"] = relative_error(
-                    ours_state[name][key_name], value
-                )
+        for name, value in L.named_arrays(flax_state).items():
+            diffs[f"running {name}"] = relative_error(ours_state[name], value)
     return diffs
 
 

@@ -40,9 +40,10 @@ from scratchcnn.errors import ScratchCNNError, ShapeError
 from scratchcnn.fast.windows import extract_windows
 from scratchcnn.fold import fold_batchnorm
 from scratchcnn.inference import as_unit_images
-from scratchcnn.layers import Conv, Dense, Sequential
+from scratchcnn.layers import Conv, Dense, Sequential, named_arrays
 from scratchcnn.ops.conv import conv_geometry
 from scratchcnn.ops.windows import pad_hw
+from scratchcnn.residual import Residual
 
 INT8_MAX = 127  # symmetric int8: [-127, 127]; -128 is left out so that -x is always int8
 INT32_MAX = 2**31 - 1
@@ -81,7 +82,8 @@ class QuantizedNetwork:
 
     model: the folded ``Sequential`` (no BatchNorm, no Dropout); params: its float params
     (kept for comparisons and the float ONNX export); layers: ``{"conv1": QuantizedLayer,
-    ...}``, one per Conv/Dense layer of ``model``.
+    ...}``, one per Conv/Dense layer of ``model``, under its path (``run_layers``): a
+    layer inside a residual block is ``"residual1.body.conv1"``, as its ONNX node is named.
     """
 
     model: Sequential
@@ -151,6 +153,49 @@ def quantize_bias(bias: np.ndarray, output_scale: np.ndarray, fan_in: int) -> np
     return np.clip(q, -limit, limit).astype(np.int32)
 
 
+# --------------------------------------------------------------------------- the walk
+
+
+def run_layers(model: Sequential, params: dict, x, step, prefix: str = ""):
+    """The eval-mode forward pass of a folded network, one ``step`` per layer.
+
+    ``step(path, layer, layer_params, x) -> out`` computes each layer; ``path`` is the
+    layer's name, or ``"residual1.body.conv1"`` inside a residual block, whose branches
+    run through ``step`` too before their sum goes through the block's ReLU. Calibration,
+    the int8 forward pass and its float reference differ only in their ``step``.
+    """
+    for name, layer in zip(model.names, model.layers):
+        layer_params = params.get(name, {})
+        if isinstance(layer, Residual):
+            ends = [
+                run_layers(branch, layer_params.get(branch_name, {}), x, step,
+                           f"{prefix}{name}.{branch_name}.")
+                for branch_name, branch in layer.branches().items()
+            ]  # fmt: skip
+            x = np.maximum(ends[0] + ends[1], 0)  # ReLU(body + shortcut), as Residual does
+        else:
+            x = step(prefix + name, layer, layer_params, x)
+    return x
+
+
+def weighted_layers(model: Sequential, params: dict, prefix: str = "") -> dict[str, dict]:
+    """``{path: params}`` of every Conv/Dense layer, in the order ``run_layers`` meets them."""
+    found = {}
+    for name, layer in zip(model.names, model.layers):
+        if isinstance(layer, Residual):
+            for branch_name, branch in layer.branches().items():
+                branch_params = params.get(name, {}).get(branch_name, {})
+                found |= weighted_layers(branch, branch_params, f"{prefix}{name}.{branch_name}.")
+        elif isinstance(layer, Conv | Dense):
+            found[prefix + name] = params.get(name, {})
+    return found
+
+
+def _forward(layer, layer_params, x):
+    """One layer's eval-mode output (the folded network has no state)."""
+    return layer.forward(layer_params, {}, x, train=False)[0]
+
+
 # --------------------------------------------------------------------------- calibration
 
 
@@ -198,19 +243,22 @@ def calibrate(
     [-0.42, 2.82], use only [-19, 127]). uint8 with a zero point would use it, at the
     price of zero points in every formula; the accuracy above shows we do not need it.
     """
-    wanted = [n for n, layer in zip(model.names, model.layers) if isinstance(layer, Conv | Dense)]
+    wanted = list(weighted_layers(model, params))
     # The maximum needs one running number per layer; a percentile needs every value
     # (memory grows with the number of images: about 1 GB for 1,000 keras_cnn images).
     tops = {name: 0.0 for name in wanted}
     magnitudes: dict[str, list[np.ndarray]] = {name: [] for name in wanted}
+
+    def record(name, layer, layer_params, x):
+        if name in tops:
+            tops[name] = max(tops[name], float(np.abs(x).max()))
+            if percentile < 100:
+                magnitudes[name].append(np.abs(x).ravel())
+        return _forward(layer, layer_params, x)
+
     for start in range(0, len(unit_images), batch_size):
         x = standardize_unit(np.asarray(unit_images[start : start + batch_size], np.float32))
-        for name, layer in zip(model.names, model.layers):
-            if name in tops:
-                tops[name] = max(tops[name], float(np.abs(x).max()))
-                if percentile < 100:
-                    magnitudes[name].append(np.abs(x).ravel())
-            x, _, _ = layer.forward(params.get(name, {}), {}, x, train=False)
+        run_layers(model, params, x, record)
     if percentile < 100:
         tops = {n: np.percentile(np.concatenate(v), percentile) for n, v in magnitudes.items()}
     return {name: np.float32(symmetric_scale(top)) for name, top in tops.items()}
@@ -233,10 +281,11 @@ def quantize_network(
     folded, folded_params = fold_batchnorm(model, params, state)
     input_scales = calibrate(folded, folded_params, unit, percentile=percentile)
     layers = {}
+    weighted = weighted_layers(folded, folded_params)
     for name, scale in input_scales.items():
-        kernel = np.asarray(folded_params[name]["kernel"])
+        kernel = np.asarray(weighted[name]["kernel"])
         weight, weight_scale = quantize_weights(kernel)
-        bias = folded_params[name].get("bias", np.zeros(kernel.shape[-1]))
+        bias = weighted[name].get("bias", np.zeros(kernel.shape[-1]))
         output_scale = (scale * weight_scale).astype(np.float32)
         layers[name] = QuantizedLayer(
             weight=weight,
@@ -312,13 +361,13 @@ def int8_forward(qnet: QuantizedNetwork, x_unit_nhwc: np.ndarray) -> np.ndarray:
     path and is what the ONNX QDQ model does too; the next Conv/Dense layer quantizes its
     input again anyway.
     """
-    x = standardize_unit(np.asarray(x_unit_nhwc, np.float32))
-    for name, layer in zip(qnet.model.names, qnet.model.layers):
+
+    def step(name, layer, layer_params, x):
         if name in qnet.layers:
-            x = int8_layer_forward(qnet.layers[name], layer, x)
-        else:
-            x, _, _ = layer.forward({}, {}, x, train=False)
-    return x
+            return int8_layer_forward(qnet.layers[name], layer, x)
+        return _forward(layer, {}, x)
+
+    return run_layers(qnet.model, {}, standardize_unit(np.asarray(x_unit_nhwc, np.float32)), step)
 
 
 def fake_quant_forward(qnet: QuantizedNetwork, x_unit_nhwc: np.ndarray) -> np.ndarray:
@@ -330,18 +379,19 @@ def fake_quant_forward(qnet: QuantizedNetwork, x_unit_nhwc: np.ndarray) -> np.nd
     values. Only the arithmetic differs: float64 sums of real numbers instead of
     integer sums rescaled at the end.
     """
-    x = standardize_unit(np.asarray(x_unit_nhwc, np.float32))
-    for name, layer in zip(qnet.model.names, qnet.model.layers):
-        params = {}
-        if name in qnet.layers:
-            q = qnet.layers[name]
-            x = dequantize(quantize(x.astype(np.float32), q.input_scale), q.input_scale, np.float64)
-            params = {
-                "kernel": dequantize(q.weight, q.weight_scale, np.float64),
-                "bias": dequantize(q.bias, q.output_scale, np.float64),
-            }
-        x, _, _ = layer.forward(params, {}, x, train=False)
-    return x
+
+    def step(name, layer, layer_params, x):
+        if name not in qnet.layers:
+            return _forward(layer, {}, x)
+        q = qnet.layers[name]
+        x = dequantize(quantize(x.astype(np.float32), q.input_scale), q.input_scale, np.float64)
+        params = {
+            "kernel": dequantize(q.weight, q.weight_scale, np.float64),
+            "bias": dequantize(q.bias, q.output_scale, np.float64),
+        }
+        return _forward(layer, params, x)
+
+    return run_layers(qnet.model, {}, standardize_unit(np.asarray(x_unit_nhwc, np.float32)), step)
 
 
 def predict_int8(qnet: QuantizedNetwork, images, batch_size: int = 1000) -> np.ndarray:
@@ -357,7 +407,7 @@ def size_bytes(qnet: QuantizedNetwork) -> dict[str, int]:
     float32: 4 bytes per weight and bias. int8: 1 byte per weight, 4 per int32 bias and
     per float32 scale (one per channel, plus the input's).
     """
-    float32 = sum(a.size * 4 for p in qnet.params.values() for a in p.values())
+    float32 = sum(a.size * 4 for a in named_arrays(qnet.params).values())
     int8 = sum(
         q.weight.size + 4 * q.bias.size + 4 * q.weight_scale.size + 4 for q in qnet.layers.values()
     )

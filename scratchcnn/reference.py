@@ -7,7 +7,8 @@ the same names and layouts (``kernel`` HWIO / (in, out), ``bias``, ``scale``, ``
 
 Every op has its twin here: Conv -> ``nnx.Conv``, Dense -> ``nnx.Linear``, BatchNorm ->
 ``nnx.BatchNorm``, Dropout -> ``nnx.Dropout``, pools -> ``nnx.max_pool`` / ``nnx.avg_pool``,
-ReLU -> ``nnx.relu``, loss -> ``optax.softmax_cross_entropy`` with ``optax.smooth_labels``.
+ReLU -> ``nnx.relu``, Residual -> ``FlaxResidual`` (two ``FlaxSequential`` branches added),
+loss -> ``optax.softmax_cross_entropy`` with ``optax.smooth_labels``.
 """
 
 from functools import partial
@@ -21,6 +22,7 @@ from flax import nnx
 from scratchcnn import layers as L
 from scratchcnn.data.mnist import INPUT_SHAPE
 from scratchcnn.ops.windows import as_pair
+from scratchcnn.residual import Residual
 
 
 def _flax_padding(padding):
@@ -86,6 +88,8 @@ def twin_layer(layer: L.Layer, in_shape, *, rngs: nnx.Rngs, param_dtype=jnp.floa
         return _flatten
     if isinstance(layer, L.GlobalAvgPool):
         return _global_avg_pool
+    if isinstance(layer, Residual):
+        return FlaxResidual(layer, in_shape, param_dtype=param_dtype)
     raise TypeError(f"no Flax twin for layer {layer!r}")
 
 
@@ -109,9 +113,33 @@ class FlaxSequential(nnx.Module):
                 x = layer(x, deterministic=not train, rngs=key)
             elif kind == "batchnorm":
                 x = layer(x, use_running_average=not train)
+            elif kind == "residual":
+                key = None if dropout_key is None else jax.random.fold_in(dropout_key, index)
+                x = layer(x, train=train, dropout_key=key)
             else:
                 x = layer(x)
         return x
+
+
+class FlaxResidual(nnx.Module):
+    """The Flax twin of a ``Residual``: ``relu(body(x) + shortcut(x))``, each branch a
+    ``FlaxSequential``; an identity shortcut is ``None`` (it has no weights)."""
+
+    def __init__(self, layer: Residual, in_shape, *, param_dtype=jnp.float32):
+        body, shortcut = layer.branches().values()
+        self.body = FlaxSequential(body, in_shape, param_dtype=param_dtype)
+        self.shortcut = (
+            FlaxSequential(shortcut, in_shape, param_dtype=param_dtype) if layer.shortcut else None
+        )
+
+    def __call__(self, x, *, train: bool, dropout_key=None):
+        """x: (N, H, W, C). Each branch folds its own key, as ``Residual.forward`` does."""
+        keys = [None if dropout_key is None else jax.random.fold_in(dropout_key, i) for i in (0, 1)]
+        body = self.body(x, train=train, dropout_key=keys[0])
+        shortcut = (
+            x if self.shortcut is None else self.shortcut(x, train=train, dropout_key=keys[1])
+        )
+        return nnx.relu(body + shortcut)
 
 
 def twin(model: L.Sequential, in_shape=INPUT_SHAPE, param_dtype=jnp.float32) -> FlaxSequential:

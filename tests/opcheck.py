@@ -18,7 +18,7 @@ import numpy as np
 from scratchcnn import parity
 from scratchcnn.fast import FastOps
 from scratchcnn.gradcheck import numerical_gradient, relative_error
-from scratchcnn.layers import Sequential, use_ops
+from scratchcnn.layers import Sequential, named_arrays, use_ops
 from scratchcnn.ops import PlainOps
 
 FD_TOLERANCE = 1e-7
@@ -63,11 +63,11 @@ def check_finite_differences(layer, in_shape, *, batch=2, train=False, seed=0):
     out, _, caches = model.forward(params, state, x, train=train, rng=key)
     dx, grads = model.backward(dout, caches)
     assert relative_error(dx, numerical_gradient(loss, x)) <= FD_TOLERANCE, "d input"
-    for name, arrays in params.items():
-        for key_name, array in arrays.items():
-            numeric = numerical_gradient(loss, array)  # nudges the array inside params
-            error = relative_error(grads[name][key_name], numeric)
-            assert error <= FD_TOLERANCE, f"d {name}.{key_name}: {error:.2e}"
+    grads = named_arrays(grads)
+    for name, array in named_arrays(params).items():  # "conv1.kernel", "residual1.body..."
+        numeric = numerical_gradient(loss, array)  # nudges the array inside params
+        error = relative_error(grads[name], numeric)
+        assert error <= FD_TOLERANCE, f"d {name}: {error:.2e}"
 
 
 def check_flax_parity(layer, in_shape, *, batch=2, train=False, seed=0, dtype=np.float32):
@@ -83,8 +83,8 @@ def check_dtype_and_names(layer, in_shape, *, batch=2, train=False, seed=0):
     out, _, caches = model.forward(params, state, x, train=train, rng=jax.random.key(seed))
     dx, grads = model.backward(dout, caches)
     assert out.dtype == dx.dtype == np.float32
-    assert {n: set(g) for n, g in grads.items()} == {n: set(p) for n, p in params.items()}
-    assert all(g.dtype == np.float32 for arrays in grads.values() for g in arrays.values())
+    assert set(named_arrays(grads)) == set(named_arrays(params))
+    assert all(g.dtype == np.float32 for g in named_arrays(grads).values())
 
 
 def check_numpy_equals_jax(layer, in_shape, *, batch=2, train=False, seed=0):
@@ -101,9 +101,9 @@ def check_numpy_equals_jax(layer, in_shape, *, batch=2, train=False, seed=0):
     assert isinstance(out_j, jax.Array) and isinstance(dx_j, jax.Array)
     assert relative_error(out, out_j) <= 1e-12
     assert relative_error(dx, dx_j) <= 1e-12
-    for name, arrays in grads.items():
-        for key_name, g in arrays.items():
-            assert relative_error(g, grads_j[name][key_name]) <= 1e-12
+    grads_j = named_arrays(grads_j)
+    for name, g in named_arrays(grads).items():
+        assert relative_error(g, grads_j[name]) <= 1e-12, name
 
 
 def check_all(layer, in_shape, *, batch=2, train=False, seed=0, ops=FastOps):

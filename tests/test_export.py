@@ -40,6 +40,7 @@ from scratchcnn.layers import (
     Sequential,
 )
 from scratchcnn.metrics import softmax
+from scratchcnn.residual import Residual
 
 pytestmark = pytest.mark.lesson14
 
@@ -56,9 +57,21 @@ def random_weights(model: Sequential, seed: int, dtype=np.float32) -> tuple[dict
     it would prove little: here every channel gets its own scale, shift, mean and var.
     """
     params, state = model.init(seed, dtype=dtype)
-    rng = np.random.default_rng(seed + 1000)
+    randomize_batchnorm_and_biases(model, params, state, np.random.default_rng(seed + 1000), dtype)
+    return params, state
+
+
+def randomize_batchnorm_and_biases(model: Sequential, params, state, rng, dtype) -> None:
+    """``random_weights``' changes, in place; the branches of residual blocks too."""
     for name, layer in zip(model.names, model.layers):
-        if isinstance(layer, BatchNorm):
+        if isinstance(layer, Residual):
+            for branch_name, branch in layer.branches().items():
+                if branch_name in params[name]:
+                    branch_state = state.get(name, {}).get(branch_name, {})
+                    randomize_batchnorm_and_biases(
+                        branch, params[name][branch_name], branch_state, rng, dtype
+                    )
+        elif isinstance(layer, BatchNorm):
             (c,) = params[name]["scale"].shape
             params[name] = {"scale": rng.uniform(0.5, 2.0, c), "bias": rng.normal(0, 0.5, c)}
             state[name] = {"mean": rng.normal(0, 0.5, c), "var": rng.uniform(0.5, 2.0, c)}
@@ -67,7 +80,6 @@ def random_weights(model: Sequential, seed: int, dtype=np.float32) -> tuple[dict
         elif "bias" in params.get(name, {}):
             shape = params[name]["bias"].shape
             params[name]["bias"] = rng.normal(0, 0.1, shape).astype(dtype)
-    return params, state
 
 
 def first_relu_after_first_conv(model: Sequential) -> str:
@@ -185,14 +197,28 @@ def test_fold_refuses_a_batchnorm_not_after_conv_or_dense(layers):
 def assert_graph_follows_folded_names(onnx_model, model, params, state):
     """Conv/Gemm nodes are named as the folded layers; weights are <name>.weight/.bias."""
     folded, _ = fold_batchnorm(model, params, state)
-    weighted = [n for n, layer in zip(folded.names, folded.layers) if type(layer) in (Conv, Dense)]
+    weighted = weighted_layer_names(folded)
     nodes = [n for n in onnx_model.graph.node if n.op_type in ("Conv", "Gemm")]
     assert [n.name for n in nodes] == weighted
     for node in nodes:
         assert list(node.input[1:]) == [f"{node.name}.weight", f"{node.name}.bias"]
     ops = {n.op_type for n in onnx_model.graph.node}
     assert ops <= {"Sub", "Div", "Transpose", "Conv", "Relu", "MaxPool", "AveragePool",
-                   "GlobalAveragePool", "Flatten", "Gemm", "Softmax"}  # fmt: skip
+                   "GlobalAveragePool", "Flatten", "Gemm", "Softmax", "Add"}  # fmt: skip
+    assert ("Add" in ops) == any(isinstance(layer, Residual) for layer in model.layers)
+
+
+def weighted_layer_names(model: Sequential, prefix: str = "") -> list[str]:
+    """Conv/Dense layer names in graph order; inside a residual block
+    ``<block>.body.conv1``... (the body's nodes come before the shortcut's)."""
+    names = []
+    for name, layer in zip(model.names, model.layers):
+        if isinstance(layer, Residual):
+            for branch_name, branch in layer.branches().items():
+                names += weighted_layer_names(branch, f"{prefix}{name}.{branch_name}.")
+        elif type(layer) in (Conv, Dense):
+            names.append(prefix + name)
+    return names
 
 
 @pytest.mark.parametrize("name", sorted(models.MODELS))

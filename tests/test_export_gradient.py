@@ -41,6 +41,7 @@ from scratchcnn.layers import (
     ReLU,
     Sequential,
 )
+from scratchcnn.residual import basic_block
 
 pytestmark = pytest.mark.lesson14
 
@@ -201,6 +202,12 @@ def test_inputs_outputs_metadata_and_any_batch(digits):
     [
         ([Conv(4), Wobble(), Flatten(), Dense(10)], r"gradient of layer wobble1 \(Wobble\)"),
         ([Conv(4), ReLU()], "not one score per class"),
+        # The forward graph of a residual network exports (test_export.py); its backward
+        # through the Add is not written in ONNX yet.
+        (
+            [Conv(4), basic_block(4), GlobalAvgPool(), Dense(10)],
+            r"gradient of layer residual1 \(Residual\)",
+        ),
     ],
 )
 def test_unsupported_networks_are_refused_in_one_sentence(layers, phrase):

@@ -24,6 +24,7 @@ from scratchcnn.quantize import (
     quantize_weights,
     quantized_onnx,
     size_bytes,
+    weighted_layers,
 )
 
 pytestmark = pytest.mark.lesson14
@@ -101,7 +102,9 @@ def test_int8_conv_worst_case_and_zero_padding():
 def max_fan_in(model) -> tuple[str, int]:
     """(layer name, fan-in) of the Conv/Dense layer with the most inputs per output."""
     params, _ = model.init(0)
-    fan_ins = {n: int(np.prod(p["kernel"].shape[:-1])) for n, p in params.items() if "kernel" in p}
+    fan_ins = {
+        n: int(np.prod(p["kernel"].shape[:-1])) for n, p in weighted_layers(model, params).items()
+    }
     return max(fan_ins.items(), key=lambda item: item[1])
 
 
@@ -251,3 +254,36 @@ def test_qdq_rewrite_refuses_another_networks_weights(trained, mnist_train):
     other = quantize_network(trained.model, params, state, mnist_train[0][:10])
     with pytest.raises(QuantizedOnnxError, match="not the ones"):
         quantized_onnx(float_model, other)
+
+
+def test_a_residual_network_is_quantized_in_both_branches(mnist_train, mnist_test):
+    """resnet (initial weights): every conv of both branches of every block gets int8
+    weights under its ONNX node's name, the integer forward pass equals its float64
+    reference, and onnxruntime runs the QDQ graph, Add included, to the same logits."""
+    import onnxruntime as ort
+
+    from scratchcnn.export import build_onnx
+
+    model = models.build("resnet")
+    params, state = model.init(0)
+    qnet = quantize_network(model, params, state, mnist_train[0][:100])
+    assert list(qnet.layers) == [
+        "conv1",
+        "residual1.body.conv1", "residual1.body.conv2",
+        "residual2.body.conv1", "residual2.body.conv2", "residual2.shortcut.conv1",
+        "residual3.body.conv1", "residual3.body.conv2", "residual3.shortcut.conv1",
+        "dense1",
+    ]  # fmt: skip
+    x = as_unit_images(mnist_test[0][:50])[..., None]
+    ours = int8_forward(qnet, x)
+    reference = fake_quant_forward(qnet, x)
+    assert np.abs(ours - reference).max() / np.abs(reference).max() < 1e-5
+    assert not np.array_equal(ours, predict_logits(model, params, state, mnist_test[0][:50]))
+
+    qdq = quantized_onnx(build_onnx(model, params, state, model_name="resnet"), qnet)
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.x64quantprecision", "1")
+    session = ort.InferenceSession(qdq.SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])  # fmt: skip
+    (logits,) = session.run(["logits"], {"image": x})
+    assert np.abs(logits - ours).max() / np.abs(ours).max() < 1e-2

@@ -222,7 +222,7 @@ def test_reduce_on_plateau_lowers_the_learning_rate(mnist_dir):
         ({"val_fraction": 1.0}, "--val-fraction"),
         ({"val_fraction": 0.0, "early_stopping": 2}, "need a validation fraction"),
         ({"optimizer": "adagrad"}, "adagrad"),
-        ({"adversarial": "trades"}, "unknown adversarial training"),
+        ({"adversarial": "free"}, "unknown adversarial training"),
         ({"adversarial": "pgd", "adversarial_eps": 0.0}, "--adversarial-eps"),
     ],
 )

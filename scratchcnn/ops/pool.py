@@ -40,30 +40,31 @@ def max_pool_forward(x, window=2, strides=None, padding="VALID"):
     tap replaces it only if strictly larger, so on ties the first maximum in row-major
     window order is kept: the cell XLA's gradient picks, and ``jax.grad`` of this
     forward pass sends the whole gradient there too, as ``max_pool_backward`` does.
+    The cache keeps *which* tap won: under ``jax.jit``, XLA may recompute the input in
+    the backward pass with different rounding, and comparing values for equality there
+    would then find no maximum at all.
     """
     geo = pool_geometry(x.shape[1:3], window, strides, padding)
     x_pad = pad_hw(x, geo.pads, value=-float("inf"))
     taps = window_taps(x_pad, geo.window, geo.strides, geo.out_hw)
-    best = taps[0]
-    for tap in taps[1:]:
-        best = namespace(x).where(tap > best, tap, best)  # ``maximum`` would split ties
-    return best, (x_pad, best, geo)
+    xp = namespace(x)
+    best, winner = taps[0], xp.zeros(taps[0].shape, dtype=xp.int32)
+    for index, tap in enumerate(taps[1:], start=1):
+        larger = tap > best  # strictly: ``maximum`` would split ties
+        best = xp.where(larger, tap, best)
+        winner = xp.where(larger, index, winner)
+    return best, (winner, x_pad.shape[1:3], geo)
 
 
 def max_pool_backward(dout, cache):
-    """Only the first cell of each window that holds the maximum gets the gradient.
+    """Only the cell that won each window (its first maximum) gets the gradient.
 
     dout: (N, Ho, Wo, C) -> dx: (N, H, W, C).
     """
-    x_pad, best, geo = cache
-    xp = namespace(dout, best)
-    taken = xp.zeros(best.shape, dtype=bool)
-    shares = []
-    for tap in window_taps(x_pad, geo.window, geo.strides, geo.out_hw):
-        first_max = (tap == best) & ~taken
-        taken = taken | first_max
-        shares.append(first_max * dout)
-    return unpool(xp.stack(shares, axis=3), geo, x_pad.shape[1:3]), {}
+    winner, padded_hw, geo = cache
+    xp = namespace(dout)
+    shares = [(winner == index) * dout for index in range(geo.window[0] * geo.window[1])]
+    return unpool(xp.stack(shares, axis=3), geo, padded_hw), {}
 
 
 # --8<-- [end:max_pool]

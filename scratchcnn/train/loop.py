@@ -20,6 +20,7 @@ from scratchcnn.checkpoint import check_compatible, load_checkpoint
 from scratchcnn.data.augment import AUGMENTATIONS, augment_batch
 from scratchcnn.errors import ScratchCNNError
 from scratchcnn.inference import without_overflow_warnings
+from scratchcnn.layers import named_arrays
 from scratchcnn.pretrained import resolve_checkpoint
 from scratchcnn.train.config import TrainConfig
 from scratchcnn.train.data import AUGMENT, SHUFFLE, Split, batches, epoch_rng, load_splits
@@ -202,7 +203,7 @@ def check_loss_finite(loss: float, epoch: int, step: int) -> None:
 def check_weights_finite(run: RunState, backend) -> None:
     """The last step of an epoch can leave NaN weights behind a finite loss: look."""
     params = backend.to_host(run.params)
-    leaves = [np.asarray(a) for layer in params.values() for a in layer.values()]
+    leaves = [np.asarray(a) for a in named_arrays(params).values()]
     if not all(np.isfinite(a).all() for a in leaves):
         raise TrainingDiverged(
             f"training diverged in epoch {run.epoch + 1}: its weights became NaN or infinite, "
