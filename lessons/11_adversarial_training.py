@@ -319,11 +319,10 @@ def sanity(name: str, network: Trained, x, y, config, transfer_from, subset, fol
     ident = {**attack_record.identity(network.checkpoint, config, [EVAL_EPS], x, y),
              "subset": subset, "transfer_from": transfer_from and sha256(transfer_from.checkpoint)}
     path = folder / f"sanity-{name}-{ident['checkpoint_sha256'][:12]}-n{len(y)}.json"
-    if path.is_file():
-        saved = json.loads(path.read_text())
-        if saved.get("identity") == json.loads(json.dumps(ident)):
-            log(f"sanity checks, {name}: done before, in {path}")
-            return saved["report"]
+    saved = saved_sanity(path)
+    if saved.get("identity") == json.loads(json.dumps(ident)) and "report" in saved:
+        log(f"sanity checks, {name}: done before, in {path}")
+        return saved["report"]
     log(f"sanity checks, {name}, {len(y):,} images (hours on a defended network; kept "
         "only when finished)")  # fmt: skip
     started = time.perf_counter()
@@ -335,6 +334,19 @@ def sanity(name: str, network: Trained, x, y, config, transfer_from, subset, fol
     result = {"checks": report.checks, "ok": report.ok, "details": details}
     write_json(path, {"identity": ident, "report": result})
     return result
+
+
+def saved_sanity(path: Path) -> dict:
+    """The sanity checks an earlier run kept in ``path``, or {} when there are none to
+    trust (no file, or one that is not what this script writes: they are run again)."""
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        log(f"ignoring {path} ({error}); running the sanity checks again")
+        return {}
+    return saved if isinstance(saved, dict) else {}
 
 
 def sha256(path: Path) -> str:
