@@ -50,7 +50,6 @@ first PGD run's weights with the TRADES loss at beta 6, then given with --trades
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import sys
 import tempfile
@@ -65,7 +64,7 @@ from matplotlib.ticker import MaxNLocator
 
 from scratchcnn import apgd, attack_record, attacks, models, pretrained, robustness
 from scratchcnn.checkpoint import load_for_model, save_checkpoint
-from scratchcnn.data.mnist import load_mnist
+from scratchcnn.data.mnist import load_mnist, sha256_file
 from scratchcnn.data.preprocess import to_unit_nhwc
 from scratchcnn.files import write_json
 from scratchcnn.pretrained.ship import run_history
@@ -316,8 +315,9 @@ def sanity(name: str, network: Trained, x, y, config, transfer_from, subset, fol
     """robustness.sanity_checks around the ensemble on x, kept in ``folder`` once done: on
     a defended network they take hours, and a re-run of the script need not repeat them.
     fooled_by: the ensemble's outcomes on x, from the attack record (not attacked again)."""
+    source = transfer_from and sha256_file(Path(transfer_from.checkpoint))
     ident = {**attack_record.identity(network.checkpoint, config, [EVAL_EPS], x, y),
-             "subset": subset, "transfer_from": transfer_from and sha256(transfer_from.checkpoint)}
+             "subset": subset, "transfer_from": source}
     path = folder / f"sanity-{name}-{ident['checkpoint_sha256'][:12]}-n{len(y)}.json"
     saved = saved_sanity(path)
     if saved.get("identity") == json.loads(json.dumps(ident)) and "report" in saved:
@@ -347,10 +347,6 @@ def saved_sanity(path: Path) -> dict:
         log(f"ignoring {path} ({error}); running the sanity checks again")
         return {}
     return saved if isinstance(saved, dict) else {}
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def curves_of(net, x, y, config, eps_values) -> dict:

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from scratchcnn import attacks, robustness
+from scratchcnn.data.mnist import sha256_file
 from scratchcnn.errors import InputError
 from scratchcnn.files import check_regular_file, write_json
 
@@ -38,7 +39,7 @@ def identity(checkpoint: Path, config: robustness.AttackConfig, eps_values, x, y
     """What a record measured: network, attack, budgets and images."""
     images = hashlib.sha256(np.ascontiguousarray(x).tobytes() + np.asarray(y).tobytes())
     return {
-        "checkpoint_sha256": hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest(),
+        "checkpoint_sha256": sha256_file(Path(checkpoint)),
         "attack": config.__dict__,
         "eps": [float(e) for e in eps_values],
         "images": len(y),

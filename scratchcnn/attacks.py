@@ -488,6 +488,17 @@ class AdversarialTraining:
 # --8<-- [end:adversarial_training]
 
 
+def attack_rng(rng):
+    """A training attack's own random stream from a step's rng: the NumPy Generator
+    itself, or a JAX key folded apart from the ones dropout layers fold in (their layer
+    index)."""
+    if rng is None or isinstance(rng, np.random.Generator):
+        return rng
+    import jax
+
+    return jax.random.fold_in(rng, 1_000_003)
+
+
 def uniform_noise(rng, shape, eps: float, dtype):
     """Uniform(-eps, eps) noise from a NumPy Generator or a JAX key."""
     if isinstance(rng, np.random.Generator):

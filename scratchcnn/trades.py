@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from scratchcnn import attacks
 from scratchcnn.data.preprocess import MNIST_STD, standardize_unit
 from scratchcnn.ops._xp import namespace
 from scratchcnn.ops.losses import (
@@ -143,15 +144,6 @@ def _two_streams(rng):
     return jax.random.fold_in(rng, 1), jax.random.fold_in(rng, 2)
 
 
-def _attack_stream(rng):
-    """The attack's start noise: the Generator, or a key apart from the dropout keys."""
-    if isinstance(rng, np.random.Generator):
-        return rng
-    import jax
-
-    return jax.random.fold_in(rng, 1_000_003)
-
-
 # --8<-- [start:train_step]
 def make_train_step(model, optimizer, adversarial, label_smoothing: float = 0.0) -> Callable:
     """A training step on the TRADES loss, with the signature of ``train.step``'s:
@@ -164,7 +156,7 @@ def make_train_step(model, optimizer, adversarial, label_smoothing: float = 0.0)
 
     def train_step(params, state, opt_state, images, labels, rng):
         x_adv = trades_attack(
-            model, params, state, images, _attack_stream(rng),
+            model, params, state, images, attacks.attack_rng(rng),
             adversarial.eps, adversarial.steps, adversarial.step_size,
         )  # fmt: skip
         loss, grads, state, z_adv = trades_loss_and_gradients(

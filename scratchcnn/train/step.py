@@ -69,7 +69,7 @@ def make_train_step(model, optimizer, label_smoothing: float = 0.0, adversarial=
     def train_step(params, state, opt_state, images, labels, rng):
         if adversarial is not None:
             images, labels = attacks.training_batch(
-                model, params, state, images, labels, _attack_rng(rng), adversarial
+                model, params, state, images, labels, attacks.attack_rng(rng), adversarial
             )
         x = standardize_unit(images)
         logits, new_state, caches = model.forward(params, state, x, train=True, rng=rng)
@@ -84,16 +84,6 @@ def make_train_step(model, optimizer, label_smoothing: float = 0.0, adversarial=
 
 
 # --8<-- [end:train_step]
-
-
-def _attack_rng(rng):
-    """The attack's own random stream: the Generator itself, or a key folded apart from
-    the ones dropout layers fold in (their layer index)."""
-    if rng is None or isinstance(rng, np.random.Generator):
-        return rng
-    import jax
-
-    return jax.random.fold_in(rng, 1_000_003)
 
 
 # --------------------------------------------------------------------------- backends
