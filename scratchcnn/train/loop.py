@@ -36,6 +36,9 @@ from scratchcnn.train.step import evaluate_split, make_backend, make_run_optimiz
 
 # on_step(run, loss, accuracy): called after every step, e.g. to record each step's loss.
 OnStep = Callable[[RunState, float, float], None]
+# on_epoch(run, record): called after each epoch is saved, with its history record; it may
+# raise to end the run there (a hyperparameter search stops a hopeless trial this way).
+OnEpoch = Callable[[RunState, dict], None]
 
 
 # --8<-- [start:train]
@@ -49,6 +52,7 @@ def train(
     progress: bool = True,
     log: Callable[[str], None] = print,
     on_step: OnStep | None = None,
+    on_epoch: OnEpoch | None = None,
 ) -> TrainResult:
     """Train ``config.model`` on MNIST, evaluate on the test set, return the result.
 
@@ -100,6 +104,8 @@ def train(
         if folder:
             folder.save(run, backend.to_host, plateau, improved)
         log(format_epoch(record, config.epochs))
+        if on_epoch is not None:
+            on_epoch(run, record)
 
     params, state = best
     test = evaluate_split(backend, model, params, state, splits.test, config.eval_batch_size)
