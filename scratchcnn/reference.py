@@ -151,7 +151,9 @@ def to_flax(model: L.Sequential, params, state, in_shape=INPUT_SHAPE) -> FlaxSeq
     """A Flax twin of ``model`` holding copies of our ``params`` and ``state``."""
     leaves = jax.tree.leaves(params)
     dtype = leaves[0].dtype if leaves else jnp.float32
-    module = twin(model, in_shape, param_dtype=dtype)
+    # Shapes only: Flax's random init compiles a truncated normal per weight shape (most of
+    # a parity check's time), and every value is overwritten below anyway.
+    module = nnx.eval_shape(lambda: twin(model, in_shape, param_dtype=dtype))
     _load(module, nnx.Param, params)
     _load(module, nnx.BatchStat, state)
     return module

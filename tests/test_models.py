@@ -76,7 +76,8 @@ def test_jax_grad_of_our_forward_equals_our_backward(name, train, scale, batch, 
         return softmax_cross_entropy_forward(logits, labels)[0]
 
     _, ours = loss_and_input_grad(model, params, state, x, labels, train, key)
-    assert relative_error(ours, jax.grad(loss)(jnp.asarray(x))) <= 1e-10
+    # jit: one compiled program instead of op-by-op dispatch (a third of the time)
+    assert relative_error(ours, jax.jit(jax.grad(loss))(jnp.asarray(x))) <= 1e-10
 
 
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
