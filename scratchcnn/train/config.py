@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from scratchcnn import attacks, models, optim
 from scratchcnn.data.augment import AUGMENTATIONS
+from scratchcnn.data.digits import TRAIN_DIGITS
 from scratchcnn.optim import ConfigError
 
 BACKENDS = ("numpy", "jax")
@@ -43,6 +44,7 @@ MAX_EPOCHS = 10_000  # 10,000 epochs of 60,000 steps (batch 1) stay below 2**31 
 TRAIN_IMAGES, TEST_IMAGES = 60_000, 10_000  # MNIST's: a larger batch or limit means nothing
 MAX_SEED = 2**32 - 1  # NumPy's and JAX's random keys take unsigned 32-bit seeds
 MAX_ATTACK_STEPS = 1_000
+DATASETS = {"mnist": TRAIN_IMAGES, "digits": TRAIN_DIGITS}  # name -> its training images
 
 
 def whole(value, low: int, high: int) -> bool:
@@ -117,14 +119,29 @@ class TrainConfig:
         "with a fresh optimizer.",
         "--init",
     )
+    dataset: str = option(
+        "mnist",
+        f"Data: {listing(DATASETS)} (scikit-learn's UCI digits, prepared as MNIST; lesson 17).",
+    )
+    per_class: int | None = option(
+        None, "Train on N images of each class (a draw seeded by --seed), not all of them."
+    )
+    freeze: tuple[str, ...] = option(
+        (), "Layers to keep fixed, named as in checkpoints: e.g. conv1,batchnorm1 (lesson 17)."
+    )
+    body_lr_scale: float = option(
+        1.0, "Fine-tuning: every layer but the last learns at --lr times this."
+    )
+    new_head: bool = option(
+        False, "With --init: fresh random weights for the last layer (a new head)."
+    )
 
     def validate(self) -> TrainConfig:
         """Raise ConfigError with one sentence for the first bad option; else self."""
-        if self.model not in models.MODELS:
-            raise ConfigError(
-                f"unknown architecture {self.model!r}; "
-                f"choose one of: {', '.join(sorted(models.MODELS))}."
-            )
+        try:
+            models.build(self.model)  # a registered name, with options its builder accepts
+        except models.UnknownModelError as error:
+            raise ConfigError(str(error)) from None
         names = [
             (self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r}; choose one of: "
              f"{', '.join(SCHEDULES)}"),
@@ -137,6 +154,10 @@ class TrainConfig:
              f"one of: {', '.join(AUGMENTATIONS)}"),
             (self.init_from is None or str(self.init_from).strip() != "", "--init needs a "
              "checkpoint file or a pretrained network's name, got an empty one"),
+            (self.dataset in DATASETS, f"unknown dataset {self.dataset!r}; choose one of: "
+             f"{', '.join(DATASETS)}"),
+            (not self.new_head or self.init_from is not None, "--new-head replaces the last "
+             "layer of the network --init starts from, so it needs --init"),
         ]  # fmt: skip
         for ok, message in names:
             if not ok:
@@ -191,6 +212,10 @@ class TrainConfig:
              "in (0, 1] (pixels are in [0, 1])"),
             ("trades_beta", finite(self.trades_beta) and self.trades_beta >= 0,
              "a finite number >= 0"),
+            ("per_class", self.per_class is None or whole(self.per_class, 1, TRAIN_IMAGES),
+             train),
+            ("body_lr_scale", finite(self.body_lr_scale) and self.body_lr_scale > 0,
+             "a finite number above 0 (to keep layers fixed, name them in --freeze)"),
         ]  # fmt: skip
 
     def _check_together(self) -> None:
@@ -206,11 +231,13 @@ class TrainConfig:
                 "warm-up); use constant, milestones or cosine, or leave it out."
             )
         self._check_milestones()
-        held_out = round(self.val_fraction * TRAIN_IMAGES)  # as train.data.load_splits does
-        if self.val_fraction > 0 and not 1 <= held_out < TRAIN_IMAGES:
+        self._check_freeze()
+        images = DATASETS[self.dataset]
+        held_out = round(self.val_fraction * images)  # as train.data.load_splits does
+        if self.val_fraction > 0 and not 1 <= held_out < images:
             raise ConfigError(
                 f"--val-fraction {self.val_fraction:g} holds out {held_out} of the "
-                f"{TRAIN_IMAGES} training images; it must hold out at least one and keep one."
+                f"{images} training images; it must hold out at least one and keep one."
             )
         watching = self.early_stopping is not None or self.plateau_patience is not None
         if self.val_fraction == 0 and watching:
@@ -237,6 +264,24 @@ class TrainConfig:
                 f"--milestones {given} must not fall inside the warm-up "
                 f"(--warmup-epochs {self.warmup_epochs:g})."
             )
+
+    # --8<-- [start:check_freeze]
+    def _check_freeze(self) -> None:
+        """Every --freeze name is a layer of the model that holds weights, and one such
+        layer is left to train."""
+        if not self.freeze:
+            return
+        layers = list(models.build(self.model).init(0)[0])  # names of layers with weights
+        unknown = [name for name in self.freeze if name not in layers]
+        if unknown:
+            raise ConfigError(
+                f"--freeze {unknown[0]!r} is not a layer of {self.model} with weights; "
+                f"its layers are: {', '.join(layers)}."
+            )
+        if set(layers) <= set(self.freeze):
+            raise ConfigError(f"--freeze names every layer of {self.model}: none is left to train.")
+
+    # --8<-- [end:check_freeze]
 
     def adversarial_training(self) -> attacks.AdversarialTraining | None:
         if self.adversarial == "none":

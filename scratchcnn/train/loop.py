@@ -54,7 +54,8 @@ def train(
     on_step: OnStep | None = None,
     on_epoch: OnEpoch | None = None,
 ) -> TrainResult:
-    """Train ``config.model`` on MNIST, evaluate on the test set, return the result.
+    """Train ``config.model`` on ``config.dataset`` (MNIST unless it says "digits"),
+    evaluate on the test set, return the result.
 
     ``output_dir`` receives checkpoints and the history; ``resume`` continues the run
     saved there, ``overwrite`` replaces it. With validation data, the best epoch's weights
@@ -69,7 +70,7 @@ def train(
     folder = RunFolder(path, config, model, splits.checksums) if path else None
     steps_per_epoch = -(-len(splits.train) // config.batch_size)  # ceil
     schedule = make_schedule(config, steps_per_epoch)
-    optimizer = make_run_optimizer(config, schedule)
+    optimizer = make_run_optimizer(config, schedule, model)
     backend = make_backend(model, optimizer, config)  # our step; jax.jit on "jax"
     plateau = make_plateau(config)
     if resume:
@@ -224,11 +225,21 @@ def make_plateau(config: TrainConfig) -> optim.ReduceOnPlateau | None:
     return optim.ReduceOnPlateau(factor=config.plateau_factor, patience=config.plateau_patience)
 
 
+# --8<-- [start:initial_weights]
 def initial_weights(model, config: TrainConfig):
     """Fresh random weights, or (``init_from``) a checkpoint's weights and BatchNorm
-    statistics to fine-tune; the optimizer and the schedule start afresh either way."""
+    statistics to fine-tune, with fresh random weights for the last layer if
+    ``new_head``; the optimizer and the schedule start afresh either way."""
     if config.init_from is None:
         return model.init(config.seed)
     ckpt = load_checkpoint(resolve_checkpoint(config.init_from))
     check_compatible(ckpt, config.model, model)
-    return ckpt.params, ckpt.state
+    params = ckpt.params
+    if config.new_head:
+        fresh, _ = model.init(config.seed)
+        head = list(fresh)[-1]  # the last layer with weights
+        params = {**params, head: fresh[head]}
+    return params, ckpt.state
+
+
+# --8<-- [end:initial_weights]

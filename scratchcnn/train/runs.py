@@ -9,11 +9,11 @@ Files written to a run's folder, each atomically (a crash leaves the previous ve
 A crash can stop the program between any two of these writes, so they are written in an
 order that keeps the folder readable. ``last.npz`` is written first and is the only file
 ``--resume`` trusts: its ``info`` holds the config, the counters of ``RunState``, the
-SHA-256 of the MNIST files, and the epoch and digest of the best weights. ``best.npz`` is
-written next, as a byte copy of ``last.npz`` when this epoch is the best; resume checks
-its digest, repairs it from ``last.npz`` when the best epoch *is* the last one, and
-refuses otherwise. ``history.json`` is only a readable view of ``last.npz``, rewritten
-on resume.
+SHA-256 of the data (the MNIST files, or the digits' arrays), and the epoch and digest
+of the best weights. ``best.npz`` is written next, as a byte copy of ``last.npz`` when
+this epoch is the best; resume checks its digest, repairs it from ``last.npz`` when the
+best epoch *is* the last one, and refuses otherwise. ``history.json`` is only a
+readable view of ``last.npz``, rewritten on resume.
 """
 
 from __future__ import annotations
@@ -186,7 +186,7 @@ class RunFolder:
     path: Path
     config: TrainConfig
     model: Any
-    checksums: dict[str, str]  # of the MNIST files, as MnistSplits.checksums
+    checksums: dict[str, str]  # what identifies the data, as Splits.checksums
 
     def save(self, run: RunState, to_host, plateau, improved: bool) -> None:
         """Commit one finished epoch: last.npz, then best.npz if improved, then the history."""
@@ -273,7 +273,10 @@ class RunFolder:
                 + "."
             )
         if info.get("data_sha256") != self.checksums:
-            raise ResumeError(f"cannot resume {self.path}: it was trained on other MNIST files.")
+            raise ResumeError(
+                f"cannot resume {self.path}: it was trained on other {self.config.dataset} "
+                "data (their checksums differ)."
+            )
 
     def _check_best(self, run: RunState, last: Path) -> None:
         """best.npz must hold the weights last.npz names as the best; when those are last's
