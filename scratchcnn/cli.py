@@ -347,8 +347,9 @@ def train(
         str,
         typer.Option(
             "--recipe",
-            help="Start from a recipe: default, best, or a seed network's (lenet, flax_cnn, "
-            "bn_cnn, keras_cnn); the options below override it.",
+            help="Start from a recipe: default, best, a seed network's (lenet, flax_cnn, "
+            "bn_cnn, keras_cnn), or a recipe file (FILE.json, as scratchcnn tune writes); "
+            "the options below override it.",
         ),
     ] = "default",
     output: Annotated[
@@ -377,15 +378,9 @@ def train(
     best and last checkpoints and the history are written there after every epoch;
     --resume continues that run exactly where it stopped.
     """
-    from scratchcnn.train import RECIPES
     from scratchcnn.train import train as run_training
 
-    if recipe not in RECIPES:
-        raise typer.BadParameter(
-            f"unknown recipe {recipe!r}; choose one of: {', '.join(RECIPES)}.",
-            param_hint="--recipe",
-        )
-    config = dataclasses.replace(RECIPES[recipe], **_config_values(TrainConfig, options))
+    config = dataclasses.replace(load_recipe(recipe), **_config_values(TrainConfig, options))
     config.validate()  # before any data is read
     signal.signal(signal.SIGTERM, stop_like_ctrl_c)  # `kill`: the same clean stop as Ctrl-C
     try:
@@ -410,6 +405,146 @@ def train(
             f"{len(result.history)} epoch{'s' * (len(result.history) != 1)}, "
             f"{result.train_seconds:.0f} s of training"
         )
+
+
+def load_recipe(recipe: str) -> TrainConfig:
+    """--recipe: a named recipe (RECIPES), or a recipe file (.json) such as tune writes."""
+    from scratchcnn.train import RECIPES
+
+    if recipe in RECIPES:
+        return RECIPES[recipe]
+    if recipe.endswith(".json") or Path(recipe).is_file():
+        from scratchcnn.tune import read_recipe
+
+        return read_recipe(Path(recipe))
+    raise typer.BadParameter(
+        f"unknown recipe {recipe!r}; choose one of: {', '.join(RECIPES)}, or a recipe file "
+        "(FILE.json).",
+        param_hint="--recipe",
+    )
+
+
+# --------------------------------------------------------------------------- tune
+
+
+@app.command(
+    epilog=(
+        "Examples: scratchcnn tune --n-trials 20 --output runs/tune  "
+        "(then: scratchcnn train --recipe runs/tune/recipe.json)  |  "
+        "scratchcnn tune --space space.json --sampler random --pruner none  |  "
+        "run the same command again to continue a stopped search"
+    )
+)
+@reports_errors
+def tune(
+    n_trials: Annotated[
+        int, typer.Option("--n-trials", help="Finished trials the study should hold.")
+    ] = 20,
+    space_file: Annotated[
+        Path | None,
+        _option(
+            "Search space, a JSON object: {name: {low, high[, log]} or {choices: [...]}} "
+            "(default: scratchcnn.tune.SPACE).",
+            "--space",
+        ),
+    ] = None,
+    recipe: Annotated[
+        str, typer.Option("--recipe", help="The recipe the trials start from.")
+    ] = "default",
+    epochs: Annotated[int, typer.Option("--epochs", help="Epochs per trial.")] = 3,
+    train_limit: Annotated[
+        int, typer.Option("--train-limit", help="Training images per trial.")
+    ] = 2000,
+    val_fraction: Annotated[
+        float, typer.Option("--val-fraction", help="Share of training images to validate on.")
+    ] = 0.02,
+    backend: Annotated[str, typer.Option("--backend", help="numpy or jax.")] = "numpy",
+    sampler: Annotated[str, typer.Option("--sampler", help="tpe or random.")] = "tpe",
+    pruner: Annotated[
+        str, typer.Option("--pruner", help="none, halving or hyperband.")
+    ] = "halving",
+    seed: Annotated[int, typer.Option("--seed", help="The sampler's seed.")] = 0,
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Folder for the study and recipe.json.")
+    ] = Path("runs/tune"),
+    storage: Annotated[
+        Path | None, _option("The study's SQLite file (default: OUTPUT/study.db).", "--storage")
+    ] = None,
+    study_name: Annotated[str, typer.Option("--study-name", help="The study's name.")] = "tune",
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing OUTPUT/recipe.json.")
+    ] = False,
+    data_dir: Annotated[
+        Path | None, _option("Folder holding the four MNIST .gz files.", "--data-dir")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
+) -> None:
+    """Search hyperparameters with Optuna; write the best trial as a recipe file.
+
+    Each trial trains on --train-limit images for --epochs and is scored by its
+    validation accuracy (never the test set); the pruner stops trials that trail after an
+    epoch. The study is kept in --storage, so running the same command again continues it.
+    """
+    import json
+
+    from scratchcnn import tune as t
+    from scratchcnn.data.mnist import find_mnist
+
+    check_between("--n-trials", n_trials, 1, t.MAX_TRIALS)
+    if not 0 <= seed < 2**32:  # NumPy's generators take unsigned 32-bit seeds
+        raise InputError(f"--seed must be from 0 to {2**32 - 1}, got {seed}.")
+    if val_fraction == 0:
+        raise InputError("tune scores trials on validation images; give --val-fraction above 0.")
+    base = dataclasses.replace(load_recipe(recipe), epochs=epochs, train_limit=train_limit,
+                               val_fraction=val_fraction, backend=backend).validate()  # fmt: skip
+    space = t.SPACE
+    if space_file is not None:
+        try:
+            space = json.loads(space_file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise t.TuneError(f"cannot read the search space {space_file}: {error}.") from None
+    t.check_space(space, base)
+    samplers = t.make_sampler(sampler, seed), t.make_pruner(pruner, epochs)
+    if output.exists() and not output.is_dir():
+        raise InputError(f"--output {output} is not a folder.")
+    recipe_path = output / "recipe.json"
+    if output.is_dir():  # refuse now, not after an hour of trials
+        check_output_file(recipe_path, overwrite=overwrite, flag="--output")
+    if storage is None:
+        storage = output / "study.db"  # in the folder we make below
+    else:
+        t.check_storage(storage)
+    find_mnist(data_dir)  # missing data stops here, before a study file exists
+    output.mkdir(parents=True, exist_ok=True)
+    study = t.open_study(storage, study_name, base, space, *samplers)
+    done = len(t.finished(study))
+    if done and not as_json:
+        typer.echo(f"continuing the study in {storage}: {done} trials finished")
+
+    def show(study, trial):
+        if not as_json:
+            complete = [x.value for x in t.finished(study) if x.value is not None]
+            typer.echo(t.describe_trial(trial, max(complete, default=None)))
+
+    signal.signal(signal.SIGTERM, stop_like_ctrl_c)
+    try:
+        t.search(study, base, space, n_trials, data_dir=data_dir, on_trial=show)
+    except KeyboardInterrupt:
+        raise Interrupted(
+            f"interrupted; {storage} keeps every finished trial (run the same command to continue)."
+        ) from None
+    best = t.best_recipe(study, base)
+    t.write_recipe(recipe_path, best, overwrite=overwrite)
+    summary = {"study": str(storage), "trials": len(t.finished(study)),
+               "best_trial": study.best_trial.number, "best_val_accuracy": study.best_value,
+               "best_params": study.best_trial.params, "recipe": str(recipe_path)}  # fmt: skip
+    if as_json:
+        echo_json(summary)
+        return
+    typer.echo(
+        f"best trial {summary['best_trial']}: validation accuracy {study.best_value:.2%}; "
+        f"wrote {recipe_path} (train it: scratchcnn train --recipe {recipe_path})"
+    )
 
 
 # --------------------------------------------------------------------------- evaluate
