@@ -93,6 +93,7 @@ class Residual(Layer):
     # --8<-- [end:residual]
 
 
+# --8<-- [start:basic_block]
 def basic_block(features: int, strides: int = 1, project: bool = False) -> Residual:
     """ResNet's basic block: conv 3x3 (strides) + BN + ReLU + conv 3x3 + BN, plus a shortcut.
 
@@ -105,3 +106,6 @@ def basic_block(features: int, strides: int = 1, project: bool = False) -> Resid
     )  # fmt: skip
     shortcut = (Conv(features, 1, strides, use_bias=False), BatchNorm()) if project else ()
     return Residual(body, shortcut)
+
+
+# --8<-- [end:basic_block]

@@ -15,6 +15,8 @@ from scratchcnn.errors import ShapeError
 from scratchcnn.layers import BatchNorm, Conv, Dropout, ReLU, Sequential
 from scratchcnn.residual import Residual, basic_block
 
+pytestmark = pytest.mark.lesson16
+
 CASES = {
     "identity": (basic_block(3), (5, 6, 3)),
     "projection, stride 2, odd size": (basic_block(4, strides=2, project=True), (7, 5, 3)),
