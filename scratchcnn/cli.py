@@ -324,7 +324,7 @@ def _config_values(config_class, options: dict) -> dict:
 def _parse_tuple(text: str, item: type, flag: str) -> tuple:
     """ "5,8" -> (5, 8) for a tuple[int, ...] field."""
     try:
-        return tuple(item(part) for part in text.split(",") if part.strip())
+        return tuple(item(part.strip()) for part in text.split(",") if part.strip())
     except ValueError:
         raise typer.BadParameter(
             f"{flag} takes comma-separated numbers like 5,8; got {text!r}."
@@ -438,7 +438,11 @@ def load_recipe(recipe: str) -> TrainConfig:
 @reports_errors
 def tune(
     n_trials: Annotated[
-        int, typer.Option("--n-trials", help="Finished trials the study should hold.")
+        int,
+        typer.Option(
+            "--n-trials",
+            help="Trials the study should hold (failed ones count, interrupted ones not).",
+        ),
     ] = 20,
     space_file: Annotated[
         Path | None,
@@ -482,8 +486,9 @@ def tune(
     """Search hyperparameters with Optuna; write the best trial as a recipe file.
 
     Each trial trains on --train-limit images for --epochs and is scored by its
-    validation accuracy (never the test set); the pruner stops trials that trail after an
-    epoch. The study is kept in --storage, so running the same command again continues it.
+    validation accuracy (never the test set); the pruner stops trials that trail
+    after an epoch. The study is kept in --storage, so running the same command
+    again continues it.
     """
     import json
 
@@ -511,12 +516,17 @@ def tune(
     if output.is_dir():  # refuse now, not after an hour of trials
         check_output_file(recipe_path, overwrite=overwrite, flag="--output")
     if storage is None:
-        storage = output / "study.db"  # in the folder we make below
+        storage = output / "study.db"  # a new file when the folder is new
     else:
         t.check_storage(storage)
-    find_mnist(data_dir)  # missing data stops here, before a study file exists
-    output.mkdir(parents=True, exist_ok=True)
+    if base.dataset == "mnist":
+        find_mnist(data_dir)  # missing data stops here, before a study file exists
+    if storage.parent == output:
+        output.mkdir(parents=True, exist_ok=True)
     study = t.open_study(storage, study_name, base, space, *samplers)
+    output.mkdir(parents=True, exist_ok=True)  # only once the study opened
+    if study.trials:  # continued: a seed of its own, or it would draw the same trials again
+        study.sampler = t.make_sampler(sampler, seed, len(study.trials))
     done = len(t.finished(study))
     if done and not as_json:
         typer.echo(f"continuing the study in {storage}: {done} trials finished")

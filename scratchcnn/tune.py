@@ -28,7 +28,9 @@ import typing
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import optuna
+import sqlalchemy.exc
 
 from scratchcnn import models
 from scratchcnn.errors import ScratchCNNError
@@ -185,8 +187,14 @@ def objective(trial: optuna.Trial, base: TrainConfig, space: dict, data_dir=None
 # --------------------------------------------------------------------------- the study
 
 
-def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
-    """random: every trial drawn independently; tpe: drawn where good trials were."""
+def make_sampler(name: str, seed: int, trials_so_far: int = 0) -> optuna.samplers.BaseSampler:
+    """random: every trial drawn independently; tpe: drawn where good trials were.
+
+    ``trials_so_far``: a continued study gets a seed of its own, derived from ``seed``
+    and its number of trials, or it would draw again the very trials it already ran.
+    """
+    if trials_so_far:
+        seed = int(np.random.SeedSequence([seed, trials_so_far]).generate_state(1)[0])
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "tpe":
@@ -223,15 +231,19 @@ def open_study(
     """Create the study in ``storage`` (SQLite), or load it to continue it. A trial left
     running by a search that was killed is marked failed; a study made with another
     search space or base recipe is refused (its trials would not compare)."""
-    rdb = optuna.storages.RDBStorage(f"sqlite:///{Path(storage).resolve()}")
-    study = optuna.create_study(
-        study_name=name,
-        storage=rdb,
-        sampler=sampler,
-        pruner=pruner,
-        direction="maximize",
-        load_if_exists=True,
-    )
+    try:
+        rdb = optuna.storages.RDBStorage(f"sqlite:///{Path(storage).resolve()}")
+        study = optuna.create_study(
+            study_name=name,
+            storage=rdb,
+            sampler=sampler,
+            pruner=pruner,
+            direction="maximize",
+            load_if_exists=True,
+        )
+    except (sqlalchemy.exc.SQLAlchemyError, RuntimeError, ValueError) as error:
+        reason = str(error).splitlines()[0]
+        raise TuneError(f"cannot open the study in {storage}: {reason}.") from None
     made_with = {"space": space, "base": base.to_json()}
     if not study.user_attrs:  # a new study: remember what it searches
         for key, value in made_with.items():
@@ -244,6 +256,7 @@ def open_study(
     study_id = rdb.get_study_id_from_name(name)
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         trial_id = rdb.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+        rdb.set_trial_user_attr(trial_id, "interrupted", True)  # not counted: see counted()
         rdb.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
     return study
 
@@ -252,6 +265,11 @@ def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     """The trials that ran to their end or were pruned (not the failed ones)."""
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     return study.get_trials(deepcopy=False, states=states)
+
+
+def counted(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The trials that count toward --n-trials: every one but those a stop interrupted."""
+    return [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("interrupted")]
 
 
 # --8<-- [start:search]
@@ -265,8 +283,9 @@ def search(
     data_dir=None,
     on_trial: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
 ) -> optuna.Study:
-    """Run trials until the study holds ``n_trials`` finished ones (a resumed study
-    counts those it has), or until ``cpu_budget`` CPU seconds are spent."""
+    """Run trials until the study holds ``n_trials`` (a resumed study counts those it has;
+    a failed trial, e.g. a learning rate that diverged, counts too, but not one a stop
+    interrupted), or until ``cpu_budget`` CPU seconds are spent."""
     started = time.process_time()
 
     def after_trial(study, trial):
@@ -277,7 +296,7 @@ def search(
 
     study.optimize(
         lambda trial: objective(trial, base, space, data_dir),
-        n_trials=max(0, n_trials - len(finished(study))),
+        n_trials=max(0, n_trials - len(counted(study))),
         callbacks=[after_trial],
         catch=(TrainingDiverged,),  # a learning rate too high fails its trial, not the search
     )

@@ -33,7 +33,7 @@ from PIL import Image, ImageDraw
 
 from scratchcnn.data.images import ImageError, mnistify
 
-pytestmark = pytest.mark.lesson14
+pytestmark = [pytest.mark.lesson14, pytest.mark.xdist_group("site")]  # one built site
 
 ROOT = Path(__file__).resolve().parents[1]
 SHOTS = ROOT / "build" / "screenshots"

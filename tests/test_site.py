@@ -64,6 +64,7 @@ def test_committed_lesson_results_come_from_full_runs():
         assert json.loads(path.read_text())["run"]["quick"] is False, f"{path}: a --quick run"
 
 
+@pytest.mark.xdist_group("site")  # shares the built site with test_demo.py
 def test_mkdocs_build_strict_passes(built_site):
     assert (built_site / "index.html").is_file()
     lesson = (built_site / "lessons" / "13-speed" / "index.html").read_text()
@@ -71,6 +72,7 @@ def test_mkdocs_build_strict_passes(built_site):
     assert "{{" not in lesson  # every macro was rendered
 
 
+@pytest.mark.xdist_group("site")  # shares the built site with test_demo.py
 @pytest.mark.browser
 @pytest.mark.parametrize(
     "page", ["", "lessons/11-adversarial-training/", "lessons/13-speed/"],
@@ -107,6 +109,7 @@ def test_page_renders_in_chromium(served_site, page, chromium):
         assert raw_math > 0 and typeset == raw_math, (typeset, raw_math)
 
 
+@pytest.mark.xdist_group("site")  # shares the built site with test_demo.py
 def test_every_lesson_script_has_a_page_on_the_built_site(built_site):
     for script in LESSON_SCRIPTS:
         slug = script.stem.replace("_", "-")

@@ -137,6 +137,22 @@ def test_body_learning_rate_scale_is_a_smaller_learning_rate():
         np.testing.assert_allclose(new[name]["kernel"], expected, rtol=1e-12)
 
 
+def test_a_frozen_layer_gradient_counts_nowhere():
+    """With --clip-norm the global norm must not include a frozen layer's gradient: the
+    head's step is the same whether the frozen body's gradient is 0 or 1,000."""
+    params = {n: {"kernel": np.ones((3, 2))} for n in ("body", "head")}
+    scaled = PerLayerScale(optim.Adam(0.1, clip_norm=1.0), {"body": 0.0})
+    heads = []
+    for body_gradient in (0.0, 1000.0):
+        grads = {"body": {"kernel": np.full((3, 2), body_gradient)},
+                 "head": {"kernel": np.full((3, 2), 0.5)}}  # fmt: skip
+        new, _ = scaled.update(grads, scaled.init(params), params)
+        np.testing.assert_array_equal(new["body"]["kernel"], params["body"]["kernel"])
+        heads.append(new["head"]["kernel"])
+    np.testing.assert_array_equal(heads[0], heads[1])
+    assert not np.array_equal(heads[0], params["head"]["kernel"])
+
+
 def test_new_head_replaces_only_the_last_layer():
     config = dataclasses.replace(TINY, init_from="default", new_head=True, freeze=BODY[:4])
     params, state = initial_weights(models.build("default"), config)
@@ -152,6 +168,11 @@ def test_new_head_replaces_only_the_last_layer():
 def test_unknown_freeze_name_is_refused_in_one_sentence():
     result = run("train", "--dataset", "digits", "--init", "default", "--freeze", "conv1,conv9")
     assert_one_line_error(result, "'conv9'", "conv1, batchnorm1, conv2, batchnorm2, dense1, dense2")
+
+
+def test_freeze_names_may_have_spaces_after_the_commas():
+    result = run("train", "--dataset", "digits", "--init", "default", "--freeze", "conv1, conv9")
+    assert_one_line_error(result, "--freeze 'conv9' is not a layer")  # not ' conv9'
 
 
 def test_freezing_everything_and_a_head_without_init_are_refused():

@@ -178,7 +178,8 @@ def space_file(tmp_path):
      (["--storage", "missing/study.db"], "missing does not exist"),
      (["--sampler", "grid"], "unknown sampler"), (["--pruner", "median"], "unknown pruner"),
      (["--val-fraction", "0"], "validation images"), (["--epochs", "0"], "--epochs must be"),
-     (["--seed", "-1"], "--seed must be from 0")],
+     (["--seed", "-1"], "--seed must be from 0"),
+     (["--storage", "NOT_A_STUDY"], "cannot open the study")],
 )  # fmt: skip
 def test_tune_refuses_bad_input_and_writes_nothing(tmp_path, mnist_dir, args, phrase):
     spaces = {"EMPTY": {}, "CONTRADICTORY": {"dropout": {"low": 0.5, "high": 0.1}}}
@@ -186,10 +187,26 @@ def test_tune_refuses_bad_input_and_writes_nothing(tmp_path, mnist_dir, args, ph
         (tmp_path / f"{name}.json").write_text(json.dumps(space))
     args = [str(tmp_path / f"{a}.json") if a in spaces else a for a in args]
     args = [str(tmp_path / a) if a.startswith("missing") else a for a in args]
+    (tmp_path / "NOT_A_STUDY").write_text("not a database")
+    args = [str(tmp_path / a) if a == "NOT_A_STUDY" else a for a in args]
     before = set(tmp_path.iterdir())
     result = run("tune", *args, "--output", tmp_path / "out", "--data-dir", mnist_dir)
     assert_one_line_error(result, phrase)
     assert set(tmp_path.iterdir()) == before  # no study, no folder, no recipe
+
+
+def test_a_continued_study_draws_new_trials():
+    """The same --seed for a study that already holds trials must not draw them again."""
+
+    def draws(sampler, n=3):
+        study = optuna.create_study(sampler=sampler)
+        study.optimize(lambda trial: trial.suggest_float("lr", 1e-4, 1e-1, log=True), n_trials=n)
+        return [t.params["lr"] for t in study.trials]
+
+    fresh = draws(tune.make_sampler("random", 0))
+    assert draws(tune.make_sampler("random", 0)) == fresh  # a seed is a seed
+    continued = draws(tune.make_sampler("random", 0, trials_so_far=3))
+    assert not set(continued) & set(fresh)
 
 
 def test_tune_refuses_to_replace_a_recipe_before_any_trial(tmp_path, mnist_dir):
@@ -228,8 +245,10 @@ def test_a_stopped_search_continues_from_its_storage(tmp_path, mnist_dir, space_
     assert result.exit_code == 0, result.output
     assert "continuing the study" in result.stdout and "2 trials finished" in result.stdout
     assert optuna.study.get_all_study_names(storage) == ["tune"]
-    states = [t.state.name for t in optuna.load_study(study_name="tune", storage=storage).trials]
+    trials = optuna.load_study(study_name="tune", storage=storage).trials
+    states = [t.state.name for t in trials]
     assert states.count("FAIL") == 1 and len(states) == 4
+    assert trials[3].params not in [t.params for t in trials[:2]]  # drawn anew, not again
     assert states.count("COMPLETE") + states.count("PRUNED") == 3
     other = tmp_path / "other.json"
     other.write_text(json.dumps({"dropout": {"low": 0.0, "high": 0.5}}))

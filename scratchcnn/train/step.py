@@ -78,6 +78,12 @@ class PerLayerScale:
         return self.inner.init(params)
 
     def update(self, grads, opt_state, params):
+        # A frozen layer's gradient must not count anywhere: not in the global norm that
+        # --clip-norm scales every gradient by, not in Adam's moments.
+        grads = {
+            name: optim.zeros_like_tree(g) if self.scales.get(name, 1.0) == 0 else g
+            for name, g in grads.items()
+        }
         new_params, opt_state = self.inner.update(grads, opt_state, params)
         return {
             name: scaled_step(params[name], new, self.scales.get(name, 1.0))
