@@ -244,14 +244,19 @@ def open_study(
     except (sqlalchemy.exc.SQLAlchemyError, RuntimeError, ValueError) as error:
         reason = str(error).splitlines()[0]
         raise TuneError(f"cannot open the study in {storage}: {reason}.") from None
-    made_with = {"space": space, "base": base.to_json()}
+    made_with = {
+        "space": space,
+        "base": base.to_json(),  # and how it draws and stops trials:
+        "sampler": type(sampler).__name__,
+        "pruner": type(pruner).__name__,
+    }
     if not study.user_attrs:  # a new study: remember what it searches
         for key, value in made_with.items():
             study.set_user_attr(key, value)
     elif {k: study.user_attrs.get(k) for k in made_with} != json.loads(json.dumps(made_with)):
         raise TuneError(
-            f"the study {name!r} in {storage} searched another space or base recipe; "
-            "give another --storage or --study-name."
+            f"the study {name!r} in {storage} searched another space or base recipe, or with "
+            "another sampler or pruner; give another --storage or --study-name."
         )
     study_id = rdb.get_study_id_from_name(name)
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):

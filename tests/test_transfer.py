@@ -177,7 +177,8 @@ def test_freeze_names_may_have_spaces_after_the_commas():
 
 def test_freezing_everything_and_a_head_without_init_are_refused():
     every = "conv1,batchnorm1,conv2,batchnorm2,dense1,dense2"
-    assert_one_line_error(run("train", "--freeze", every), "none is left to train")
+    assert_one_line_error(run("train", "--init", "default", "--freeze", every), "none is left")
+    assert_one_line_error(run("train", "--freeze", "conv1"), "random ones without --init")
     assert_one_line_error(run("train", "--new-head"), "--new-head", "--init")
     assert_one_line_error(run("train", "--dataset", "emnist"), "unknown dataset 'emnist'")
 

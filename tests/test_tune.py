@@ -255,3 +255,5 @@ def test_a_stopped_search_continues_from_its_storage(tmp_path, mnist_dir, space_
     refused = run("tune", "--n-trials", 4, *TINY, "--space", other, "--output", out,
                   "--data-dir", mnist_dir, "--overwrite")  # fmt: skip
     assert_one_line_error(refused, "searched another space")
+    refused = run("tune", "--n-trials", 4, *args, "--sampler", "random", "--overwrite")
+    assert_one_line_error(refused, "another sampler or pruner")

@@ -158,6 +158,8 @@ class TrainConfig:
              f"{', '.join(DATASETS)}"),
             (not self.new_head or self.init_from is not None, "--new-head replaces the last "
              "layer of the network --init starts from, so it needs --init"),
+            (not self.freeze or self.init_from is not None, "--freeze keeps layers at the "
+             "weights they start from, random ones without --init; give --init"),
         ]  # fmt: skip
         for ok, message in names:
             if not ok:
