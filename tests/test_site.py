@@ -75,8 +75,9 @@ def test_mkdocs_build_strict_passes(built_site):
 @pytest.mark.xdist_group("site")  # shares the built site with test_demo.py
 @pytest.mark.browser
 @pytest.mark.parametrize(
-    "page", ["", "lessons/11-adversarial-training/", "lessons/13-speed/"],
-    ids=["home", "lesson11", "lesson13"],
+    "page", ["", "lessons/11-adversarial-training/", "lessons/13-speed/",
+             "lessons/15-initialization/", "lessons/18-hyperparameter-search/"],
+    ids=["home", "lesson11", "lesson13", "lesson15", "lesson18"],
 )  # fmt: skip
 def test_page_renders_in_chromium(served_site, page, chromium):
     from playwright.sync_api import sync_playwright
