@@ -32,7 +32,8 @@ from scratchcnn.train import ResumeError, TrainConfig, train
 from scratchcnn.train.loop import TrainingDiverged
 from scratchcnn.train.runs import weights_digest
 
-pytestmark = pytest.mark.lesson05
+# One test process for the whole file: its module fixture trains a run (once, not per process).
+pytestmark = [pytest.mark.lesson05, pytest.mark.xdist_group("train_faults")]
 
 DRIVER = Path(__file__).with_name("crash_at.py")
 TIMING = {"seconds", "images_per_second", "train_seconds"}  # wall time differs, by nature
