@@ -85,6 +85,14 @@ def best_so_far(trials, budget_seconds):
     return xs, ys
 
 
+def best_in_budget(study, budget):
+    """The best complete trial that ended within the CPU budget (first of equals)."""
+    limit = budget["cpu_seconds"]  # None: no budget (--quick)
+    done = [t for t in study["trials"] if t["state"] == "complete"
+            and (limit is None or t["cpu_seconds_at_end"] <= limit)]
+    return max(done, key=lambda t: t["value"])
+
+
 def budget_figure(studies, budget_seconds, path):
     figure, axes = plt.subplots(figsize=(7, 3.6))
     for name, study in studies.items():
@@ -202,8 +210,9 @@ def main():
         curves_figure(studies["TPE + pruning"]["trials"], base.epochs, lesson.path("curves.png"))
         ranked = importances(studies)
         importance_figure(ranked, lesson.path("importances.png"))
-        winner = max(studies, key=lambda n: studies[n]["study"].best_value)
-        best = tune.best_recipe(studies[winner]["study"], base)
+        # The comparison's rule: only trials that ended within the CPU budget count.
+        winner = max(studies, key=lambda n: best_in_budget(studies[n], budget)["value"])
+        best = tune.trial_config(base, best_in_budget(studies[winner], budget)["params"])
     recipe_path = lesson.path("recipe.json")
     tune.write_recipe(recipe_path, best, overwrite=True)
     tuned = final_check(tune.read_recipe(recipe_path), budget["test_limit"])
