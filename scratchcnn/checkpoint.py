@@ -105,7 +105,7 @@ from scratchcnn.files import (
     write_atomically,
 )
 from scratchcnn.layers import Sequential
-from scratchcnn.models import MODELS, UnknownModelError, build
+from scratchcnn.models import UnknownModelError, build
 from scratchcnn.pretrained import resolve_checkpoint
 
 FORMAT = "scratchcnn-checkpoint"
@@ -743,8 +743,8 @@ def build_from_checkpoint(ckpt: Checkpoint) -> Sequential:
         return build(ckpt.model_name)
     except UnknownModelError as error:
         raise CheckpointError(
-            f"{ckpt.path} was saved from architecture {ckpt.model_name!r}, which is not "
-            f"registered; registered architectures: {', '.join(sorted(MODELS))}."
+            f"{ckpt.path} was saved from architecture {ckpt.model_name!r}, which cannot be "
+            f"built here: {error}"
         ) from error
 
 

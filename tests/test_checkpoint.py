@@ -442,9 +442,18 @@ def test_unregistered_architecture_cannot_be_built(tmp_path: Path):
     params, state = model.init(0)
     save_checkpoint(path, model_name="my_net", model=model, params=params, state=state)
     ckpt = load_checkpoint(path)
-    with pytest.raises(CheckpointError, match="'my_net', which is not registered"):
+    with pytest.raises(CheckpointError, match="'my_net', which cannot be built here: unknown"):
         build_from_checkpoint(ckpt)
-    with pytest.raises(CheckpointError, match="'my_net', which is not registered"):
+    with pytest.raises(CheckpointError, match="'my_net', which cannot be built here: unknown"):
+        load_for_model(path)
+
+
+def test_a_network_name_with_bad_options_says_what_is_wrong(tmp_path: Path):
+    path = tmp_path / "wide.npz"
+    model = build("default")
+    params, state = model.init(0)
+    save_checkpoint(path, model_name="default(width=9)", model=model, params=params, state=state)
+    with pytest.raises(CheckpointError, match="cannot be built here: .*width must be from"):
         load_for_model(path)
 
 
