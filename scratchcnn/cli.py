@@ -596,7 +596,10 @@ def evaluate(
     if as_json:
         echo_json({"checkpoint": str(checkpoint), **evaluation.to_json()})
         return
-    typer.echo(f"{checkpoint} ({ckpt.model_name}) on the MNIST test set")
+    config = ckpt.info.get("config")
+    trained_on = config.get("dataset", "mnist") if isinstance(config, dict) else "mnist"
+    other = f" (it was trained on {trained_on})" if trained_on != "mnist" else ""
+    typer.echo(f"{checkpoint} ({ckpt.model_name}) on the MNIST test set{other}")
     typer.echo(evaluation.format())
     if misclassified:
         typer.echo(f"most confident mistakes (of {len(evaluation.misclassified)}):")

@@ -223,3 +223,10 @@ def test_fine_tuning_beats_scratch_with_10_images_per_class():
         dataclasses.replace(base, init_from="default", new_head=True, body_lr_scale=0.1)
     ).test.accuracy
     assert tuned > scratch + 0.03, (tuned, scratch)
+
+
+def test_evaluate_says_a_digits_network_is_measured_on_mnist(tmp_path, mnist_dir):
+    quiet_train(TINY, output_dir=tmp_path / "run")
+    result = run("evaluate", tmp_path / "run" / "last.npz", "--data-dir", mnist_dir)
+    assert result.exit_code == 0, result.output
+    assert "on the MNIST test set (it was trained on digits)" in result.stdout
