@@ -36,12 +36,12 @@ def assert_usage_error(result, *phrases: str) -> None:
         assert phrase in result.stderr, result.stderr
 
 
-# One test process for the whole file: the module fixture below trains a run once, not once
-# per process (pytest-xdist).
+# One test process for the whole file, and a session fixture: the run below is trained
+# once, not once per process (pytest-xdist) or each time another file's tests come between.
 pytestmark = pytest.mark.xdist_group("cli_train")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def trained(tmp_path_factory, mnist_dir) -> tuple[Path, dict]:
     """A run of the default network on 3,000 images (jax backend: a few seconds)."""
     out = tmp_path_factory.mktemp("run")

@@ -32,7 +32,8 @@ from scratchcnn.train import ResumeError, TrainConfig, train
 from scratchcnn.train.loop import TrainingDiverged
 from scratchcnn.train.runs import weights_digest
 
-# One test process for the whole file: its module fixture trains a run (once, not per process).
+# One test process for the whole file, and a session fixture: the uninterrupted run is
+# trained once, not once per process or each time another file's tests come between.
 pytestmark = [pytest.mark.lesson05, pytest.mark.xdist_group("train_faults")]
 
 DRIVER = Path(__file__).with_name("crash_at.py")
@@ -49,7 +50,7 @@ def run_driver(output: Path, kill_at: int, *extra: str, mnist_dir) -> subprocess
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def uninterrupted(tmp_path_factory, mnist_dir):
     """The run that was never killed, and the list of its events."""
     folder = tmp_path_factory.mktemp("uninterrupted")
