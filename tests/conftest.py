@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import importlib.util
 import os
 import subprocess
 import threading
@@ -52,6 +53,24 @@ def _real_mnist_dir() -> Path | None:
         if (candidate / "train-images-idx3-ubyte.gz").is_file():
             return candidate.resolve()
     return None
+
+
+@pytest.fixture(scope="session")
+def load_lesson():
+    """Import a lesson script as a module: ``load_lesson("16_residual_networks")``."""
+    return _import_lesson
+
+
+def _import_lesson(stem: str):
+    """The script lessons/<stem>.py as a module; its folder is on sys.path while it loads,
+    for its ``from _lesson import ...``."""
+    lessons = REPO_ROOT / "lessons"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(lessons))
+        spec = importlib.util.spec_from_file_location(f"lesson_{stem}", lessons / f"{stem}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

@@ -4,9 +4,6 @@ checkpoint) gets a record of its own instead of the first one's numbers."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -14,18 +11,12 @@ from scratchcnn import models, robustness
 from scratchcnn.checkpoint import save_checkpoint
 
 pytestmark = pytest.mark.lesson11
-LESSONS = Path(__file__).resolve().parents[1] / "lessons"
 
 
 @pytest.fixture
-def lesson(monkeypatch):
-    """The lesson script as a module (it imports _lesson from its own folder)."""
-    monkeypatch.syspath_prepend(str(LESSONS))
-    script = LESSONS / "11_adversarial_training.py"
-    spec = importlib.util.spec_from_file_location("lesson11", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def lesson(load_lesson):
+    """A fresh copy of the lesson script per test (tests patch its globals)."""
+    return load_lesson("11_adversarial_training")
 
 
 def test_the_ensemble_resumes_from_its_record_and_another_network_gets_its_own(

@@ -5,9 +5,6 @@ measures by hand are checked against jax.grad of the same forward pass."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,19 +15,11 @@ from scratchcnn.layers import named_arrays
 from scratchcnn.ops.losses import softmax_cross_entropy_forward
 
 pytestmark = pytest.mark.lesson16
-LESSONS = Path(__file__).resolve().parents[1] / "lessons"
 
 
 @pytest.fixture(scope="module")
-def lesson():
-    """The lesson script as a module (it imports _lesson from its own folder)."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.syspath_prepend(str(LESSONS))
-        script = LESSONS / "16_residual_networks.py"
-        spec = importlib.util.spec_from_file_location("lesson16", script)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    return module
+def lesson(load_lesson):
+    return load_lesson("16_residual_networks")
 
 
 @pytest.fixture(scope="module")
