@@ -134,6 +134,9 @@ def own_options() -> argparse.Namespace:
                         help=f"the TRADES-trained network (default: a shipped `{TRADES_NAME}`)")
     parser.add_argument("--limit", type=int, default=None,
                         help="attack the first N test images only (a partial run)")
+    parser.add_argument("--batch-size", type=int, default=100,
+                        help="images per batch of the ensemble and its record (default 100; "
+                        "a GPU wants thousands)")
     parser.add_argument("--replot", action="store_true",
                         help="only redraw restarts.png and tradeoff.png from results.json")
     if {"-h", "--help"} & set(sys.argv[1:]):
@@ -466,7 +469,7 @@ def training_figure(history, path):
 # --------------------------------------------------------------------------- the run
 
 
-def settings(quick: bool, limit: int | None, seed: int) -> dict:
+def settings(quick: bool, limit: int | None, seed: int, batch: int = 100) -> dict:
     """How many images and how hard each attack: the full run's, or --quick's."""
     attack = robustness.AttackConfig
     if quick:
@@ -480,8 +483,9 @@ def settings(quick: bool, limit: int | None, seed: int) -> dict:
             "subset": SANITY_SUBSET, "eps": EPS, "restarts": 10,
             "curve": attack("pgd", steps=40, step_size=0.01, seed=seed),
             "worst": attack("pgd", steps=50, step_size=0.01, seed=seed),
-            # AutoAttack's budgets; a batch of 100 is a few minutes' work to lose at a stop
-            "ensemble": attack("autoattack", steps=100, queries=5000, batch_size=100,
+            # AutoAttack's budgets; on a CPU a batch of 100 is a few minutes' work to lose
+            # at a stop. The batch size is part of a record's identity (its random streams).
+            "ensemble": attack("autoattack", steps=100, queries=5000, batch_size=batch,
                                seed=seed)}  # fmt: skip
 
 
@@ -491,7 +495,9 @@ def main():
     if options.replot:
         return replot(lesson)
     quick, seed = lesson.quick, lesson.seed
-    s = settings(quick, options.limit, seed)
+    if options.batch_size < 1:
+        sys.exit(f"--batch-size must be at least 1, got {options.batch_size}.")
+    s = settings(quick, options.limit, seed, options.batch_size)
     images, labels = load_mnist("test")
     x, y = to_unit_nhwc(images[: s["n_test"]]), labels[: s["n_test"]].astype(np.int64)
     with tempfile.TemporaryDirectory() as scratch:  # a quick run keeps nothing

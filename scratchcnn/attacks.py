@@ -29,7 +29,7 @@ import numpy as np
 from scratchcnn.data.preprocess import MNIST_STD, standardize_unit
 from scratchcnn.errors import ScratchCNNError
 from scratchcnn.fast.cores import keep_freed_memory
-from scratchcnn.inference import predict_logits
+from scratchcnn.inference import as_unit_images, check_finite_outputs
 from scratchcnn.ops._xp import namespace
 from scratchcnn.ops.losses import log_softmax
 
@@ -262,9 +262,44 @@ def loss_and_gradient(model, params, state, x, labels, grad="jax", loss="ce", ta
     return np.asarray(losses), np.asarray(dx)
 
 
+_FORWARDS: dict[tuple, Callable] = {}
+
+
+def _jax_forward(model) -> Callable:
+    """``jax.jit`` of our forward pass in eval mode, (params, state, x in [0, 1]) -> logits,
+    compiled once per network (and per batch shape)."""
+    key = tuple(model.layers)
+    if key not in _FORWARDS:
+        import jax
+
+        def logits_of(params, state, x):
+            return model.forward(params, state, standardize_unit(x), train=False)[0]
+
+        keep_freed_memory()
+        _FORWARDS[key] = jax.jit(logits_of)
+    return _FORWARDS[key]
+
+
+def attack_logits(model, params, state, x) -> np.ndarray:
+    """Logits (N, K) of images x (N, H, W, 1) in [0, 1], in eval mode, by the jitted forward
+    pass: an attack asks for thousands of them (on a GPU when JAX has one).
+
+    The batch is padded with blank images to a power of two, so the shrinking batches of an
+    attack (only the examples not yet fooled) reuse a handful of compiled shapes. In eval
+    mode each image's logits depend on that image alone, so the padding changes nothing.
+    """
+    x = as_unit_images(x)
+    n = len(x)
+    size = 1 << max(n - 1, 0).bit_length()
+    padded = np.concatenate([x, np.zeros((size - n, *x.shape[1:]), x.dtype)])
+    logits = np.asarray(_jax_forward(model)(params, state, padded))[:n]
+    check_finite_outputs(logits)
+    return logits
+
+
 def predict(model, params, state, x) -> np.ndarray:
     """Predicted labels (N,) of images x (N, H, W, 1) in [0, 1], in eval mode."""
-    return predict_logits(model, params, state, np.asarray(x)[..., 0]).argmax(axis=1)
+    return attack_logits(model, params, state, x).argmax(axis=1)
 
 
 # --------------------------------------------------------------------------- FGSM

@@ -37,8 +37,7 @@ import math
 
 import numpy as np
 
-from scratchcnn.attacks import AttackError, _l2, as_labels, check_budget
-from scratchcnn.inference import predict_logits
+from scratchcnn.attacks import AttackError, _l2, as_labels, attack_logits, check_budget
 
 # The published schedule (the reference's ``p_selection``): p is halved after each of
 # these iterations of a 10,000-query budget; other budgets are rescaled onto it.
@@ -92,7 +91,7 @@ def margin_and_loss(logits: np.ndarray, y: np.ndarray, targeted: bool):
 def _query(model, params, state, x: np.ndarray) -> np.ndarray:
     """The only way this attack touches the network: logits (N, K) of x (N, H, W, 1),
     by the forward pass in eval mode. Never a gradient."""
-    return predict_logits(model, params, state, x[..., 0])
+    return attack_logits(model, params, state, x)
 
 
 # --------------------------------------------------------------------------- L-infinity
