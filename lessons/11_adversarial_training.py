@@ -2,7 +2,7 @@
 
 Three networks of the same `default` architecture: undefended (the shipped one;
 runs/default-s0 with --retrain), trained on PGD-7 examples at eps 0.3 (the shipped
-`defended` network when this copy of scratchcnn has it, else runs/robust-ft2-s0/best.npz,
+`defended` network when this copy of scratchcnn has it, else runs/robust-exact-ft-s0/best.npz,
 trained first when missing; --checkpoint picks another), and trained with TRADES
 (--trades CKPT, or the shipped `defended-trades` if it ever is; without either its rows are
 skipped). For each: clean accuracy on the test set; robust accuracy at eps 0.3 under the
@@ -26,18 +26,16 @@ batch and continued where it stopped when the script is run again; the sanity ch
 each network are kept in runs/attack-records/sanity-<network>-<sha>-n1000.json once done.
 Stop it at any time and run the same command again.
 
-With --retrain (or when scratchcnn does not ship it) the PGD network is trained, in three
-runs (about 46, 34 and 34 minutes on 2 cores): 10 epochs of PGD-7 training, then twice 8
-more epochs from the previous run's weights at a third of the peak learning rate:
+With --retrain (or when scratchcnn does not ship it) the PGD network is trained as the
+shipped one was, in two runs (about 46 and 34 minutes on 2 cores that it has to itself; the
+second took 127 s on an H200 GPU): 10 epochs of PGD-7 training, then 8 more epochs from
+those weights at a third of the peak learning rate:
 
     scratchcnn train --adversarial pgd --adversarial-steps 7 --adversarial-eps 0.3 \\
         --epochs 10 --seed 0 --output runs/robust-s0
     scratchcnn train --adversarial pgd --adversarial-steps 7 --adversarial-eps 0.3 \\
         --epochs 8 --lr 0.001 --init runs/robust-s0/best.npz --seed 0 \\
-        --output runs/robust-ft-s0
-    scratchcnn train --adversarial pgd --adversarial-steps 7 --adversarial-eps 0.3 \\
-        --epochs 8 --lr 0.001 --init runs/robust-ft-s0/best.npz --seed 0 \\
-        --output runs/robust-ft2-s0
+        --output runs/robust-exact-ft-s0
 
 The TRADES network is trained by hand (this script never trains it): fine-tuned from the
 first PGD run's weights with the TRADES loss at beta 6, then given with --trades:
@@ -73,20 +71,20 @@ from scratchcnn.viz import accuracy_vs_eps_by_network, adversarial_grid, save_fi
 
 EPS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3)
 EVAL_EPS = 0.3  # every robust accuracy of this lesson is at this eps
-DEFENDED = "runs/robust-ft2-s0/best.npz"
+DEFENDED = "runs/robust-exact-ft-s0/best.npz"
 TRADES_NAME = "defended-trades"  # the pretrained name a shipped TRADES network would have
 RECORDS = ROOT / "runs" / "attack-records"
 SANITY_IMAGES, SANITY_SUBSET = 1_000, 100  # the 2x stronger ensemble and eps 0.5: first 100
 LABELS = {"undefended": "undefended", "defended": "PGD training", "trades": "TRADES"}
 # The defended network's runs (the module docstring has them as commands): PGD-7 training
-# from scratch, then twice more of it from the previous run's weights with a smaller step.
+# from scratch, then more of it from those weights with a smaller step.
 ROBUST_RECIPE = dataclasses.replace(RECIPES["default"], adversarial="pgd", adversarial_steps=7,
                                     adversarial_eps=0.3, epochs=10, seed=0)
 FINE_TUNING = dataclasses.replace(ROBUST_RECIPE, epochs=8, learning_rate=1e-3)
 ROBUST_RUNS = {
     "runs/robust-s0": ROBUST_RECIPE,
-    "runs/robust-ft-s0": dataclasses.replace(FINE_TUNING, init_from="runs/robust-s0/best.npz"),
-    "runs/robust-ft2-s0": dataclasses.replace(FINE_TUNING, init_from="runs/robust-ft-s0/best.npz"),
+    "runs/robust-exact-ft-s0": dataclasses.replace(FINE_TUNING,
+                                                   init_from="runs/robust-s0/best.npz"),
 }
 
 # Published MNIST results at eps 0.3 (L-infinity), as the AutoAttack README's MNIST table
@@ -162,7 +160,7 @@ class Trained:
 
 def defended_checkpoint(option: Path | None) -> Path:
     """--checkpoint if given; else the shipped defended network; else (or with --retrain)
-    runs/robust-ft2-s0's, trained first when missing (all its runs, from the repository
+    runs/robust-exact-ft-s0's, trained first when missing (all its runs, from the repository
     root)."""
     if option is not None:
         return option
