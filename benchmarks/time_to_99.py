@@ -24,6 +24,7 @@ import jax
 import numpy as np
 
 from scratchcnn import models
+from scratchcnn.data.preprocess import standardize_unit
 from scratchcnn.inference import make_eval_step
 from scratchcnn.train import RECIPES
 from scratchcnn.train.data import SHUFFLE, epoch_rng, load_splits
@@ -44,8 +45,9 @@ def device_steps(model, optimizer, config):
         rng = jax.random.fold_in(key, i)
         return train_step(params, state, opt_state, images[idx], labels[idx], rng)
 
-    def accuracy(params, state, images, labels):
-        return (eval_step(params, state, images).argmax(axis=1) == labels).mean()
+    def accuracy(params, state, images, labels):  # images in [0, 1]; the eval step wants
+        logits = eval_step(params, state, standardize_unit(images))  # them standardized
+        return (logits.argmax(axis=1) == labels).mean()
 
     return jax.jit(step), jax.jit(accuracy)
 

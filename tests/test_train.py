@@ -19,6 +19,8 @@ from scratchcnn.ops.losses import softmax_cross_entropy_forward
 from scratchcnn.optim import ConfigError
 from scratchcnn.train import RECIPES, ResumeError, TrainConfig, make_train_step, train
 from scratchcnn.train.data import batches
+from scratchcnn.train.loop import after_epoch
+from scratchcnn.train.runs import RunState
 
 pytestmark = pytest.mark.lesson05
 
@@ -247,3 +249,32 @@ def test_every_recipe_is_valid():
     for name, config in RECIPES.items():
         assert config.validate() is config, name
         assert config.model in models.MODELS
+
+
+def test_an_adversarial_run_keeps_its_most_robust_epoch():
+    """With --adversarial the best epoch has the lowest loss on the attacked validation
+    images, even where the clean loss says otherwise (TRADES trades clean loss away)."""
+    run = RunState(params={}, state={}, opt_state={})
+    config = dataclasses.replace(TINY, adversarial="trades")
+    records = [{"val_loss": 0.05, "val_robust_loss": 0.9},  # clean best, least robust
+               {"val_loss": 0.08, "val_robust_loss": 0.4},  # the most robust
+               {"val_loss": 0.07, "val_robust_loss": 0.6}]  # fmt: skip
+    best = []
+    for record in records:
+        run.epoch += 1  # as the loop counts: epochs finished
+        if after_epoch(run, record, config, plateau=None):
+            best.append(run.epoch)
+    assert best == [1, 2] and run.best_epoch == 2
+
+
+def test_adversarial_training_records_robust_validation(mnist_dir, tmp_path):
+    """Each epoch of an adversarial run measures the validation images under the training
+    attack; best.npz holds the epoch with the lowest attacked loss."""
+    config = dataclasses.replace(TINY, adversarial="pgd", adversarial_eps=0.3,
+                                 adversarial_steps=2, val_fraction=0.005)  # fmt: skip
+    result = train(config, data_dir=mnist_dir, output_dir=tmp_path, progress=False,
+                   log=lambda s: None)  # fmt: skip
+    robust = [h["val_robust_loss"] for h in result.history]
+    assert all(h["val_robust_accuracy"] < h["val_accuracy"] for h in result.history)
+    assert result.best_epoch == int(np.argmin(robust)) + 1
+    assert_trees_equal(result.params, load_checkpoint(tmp_path / "best.npz").params)

@@ -92,7 +92,9 @@ class TrainConfig:
     augment: str = option("none", f"Augmentation: {listing(AUGMENTATIONS)}.")
     val_fraction: float = option(0.1, "Share of training images held out for validation.")
     early_stopping: int | None = option(
-        None, "Stop after this many epochs without a lower validation loss."
+        None,
+        "Stop after this many epochs without a lower validation loss (on the attacked "
+        "validation images with --adversarial).",
     )
     plateau_patience: int | None = option(
         None,

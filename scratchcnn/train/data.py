@@ -19,7 +19,7 @@ from scratchcnn.optim import ConfigError
 SPLIT_SEED = 20_031  # fixed, so every run validates on the very same images
 
 # Streams of randomness, each drawn from default_rng([seed, epoch, stream]).
-SHUFFLE, AUGMENT, DROPOUT = 0, 1, 2
+SHUFFLE, AUGMENT, DROPOUT, ROBUST_VALIDATION = 0, 1, 2, 3  # the random streams of an epoch
 PER_CLASS = 1_000  # the stream of --per-class's draw: default_rng([seed, PER_CLASS])
 
 

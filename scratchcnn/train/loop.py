@@ -15,15 +15,24 @@ from collections.abc import Callable
 
 import numpy as np
 
-from scratchcnn import models, optim
+from scratchcnn import attacks, models, optim
 from scratchcnn.checkpoint import check_compatible, load_checkpoint
 from scratchcnn.data.augment import AUGMENTATIONS, augment_batch
 from scratchcnn.errors import ScratchCNNError
 from scratchcnn.inference import without_overflow_warnings
 from scratchcnn.layers import named_arrays
+from scratchcnn.metrics import evaluate_logits
 from scratchcnn.pretrained import resolve_checkpoint
 from scratchcnn.train.config import TrainConfig
-from scratchcnn.train.data import AUGMENT, SHUFFLE, Split, batches, epoch_rng, load_splits
+from scratchcnn.train.data import (
+    AUGMENT,
+    ROBUST_VALIDATION,
+    SHUFFLE,
+    Split,
+    batches,
+    epoch_rng,
+    load_splits,
+)
 from scratchcnn.train.progress import ProgressBar, format_epoch
 from scratchcnn.train.runs import (
     RunFolder,
@@ -92,6 +101,9 @@ def train(
                 backend, model, run.params, run.state, splits.val, config.eval_batch_size
             )
             record.update(val_loss=val.loss, val_accuracy=val.accuracy)
+            if config.adversarial != "none":
+                host = backend.to_host((run.params, run.state))
+                record.update(robust_validation(model, *host, splits.val, config, run.epoch))
         record["lr"] = float(optim.current_lr(schedule, backend.to_host(run.opt_state)))
         seconds = time.perf_counter() - started
         run.train_seconds += seconds
@@ -176,23 +188,53 @@ def train_one_epoch(
 
 # --8<-- [start:early_stopping]
 def after_epoch(run: RunState, record: dict, config: TrainConfig, plateau) -> bool:
-    """Early stopping and reduce-on-plateau bookkeeping. Returns: is this the best epoch?"""
+    """Early stopping and reduce-on-plateau bookkeeping. Returns: is this the best epoch?
+
+    The best epoch has the lowest validation loss: on the attacked validation images for
+    an adversarially trained network (``robust_validation``), else on the clean ones.
+    """
     if "val_loss" not in record:
         return False
-    improved = record["val_loss"] < run.best_val_loss
+    val_loss = record.get("val_robust_loss", record["val_loss"])
+    improved = val_loss < run.best_val_loss
     if improved:
-        run.best_val_loss, run.best_epoch, run.bad_epochs = record["val_loss"], run.epoch, 0
+        run.best_val_loss, run.best_epoch, run.bad_epochs = val_loss, run.epoch, 0
     else:
         run.bad_epochs += 1
     if config.early_stopping is not None and run.bad_epochs >= config.early_stopping:
         run.stopped_early = True
     if plateau is not None:
-        scale = plateau.step(record["val_loss"])
+        scale = plateau.step(val_loss)
         run.opt_state = optim.set_lr_scale(run.opt_state, scale)
     return improved
 
 
 # --8<-- [end:early_stopping]
+
+
+VALIDATION_BATCH = 1_000  # attacked in chunks: a whole split's activations at once are GBs
+
+
+def robust_validation(model, params, state, split: Split, config: TrainConfig, epoch: int):
+    """Loss and accuracy on the validation images attacked as the training batches are
+    (PGD with the training's eps, steps and step size, from a random start that depends
+    only on the seed and the epoch, so a resumed run measures the same).
+
+    An adversarially trained network is chosen by these, not by its clean validation loss:
+    TRADES gives up clean accuracy for robustness on purpose, and its clean loss would pick
+    the first epoch (Rice et al. 2020 early-stop on the robust one).
+    """
+    training = config.adversarial_training()
+    rng = epoch_rng(config.seed, epoch, ROBUST_VALIDATION)
+    logits = []
+    for start in range(0, len(split), VALIDATION_BATCH):
+        x = split.images[start : start + VALIDATION_BATCH, ..., None]
+        y = split.labels[start : start + VALIDATION_BATCH]
+        adv = attacks.pgd(model, params, state, x, y, training.eps, steps=training.attack_steps,
+                          step_size=training.step_size, rng=rng)  # fmt: skip
+        logits.append(attacks.attack_logits(model, params, state, adv))
+    robust = evaluate_logits(np.concatenate(logits), split.labels)
+    return {"val_robust_loss": robust.loss, "val_robust_accuracy": robust.accuracy}
 
 
 class TrainingDiverged(ScratchCNNError, ArithmeticError):

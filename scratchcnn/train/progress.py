@@ -47,4 +47,6 @@ def format_epoch(record: dict, epochs: int) -> str:
     )
     if "val_loss" in record:
         text += f"  val loss {record['val_loss']:.4f} acc {record['val_accuracy']:.2%}"
+    if "val_robust_loss" in record:
+        text += f" (attacked: {record['val_robust_loss']:.4f}, {record['val_robust_accuracy']:.2%})"
     return text + f"  {record['images_per_second']:,.0f} img/s  {record['seconds']:.1f} s"
