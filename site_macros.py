@@ -105,9 +105,9 @@ def define_env(env):
 
     def shipped_runs() -> set[str]:
         """The runs/ folder names of the shipped networks ("default-s0"...), from their
-        training commands."""
+        training commands (each run of a network trained in several)."""
         commands = [record["command"] for record in pretrained().values()]
-        return {m[1] for c in commands for m in [re.search(r"--output runs/([\w.-]+)", c)] if m}
+        return {name for c in commands for name in re.findall(r"--output runs/([\w.-]+)", c)}
 
     def duration(seconds: float) -> str:
         """4.2 -> "4 s", 537.7 -> "9 min", 5484 -> "1.5 h"."""
