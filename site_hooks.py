@@ -23,6 +23,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 MODELS = ROOT / "site" / "assets" / "demo" / "models"
+# The networks the demo offers, when shipped (lesson 19's ensemble members are not: they
+# would only add near-copies of `best` to the choice, and megabytes to the site).
+DEMO_NETWORKS = ("default", "best", "defended")
 
 
 # The source files whose change can change an exported file: the whole library (the
@@ -52,6 +55,13 @@ def exporter_sha256() -> str:
     return digest.hexdigest()
 
 
+def demo_networks() -> list[str]:
+    """The shipped networks the demo offers, in DEMO_NETWORKS' order."""
+    from scratchcnn import pretrained
+
+    return [name for name in pretrained.available() if name in DEMO_NETWORKS]
+
+
 def export_demo_models(folder: Path) -> dict:
     """Export each shipped network to ``folder/<name>.onnx`` unless it is up to date, write
     ``folder/index.json``, delete the ONNX files of networks no longer shipped.
@@ -70,7 +80,7 @@ def export_demo_models(folder: Path) -> dict:
     exporter = exporter_sha256()
 
     networks = []
-    for name in pretrained.available():
+    for name in demo_networks():
         record = manifest[name]
         target = folder / f"{name}.onnx"
         gradient = folder / f"{name}.grad.onnx"

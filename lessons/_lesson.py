@@ -101,11 +101,14 @@ class Lesson:
 
 def trained_checkpoint(recipe: str, seed: int) -> Path:
     """The checkpoint of ``recipe`` trained with ``seed``: the shipped network when
-    scratchcnn has it (and no --retrain), else runs/<recipe>-s<seed>'s, trained first
-    if missing (RESULTS.md's runs)."""
-    if seed == 0 and recipe in pretrained.available() and not TRAINING["retrain"]:
-        NETWORKS["shipped"].add(recipe)
-        return pretrained.path(recipe)
+    scratchcnn has it (named ``<recipe>``, for seed 0, or ``<recipe>-s<seed>``) and there
+    is no --retrain, else runs/<recipe>-s<seed>'s, trained first if missing (RESULTS.md's
+    runs)."""
+    names = [recipe, f"{recipe}-s{seed}"] if seed == 0 else [f"{recipe}-s{seed}"]
+    for name in names:
+        if name in pretrained.available() and not TRAINING["retrain"]:
+            NETWORKS["shipped"].add(name)
+            return pretrained.path(name)
     folder = ROOT / "runs" / f"{recipe}-s{seed}"
     NETWORKS["trained"].add(folder.name)
     history = folder / "history.json"

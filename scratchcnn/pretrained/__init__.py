@@ -31,6 +31,13 @@ DESCRIPTIONS = {
     "best": "the best recipe, seed 0: 15 epochs with augmentation and label smoothing",
     "defended": "the default network adversarially trained (lesson 11): PGD-7 at eps 0.3 for "
     "10 epochs, then 8 epochs of fine-tuning with the exact input gradient",
+    # Lesson 19's ensemble members: trained with the same 10% validation split held out, so
+    # the ensemble can be chosen on images none of them saw.
+    "best_val-s0": "the best_val recipe (best, 10% held out for validation), seed 0",
+    "best_val-s1": "the best_val recipe (best, 10% held out for validation), seed 1",
+    "best_val-s2": "the best_val recipe (best, 10% held out for validation), seed 2",
+    "resnet_val-s0": "the resnet_val recipe (the resnet with the best recipe, 10% held out "
+    "for validation), seed 0",
 }
 NAMES = tuple(DESCRIPTIONS)
 

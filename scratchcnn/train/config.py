@@ -315,6 +315,13 @@ RECIPES: dict[str, TrainConfig] = {
         val_fraction=0.0,
         backend="jax",
     ),
+    # Lesson 19's ensemble members: the best recipe with its default 10% validation split.
+    "best_val": TrainConfig(
+        model="best", epochs=15, augment="affine", label_smoothing=0.1, backend="jax"
+    ),
+    "resnet_val": TrainConfig(
+        model="resnet", epochs=15, augment="affine", label_smoothing=0.1, backend="jax"
+    ),
     # The seed networks, trained as their sources train them (as far as our optimizers go).
     "flax_cnn": TrainConfig(  # Flax examples/mnist: SGD momentum 0.9, lr 0.1, 10 epochs
         model="flax_cnn",
