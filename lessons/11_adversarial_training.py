@@ -21,7 +21,7 @@ eps, and the PGD network's training curve.
 The ensemble costs minutes per 50 digits of a defended network on a 2-core CPU, so the
 full run takes a day or more. It is resumable: the ensemble evaluates each network batch by
 batch into an attack record, runs/attack-records/<network>-<sha>-eps0.3-n10000.json (the
-checkpoint's SHA-256 in the name: another network gets a new record), saved after each
+SHA-256 of its weights in the name: other weights get a new record), saved after each
 batch and continued where it stopped when the script is run again; the sanity checks of
 each network are kept in runs/attack-records/sanity-<network>-<sha>-n1000.json once done.
 Stop it at any time and run the same command again.
@@ -62,7 +62,7 @@ from matplotlib.ticker import MaxNLocator
 
 from scratchcnn import apgd, attack_record, attacks, models, pretrained, robustness
 from scratchcnn.checkpoint import load_for_model, save_checkpoint
-from scratchcnn.data.mnist import load_mnist, sha256_file
+from scratchcnn.data.mnist import load_mnist
 from scratchcnn.data.preprocess import to_unit_nhwc
 from scratchcnn.files import write_json
 from scratchcnn.pretrained.ship import run_history
@@ -150,8 +150,7 @@ def own_options() -> argparse.Namespace:
 @dataclasses.dataclass
 class Trained:
     """A network of this lesson: net = (model, params, state), the checkpoint file it was
-    read from (the attack records name it by its SHA-256), and its training (config and
-    epoch-by-epoch history)."""
+    read from, and its training (config and epoch-by-epoch history)."""
 
     net: tuple
     checkpoint: Path
@@ -276,8 +275,8 @@ def ensemble_outcomes(name: str, network: Trained, x, y, config, folder: Path) -
     """Who fooled each test image (N,) under the ensemble at EVAL_EPS: "" (robust),
     "clean" (wrong without attack) or the attack's name, through the network's attack
     record in ``folder``, continued where an earlier run of this script stopped."""
-    ident = attack_record.identity(network.checkpoint, config, [EVAL_EPS], x, y)
-    sha = ident["checkpoint_sha256"][:12]  # another network: another record
+    ident = attack_record.identity(network.net, config, [EVAL_EPS], x, y)
+    sha = ident["network"]["weights_sha256"][:12]  # another network: another record
     path = folder / f"{name}-{sha}-eps{EVAL_EPS:g}-n{len(y)}.json"
     record = attack_record.open_record(path, ident, resume=True)
     done = len(record.outcomes(EVAL_EPS))
@@ -316,10 +315,10 @@ def sanity(name: str, network: Trained, x, y, config, transfer_from, subset, fol
     """robustness.sanity_checks around the ensemble on x, kept in ``folder`` once done: on
     a defended network they take hours, and a re-run of the script need not repeat them.
     fooled_by: the ensemble's outcomes on x, from the attack record (not attacked again)."""
-    source = transfer_from and sha256_file(Path(transfer_from.checkpoint))
-    ident = {**attack_record.identity(network.checkpoint, config, [EVAL_EPS], x, y),
+    source = transfer_from and attack_record.network_identity(transfer_from.net)
+    ident = {**attack_record.identity(network.net, config, [EVAL_EPS], x, y),
              "subset": subset, "transfer_from": source}
-    path = folder / f"sanity-{name}-{ident['checkpoint_sha256'][:12]}-n{len(y)}.json"
+    path = folder / f"sanity-{name}-{ident['network']['weights_sha256'][:12]}-n{len(y)}.json"
     saved = saved_sanity(path)
     if saved.get("identity") == json.loads(json.dumps(ident)) and "report" in saved:
         log(f"sanity checks, {name}: done before, in {path}")

@@ -7,8 +7,10 @@ examples. ``--resume`` skips the batches the record holds. Each batch's attack d
 randomness from (seed, first index) only, so a resumed evaluation ends with exactly the
 numbers an uninterrupted one would have.
 
-A record names what it measured (the checkpoint's SHA-256, the attack's settings, the eps
-values, the test images' digest); resuming with anything else is refused.
+A record names what it measured (the network: its layers and a digest of its weights, so
+the same weights in another file, such as a shipped copy of a run's checkpoint, are the same
+network; the attack's settings, the eps values, the test images' digest); resuming with
+anything else is refused.
 """
 
 from __future__ import annotations
@@ -22,11 +24,11 @@ from pathlib import Path
 import numpy as np
 
 from scratchcnn import attacks, robustness
-from scratchcnn.data.mnist import sha256_file
 from scratchcnn.errors import InputError
 from scratchcnn.files import check_regular_file, write_json
+from scratchcnn.train.runs import weights_digest
 
-VERSION = 1
+VERSION = 2  # 1 named the checkpoint file instead of the network
 MAX_BYTES = 50_000_000  # 10,000 examples x a few eps values is well under 1 MB
 OUTCOMES = ("", "clean", *robustness.ATTACKS)  # robust; wrong already; fooled by that attack
 
@@ -35,11 +37,18 @@ class RecordError(InputError):
     """A record file that cannot be resumed."""
 
 
-def identity(checkpoint: Path, config: robustness.AttackConfig, eps_values, x, y) -> dict:
-    """What a record measured: network, attack, budgets and images."""
+def network_identity(network) -> dict:
+    """What names a network (model, params, state): its layers and its weights' digest."""
+    model, params, state = network
+    return {"layers_sha256": hashlib.sha256(repr(model.layers).encode()).hexdigest(),
+            "weights_sha256": weights_digest(params, state)}  # fmt: skip
+
+
+def identity(network, config: robustness.AttackConfig, eps_values, x, y) -> dict:
+    """What a record measured: network (model, params, state), attack, budgets and images."""
     images = hashlib.sha256(np.ascontiguousarray(x).tobytes() + np.asarray(y).tobytes())
     return {
-        "checkpoint_sha256": sha256_file(Path(checkpoint)),
+        "network": network_identity(network),
         "attack": config.__dict__,
         "eps": [float(e) for e in eps_values],
         "images": len(y),

@@ -878,7 +878,6 @@ def attack(
     from scratchcnn.checkpoint import load_for_model
     from scratchcnn.data.mnist import load_mnist
     from scratchcnn.data.preprocess import to_unit_nhwc
-    from scratchcnn.pretrained import resolve_checkpoint
 
     eps_values = _parse_floats(eps, "--eps")
     ensemble_steps = steps or 100  # --sanity's ensemble: AutoAttack runs APGD for 100
@@ -922,7 +921,7 @@ def attack(
     if record is None:
         curves = {method: robustness.accuracy_curve(model, params, state, x, y, eps_values, config)}
     else:
-        ident = attack_record.identity(resolve_checkpoint(checkpoint), config, eps_values, x, y)
+        ident = attack_record.identity((model, params, state), config, eps_values, x, y)
         progress = attack_record.open_record(record, ident, resume=resume)
         curves = attack_record.run((model, params, state), x, y, eps_values, config, progress,
                                    log=lambda line: typer.echo(line, err=True))  # fmt: skip

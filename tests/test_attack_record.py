@@ -23,7 +23,7 @@ def setting(first_digits):
 
 
 def new_record(path, x, y):
-    ident = attack_record.identity(pretrained.path("default"), CONFIG, EPS, x, y)
+    ident = attack_record.identity(pretrained.load("default"), CONFIG, EPS, x, y)
     return attack_record.open_record(path, ident, resume=True), ident
 
 
@@ -85,8 +85,8 @@ def test_the_command_refuses_to_lose_or_misuse_a_record(tmp_path, mnist_dir):
     ("text", "phrase"),
     [
         ("{not json", "it is not JSON"),
-        ('{"version": 7}', "not a version-1 attack record"),
-        ("[]", "not a version-1 attack record"),
+        ('{"version": 7}', "not a version-2 attack record"),
+        ("[]", "not a version-2 attack record"),
     ],
 )
 def test_a_broken_record_is_refused_in_one_sentence(tmp_path, mnist_dir, text, phrase):

@@ -1,6 +1,6 @@
 """Lesson 11's ensemble evaluation goes through attack records: a re-run of the script
-continues from its record without attacking again, and another network (another
-checkpoint) gets a record of its own instead of the first one's numbers."""
+continues from its record without attacking again, another network gets a record of its
+own instead of the first one's numbers, and the same weights in another file find theirs."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def test_the_ensemble_resumes_from_its_record_and_another_network_gets_its_own(
     first = lesson.ensemble_outcomes("net", network(0), x, y, config, records)
     assert len(first) == len(y) and set(first) <= {"", "clean", *robustness.AUTOATTACK}
     lesson.ensemble_outcomes("net", network(1), x, y, config, records)
-    assert len(list(records.glob("net-*.json"))) == 2  # named by the checkpoint's SHA-256
+    assert len(list(records.glob("net-*.json"))) == 2  # named by the weights' SHA-256
 
     def no_attack(*args, **kwargs):
         raise AssertionError("a finished record was attacked again")
@@ -45,3 +45,11 @@ def test_the_ensemble_resumes_from_its_record_and_another_network_gets_its_own(
     monkeypatch.setattr(lesson.attack_record, "batch_outcomes", no_attack)
     again = lesson.ensemble_outcomes("net", network(0), x, y, config, records)
     np.testing.assert_array_equal(again, first)
+    # The same weights in another file (a shipped copy of a run's checkpoint, say) are the
+    # same network: their record is found, not made again.
+    net = network(0).net
+    copy = save_checkpoint(tmp_path / "copy.npz", model_name="default", model=model,
+                           params=net[1], state=net[2], info={"command": "a copy"})  # fmt: skip
+    assert copy.read_bytes() != (tmp_path / "net0.npz").read_bytes()
+    shipped = lesson.ensemble_outcomes("net", lesson.Trained(net, copy, {}), x, y, config, records)
+    np.testing.assert_array_equal(shipped, first)
