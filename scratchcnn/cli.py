@@ -918,6 +918,7 @@ def attack(
     x = to_unit_nhwc(images[:limit])
     y = labels[:limit].astype(np.int64)
     params, state = ckpt.params, ckpt.state
+    fooled_by = None  # the ensemble's outcomes at the largest eps, if the record holds them
     if record is None:
         curves = {method: robustness.accuracy_curve(model, params, state, x, y, eps_values, config)}
     else:
@@ -925,12 +926,14 @@ def attack(
         progress = attack_record.open_record(record, ident, resume=resume)
         curves = attack_record.run((model, params, state), x, y, eps_values, config, progress,
                                    log=lambda line: typer.echo(line, err=True))  # fmt: skip
+        if method == "autoattack":  # the same batches and streams --sanity would attack again
+            fooled_by = progress.outcomes(max(eps_values))
     report = details = None
     if sanity:
         report, details = robustness.sanity_checks(
             model, params, state, x, y, max(eps_values),
             dataclasses.replace(config, steps=ensemble_steps),
-            transfer_from=source, subset=SANITY_SUBSET,
+            transfer_from=source, subset=SANITY_SUBSET, fooled_by=fooled_by,
         )  # fmt: skip
     result = {"checkpoint": str(checkpoint), "images": len(y), "config": config.__dict__,
               "curves": curves, "sanity": report.checks if report else None,

@@ -44,6 +44,25 @@ def test_sanity_checks_run_and_report(mnist_dir):
     assert checks["one FGSM step is not stronger than the ensemble"]["ok"]
 
 
+def test_sanity_takes_the_ensemble_from_the_record(mnist_dir, tmp_path, monkeypatch):
+    """With --attack autoattack --record, --sanity reads the ensemble's outcomes from the
+    record instead of attacking every image again: only the 2x stronger ensemble's two
+    restarts call autoattack_breakdown, and the numbers are those of the record."""
+    from scratchcnn import robustness
+
+    calls = []
+    real = robustness.autoattack_breakdown
+    monkeypatch.setattr(robustness, "autoattack_breakdown",
+                        lambda *a, **k: calls.append(len(a[4])) or real(*a, **k))  # fmt: skip
+    result = run("attack", checkpoints[0], "--attack", "autoattack", "--sanity", "--eps", "0.3",
+                 "--steps", "3", "--queries", "10", "--limit", "20", "--record",
+                 tmp_path / "r.json", "--data-dir", mnist_dir, "--json")  # fmt: skip
+    assert result.exit_code in (0, 1), result.output
+    assert len(calls) == 2, calls
+    out = json.loads(result.stdout)
+    assert out["curves"]["autoattack"][0]["accuracy"] == out["sanity_details"]["ensemble"]
+
+
 @pytest.mark.parametrize(
     ("flags", "phrase"),
     [(["--attack", "cw"], "unknown attack"), (["--eps", "0,1.5"], "eps")],
