@@ -61,7 +61,8 @@ def softmax_of_mean_logits(logits, weights=None) -> np.ndarray:
     """The (weighted) mean of the members' logits, then one softmax: (M, N, K) -> (N, K).
 
     This is the normalized geometric mean of the members' probabilities: a member that
-    gives the true class a tiny probability pulls the average down far more than here.
+    gives a class a tiny probability pulls that class down far more than it would in
+    ``mean_of_probabilities``.
     """
     logits = _stacked(logits)
     weights = _normalized(weights, len(logits))
