@@ -29,7 +29,7 @@ import numpy as np
 from scratchcnn.data.preprocess import MNIST_STD, standardize_unit
 from scratchcnn.errors import ScratchCNNError
 from scratchcnn.fast.cores import keep_freed_memory
-from scratchcnn.inference import as_unit_images, check_finite_outputs
+from scratchcnn.inference import as_unit_images, check_finite_outputs, predict_logits
 from scratchcnn.ops._xp import namespace
 from scratchcnn.ops.losses import log_softmax
 
@@ -280,9 +280,13 @@ def _jax_forward(model) -> Callable:
     return _FORWARDS[key]
 
 
+JIT_FROM = 256  # fewer images: our NumPy forward pass costs less than compiling a shape
+
+
 def attack_logits(model, params, state, x) -> np.ndarray:
-    """Logits (N, K) of images x (N, H, W, 1) in [0, 1], in eval mode, by the jitted forward
-    pass: an attack asks for thousands of them (on a GPU when JAX has one).
+    """Logits (N, K) of images x (N, H, W, 1) in [0, 1], in eval mode: an attack asks for
+    thousands of them, so from JIT_FROM images on by the jitted forward pass (on a GPU when
+    JAX has one), below by our NumPy one.
 
     The batch is padded with blank images to a power of two, so the shrinking batches of an
     attack (only the examples not yet fooled) reuse a handful of compiled shapes. In eval
@@ -290,6 +294,8 @@ def attack_logits(model, params, state, x) -> np.ndarray:
     """
     x = as_unit_images(x)
     n = len(x)
+    if n < JIT_FROM:
+        return predict_logits(model, params, state, x[..., 0])
     size = 1 << max(n - 1, 0).bit_length()
     padded = np.concatenate([x, np.zeros((size - n, *x.shape[1:]), x.dtype)])
     logits = np.asarray(_jax_forward(model)(params, state, padded))[:n]

@@ -56,6 +56,7 @@ def test_bad_attack_names_are_one_sentence(args, phrase, mnist_dir):
     assert_one_line_error(result, phrase)
 
 
+@pytest.mark.slow  # 35 s on 2 cores
 def test_the_breakdown_names_who_fooled_each_example(digits):
     network = pretrained.load("default")
     x, y = digits

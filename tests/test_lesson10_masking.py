@@ -60,6 +60,7 @@ def test_scaled_logits_keep_every_decision_but_zero_the_gradient(setting):
     np.testing.assert_array_equal(adv, x[zero])
 
 
+@pytest.mark.slow  # 30 s on 2 cores
 def test_sanity_checks_flag_the_masked_network_and_pass_the_original(setting):
     net, masked, other, x, y = setting
     config = robustness.AttackConfig("autoattack", steps=10, queries=50)

@@ -25,9 +25,16 @@ ROOT = Path(__file__).resolve().parents[1]
 LESSON_SCRIPTS = sorted((ROOT / "lessons").glob("[0-9][0-9]_*.py"))
 
 
+# The two slowest quick runs (a minute and a half each on 2 cores, attacks by the hundred)
+# run with the slow tests, which CI runs too; the default run stays under 15 minutes.
+SLOW_QUICK_RUNS = {"10_pgd_evaluation", "11_adversarial_training"}
+
+
 def lesson_param(script: Path):
-    number = script.name[:2]
-    return pytest.param(script, id=script.stem, marks=getattr(pytest.mark, f"lesson{number}"))
+    marks = [getattr(pytest.mark, f"lesson{script.name[:2]}")]
+    if script.stem in SLOW_QUICK_RUNS:
+        marks.append(pytest.mark.slow)
+    return pytest.param(script, id=script.stem, marks=marks)
 
 
 # Figures a lesson's script draws that its committed full run does not have yet. Lesson
