@@ -422,6 +422,7 @@ def test_train_flags_reach_the_config(mnist_dir):
 
 
 @lesson05
+@pytest.mark.slow  # 34 s, in the group of tests that share one trained run
 def test_init_fine_tunes_from_a_checkpoint(trained, mnist_dir, tmp_path):
     """--init starts from the checkpoint's weights: one more epoch at a tiny learning rate
     keeps its accuracy (fresh weights would start near 10%) and barely moves a weight."""

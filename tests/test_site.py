@@ -25,9 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 LESSON_SCRIPTS = sorted((ROOT / "lessons").glob("[0-9][0-9]_*.py"))
 
 
-# The two slowest quick runs (a minute and a half each on 2 cores, attacks by the hundred)
-# run with the slow tests, which CI runs too; the default run stays under 15 minutes.
-SLOW_QUICK_RUNS = {"10_pgd_evaluation", "11_adversarial_training"}
+# The three slowest quick runs (half a minute to a minute and a half each on 2 cores) run
+# with the slow tests, which CI runs too; the default run stays under 15 minutes.
+SLOW_QUICK_RUNS = {"10_pgd_evaluation", "11_adversarial_training", "18_hyperparameter_search"}
 
 
 def lesson_param(script: Path):
