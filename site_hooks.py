@@ -56,7 +56,7 @@ def exporter_sha256() -> str:
 
 
 def demo_networks() -> list[str]:
-    """The shipped networks the demo offers, in DEMO_NETWORKS' order."""
+    """The shipped networks the demo offers, in the order scratchcnn lists them."""
     from scratchcnn import pretrained
 
     return [name for name in pretrained.available() if name in DEMO_NETWORKS]
