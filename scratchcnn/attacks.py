@@ -262,22 +262,19 @@ def loss_and_gradient(model, params, state, x, labels, grad="jax", loss="ce", ta
     return np.asarray(losses), np.asarray(dx)
 
 
-_FORWARDS: dict[tuple, Callable] = {}
-
-
 def _jax_forward(model) -> Callable:
     """``jax.jit`` of our forward pass in eval mode, (params, state, x in [0, 1]) -> logits,
-    compiled once per network (and per batch shape)."""
-    key = tuple(model.layers)
-    if key not in _FORWARDS:
+    compiled once per network (and per batch shape), kept beside the gradients."""
+    key = (tuple(model.layers), "logits")  # no loss is called "logits"
+    if key not in _JITTED:
         import jax
 
         def logits_of(params, state, x):
             return model.forward(params, state, standardize_unit(x), train=False)[0]
 
         keep_freed_memory()
-        _FORWARDS[key] = jax.jit(logits_of)
-    return _FORWARDS[key]
+        _JITTED[key] = jax.jit(logits_of)
+    return _JITTED[key]
 
 
 JIT_FROM = 256  # fewer images: our NumPy forward pass costs less than compiling a shape
