@@ -29,6 +29,7 @@ import numpy as np
 from scratchcnn.data.preprocess import MNIST_STD, standardize_unit
 from scratchcnn.errors import ScratchCNNError
 from scratchcnn.fast.cores import keep_freed_memory
+from scratchcnn.fast.jit_chunks import chunk_size, over_chunks
 from scratchcnn.inference import as_unit_images, check_finite_outputs, predict_logits
 from scratchcnn.ops._xp import namespace
 from scratchcnn.ops.losses import log_softmax
@@ -230,8 +231,18 @@ def _jax_loss_and_gradient(model, loss: str = "ce") -> Callable:
             losses = loss_of(logits, labels, target)
             return losses.sum(), losses
 
+        def losses_and_gradients(x, params, state, labels, target):
+            def per_chunk(x, labels, target):
+                (_, losses), dx = jax.value_and_grad(total_loss, has_aux=True)(
+                    x, params, state, labels, target
+                )
+                return losses, dx
+
+            # The same numbers, a few images at a time on a CPU: see fast/jit_chunks.py.
+            return over_chunks(per_chunk, x, labels, target, chunk=chunk_size())
+
         keep_freed_memory()  # XLA's CPU buffers come from malloc too (see fast/cores.py)
-        _JITTED[key] = jax.jit(jax.value_and_grad(total_loss, has_aux=True))
+        _JITTED[key] = jax.jit(losses_and_gradients)
     return _JITTED[key]
 
 
@@ -256,7 +267,7 @@ def loss_and_gradient(model, params, state, x, labels, grad="jax", loss="ce", ta
         return loss_and_gradient_manual(model, params, state, x, labels, loss, target)
     if grad != "jax":
         raise AttackError(f"grad must be 'jax' or 'manual', got {grad!r}.")
-    (_, losses), dx = _jax_loss_and_gradient(model, loss)(
+    losses, dx = _jax_loss_and_gradient(model, loss)(
         x, params, state, labels.astype(np.int32), target.astype(np.int32)
     )
     return np.asarray(losses), np.asarray(dx)
@@ -270,7 +281,10 @@ def _jax_forward(model) -> Callable:
         import jax
 
         def logits_of(params, state, x):
-            return model.forward(params, state, standardize_unit(x), train=False)[0]
+            def per_chunk(x):
+                return model.forward(params, state, standardize_unit(x), train=False)[0]
+
+            return over_chunks(per_chunk, x, chunk=chunk_size())
 
         keep_freed_memory()
         _JITTED[key] = jax.jit(logits_of)

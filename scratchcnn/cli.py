@@ -837,6 +837,14 @@ def attack(
         str, typer.Option("--grad", help="jax (jax.grad, jitted) or manual (our backward).")
     ] = "jax",
     limit: Annotated[int | None, _option("Attack the first N test images only.", "--limit")] = None,
+    batch_size: Annotated[
+        int,
+        typer.Option(
+            "--batch-size",
+            help="Images attacked together (1 to 10000); a --record's batches, and part of "
+            "what it records (its random streams).",
+        ),
+    ] = 500,  # AttackConfig.batch_size
     sanity: Annotated[
         bool, typer.Option("--sanity", help="Run the checks against gradient masking.")
     ] = False,
@@ -886,6 +894,7 @@ def attack(
     if transfer_from is not None and not sanity:
         raise InputError("--transfer-from is used by the --sanity checks only; add --sanity.")
     check_attack_options(eps_values, limit)
+    check_between("--batch-size", batch_size, 1, TEST_IMAGES)
     if resume and record is None:
         raise InputError("--resume continues the evaluation of a --record file; add --record.")
     outputs = (("--figure", figure), ("--save-examples", save_examples), ("--record", record))
@@ -908,6 +917,7 @@ def attack(
         grad=grad,
         queries=queries,
         loss=loss,
+        batch_size=batch_size,
     ).validate()
     model, ckpt = load_for_model(checkpoint)
     source = None

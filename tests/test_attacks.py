@@ -374,3 +374,37 @@ def test_bad_loss_parameters(network, kwargs, phrase):
     for attack in (fgsm, pgd):
         with pytest.raises(AttackError, match=phrase):
             attack(model, params, state, x, y, 0.1, **kwargs)
+
+
+def test_jitted_passes_over_chunks_equal_our_numpy_passes(mnist_test):
+    """The jitted gradient and forward pass run a CPU batch in chunks of CPU_CHUNK images
+    (fast/jit_chunks.py); 300 images (18 whole chunks and a padded one) give what our NumPy
+    backward and forward give for the whole batch."""
+    from scratchcnn.fast import jit_chunks
+    from scratchcnn.inference import predict_logits
+
+    model = models.build("bn_cnn")
+    params, state = model.init(0)
+    state = randomized(state, np.random.default_rng(1))
+    images, labels = mnist_test
+    n = 300
+    assert n % jit_chunks.chunk_size() and n >= attacks.JIT_FROM
+    x, y = untie((images[:n] / np.float32(255))[..., None]), labels[:n].astype(np.int64)
+    loss_j, grad_j = loss_and_gradient(model, params, state, x, y, grad="jax")
+    loss_m, grad_m = loss_and_gradient(model, params, state, x, y, grad="manual")
+    assert relative_error(loss_j, loss_m) < 1e-5
+    assert relative_error(grad_j, grad_m) < 1e-4
+    logits = attacks.attack_logits(model, params, state, x)
+    assert relative_error(logits, predict_logits(model, params, state, x[..., 0])) < 1e-5
+
+
+def test_over_chunks_pads_the_last_chunk_and_keeps_tuples():
+    import jax.numpy as jnp
+
+    from scratchcnn.fast.jit_chunks import over_chunks
+
+    a, b = jnp.arange(10.0), jnp.arange(20.0).reshape(10, 2)
+    twice, total = over_chunks(lambda a, b: (2 * a, b.sum(axis=1)), a, b, chunk=4)
+    np.testing.assert_array_equal(twice, 2 * np.arange(10.0))
+    np.testing.assert_array_equal(total, np.arange(20.0).reshape(10, 2).sum(axis=1))
+    assert over_chunks(lambda a: a + 1, a, chunk=None).shape == (10,)

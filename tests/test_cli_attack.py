@@ -91,6 +91,8 @@ def test_bad_attack_flags(mnist_dir, flags, phrase):
         (["--restarts", "18446744073709551616"], ["--restarts"]),
         (["--limit", "0"], ["--limit"]),
         (["--limit", "18446744073709551616"], ["--limit"]),
+        (["--batch-size", "0"], ["--batch-size", "got 0"]),
+        (["--batch-size", "10001"], ["--batch-size", "10001"]),
         (["--grad", "torch"], ["--grad", "torch"]),
         (["--attack", ""], ["unknown attack ''"]),
         (["--figure", ""], ["--figure", "folder"]),
