@@ -23,7 +23,8 @@ full run takes a day or more. It is resumable: the ensemble evaluates each netwo
 batch into an attack record, runs/attack-records/<network>-<sha>-eps0.3-n10000.json (the
 SHA-256 of its weights in the name: other weights get a new record), saved after each
 batch and continued where it stopped when the script is run again; the sanity checks of
-each network are kept in runs/attack-records/sanity-<network>-<sha>-n1000.json once done.
+each network are kept in runs/attack-records/sanity-<network>-<sha>-n1000.json once done,
+and the PGD-50 restarts in worst-<network>-<sha>-n10000.json, each restart as it finishes.
 Stop it at any time and run the same command again.
 
 With --retrain (or when scratchcnn does not ship it) the PGD network is trained as the
@@ -249,21 +250,26 @@ def quick_networks(seed: int, folder: Path) -> dict[str, Trained]:
 
 
 # --8<-- [start:worst_case]
-def worst_case_accuracy(net, x, y, eps, config: robustness.AttackConfig, restarts: int):
+def worst_case_accuracy(net, x, y, eps, config: robustness.AttackConfig, restarts: int,
+                        kept=None):  # fmt: skip
     """Accuracy under PGD from `restarts` random starts, after each restart.
 
     An image counts as robust only if the network gets it right and no restart fools it
     (the worst case over restarts, as ``attacks.pgd(restarts=...)`` keeps it). So each
-    restart needs to attack only the images still standing.
+    restart needs to attack only the images still standing. kept: a ``KeptRestarts`` that
+    holds the restarts an earlier run finished and saves each new one (None: keep none).
     """
-    standing = np.flatnonzero(attacks.predict(*net, x) == y)
-    after = []
-    for restart in range(restarts):
+    after, standing = kept.restored() if kept else ([], None)
+    if standing is None:
+        standing = np.flatnonzero(attacks.predict(*net, x) == y)
+    for restart in range(len(after), restarts):
         if len(standing):
             cfg = dataclasses.replace(config, seed=1000 * config.seed + restart)
             adv = robustness.adversarial_examples(*net, x[standing], y[standing], eps, cfg)
             standing = standing[attacks.predict(*net, adv) == y[standing]]
         after.append(len(standing) / len(y))
+        if kept:
+            kept.save(after, standing)
     return after
 
 
@@ -344,9 +350,39 @@ def saved_sanity(path: Path) -> dict:
     except FileNotFoundError:
         return {}
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        log(f"ignoring {path} ({error}); running the sanity checks again")
+        log(f"ignoring {path} ({error}); measuring again")
         return {}
     return saved if isinstance(saved, dict) else {}
+
+
+@dataclasses.dataclass
+class KeptRestarts:
+    """The restarts of worst_case_accuracy one network has finished, in a file of
+    ``folder``: on a defended network each restart of PGD-50 is minutes of work (hours for
+    ten), so a stopped run of this script continues after the last restart it finished.
+    The restarts' seeds are fixed, so the continued run ends where an unbroken one would."""
+
+    path: Path
+    identity: dict
+
+    @classmethod
+    def of(cls, name: str, network: Trained, x, y, config, restarts: int, folder: Path):
+        ident = {**attack_record.identity(network.net, config, [EVAL_EPS], x, y),
+                 "restarts": restarts}  # fmt: skip
+        sha = ident["network"]["weights_sha256"][:12]
+        return cls(folder / f"worst-{name}-{sha}-n{len(y)}.json", json.loads(json.dumps(ident)))
+
+    def restored(self) -> tuple[list[float], np.ndarray | None]:
+        """(accuracy after each finished restart, indices still standing), or ([], None)."""
+        saved = saved_sanity(self.path)  # the same trust rules: unreadable -> start again
+        if saved.get("identity") != self.identity:
+            return [], None
+        log(f"PGD restarts: {len(saved['after'])} done before, in {self.path}")
+        return list(saved["after"]), np.asarray(saved["standing"], dtype=np.int64)
+
+    def save(self, after: list[float], standing: np.ndarray) -> None:
+        write_json(self.path, {"identity": self.identity, "after": after,
+                               "standing": standing.tolist()})  # fmt: skip
 
 
 def curves_of(net, x, y, config, eps_values) -> dict:
@@ -550,7 +586,9 @@ def evaluate(networks: dict[str, Trained], x, y, s: dict, records: Path, lesson)
     for name, network in networks.items():
         clean[name] = robustness.accuracy(*network.net, x, y)
         started = time.perf_counter()
-        worst[name] = worst_case_accuracy(network.net, x, y, EVAL_EPS, s["worst"], s["restarts"])
+        kept = KeptRestarts.of(name, network, x, y, s["worst"], s["restarts"], records)
+        worst[name] = worst_case_accuracy(network.net, x, y, EVAL_EPS, s["worst"], s["restarts"],
+                                          kept)  # fmt: skip
         log(f"{name}: clean {clean[name]:.2%}, PGD-{s['worst'].steps} x {s['restarts']} at eps "
             f"{EVAL_EPS}: {worst[name][-1]:.2%}  ({time.perf_counter() - started:.0f} s)")
     restarts_figure(worst, s["restarts"], lesson.path("restarts.png"))

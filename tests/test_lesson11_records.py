@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from scratchcnn import models, robustness
+from scratchcnn import models, pretrained, robustness
 from scratchcnn.checkpoint import save_checkpoint
 
 pytestmark = pytest.mark.lesson11
@@ -53,3 +53,42 @@ def test_the_ensemble_resumes_from_its_record_and_another_network_gets_its_own(
     assert copy.read_bytes() != (tmp_path / "net0.npz").read_bytes()
     shipped = lesson.ensemble_outcomes("net", lesson.Trained(net, copy, {}), x, y, config, records)
     np.testing.assert_array_equal(shipped, first)
+
+
+def test_worst_case_restarts_continue_where_a_stopped_run_ended(
+    lesson, first_digits, tmp_path, monkeypatch
+):
+    """A run stopped during restart 3 of 4 continues from its file, attacks only restarts
+    3 and 4 again, and ends where an unbroken run ends."""
+    x, y = first_digits[0][:16], first_digits[1][:16]
+    config = robustness.AttackConfig("pgd", steps=2, step_size=0.05)
+    network = lesson.load_network(pretrained.path("default"))
+    unbroken = lesson.worst_case_accuracy(network.net, x, y, 0.15, config, 4)
+    assert 0 < unbroken[-1] < unbroken[0] < 1  # images fall, but some stand to the end
+
+    def kept():
+        return lesson.KeptRestarts.of("net", network, x, y, config, 4, tmp_path)
+
+    class Stop(Exception):
+        pass
+
+    attack, calls = lesson.robustness.adversarial_examples, []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        if stop_at and len(calls) == stop_at:
+            raise Stop
+        return attack(*args, **kwargs)
+
+    monkeypatch.setattr(lesson.robustness, "adversarial_examples", counted)
+    stop_at = 3
+    with pytest.raises(Stop):
+        lesson.worst_case_accuracy(network.net, x, y, 0.15, config, 4, kept())
+    assert len(kept().restored()[0]) == 2
+    calls.clear()
+    stop_at = None
+    assert lesson.worst_case_accuracy(network.net, x, y, 0.15, config, 4, kept()) == unbroken
+    assert len(calls) == 2
+    # Another number of restarts is another measurement: nothing kept is reused.
+    other = lesson.KeptRestarts.of("net", network, x, y, config, 5, tmp_path)
+    assert other.restored() == ([], None)
