@@ -12,6 +12,7 @@ ROOT = Path(__file__).parent
 LESSON_ASSETS = ROOT / "site" / "assets" / "lessons"
 BENCHMARK = ROOT / "benchmarks" / "results" / "step_speed.json"
 TRAINING_RUNS = ROOT / "results"  # history.json of the runs in RESULTS.md
+ATTACK_RUNS = ROOT / "results" / "attacks"  # scratchcnn attack --json of the headline runs
 PRETRAINED = ROOT / "scratchcnn" / "pretrained" / "MANIFEST.json"
 
 IMPLEMENTATION_NAMES = {
@@ -44,6 +45,12 @@ def define_env(env):
     def run(name: str) -> dict:
         """The summary of a training run in RESULTS.md, e.g. run("default-s0")."""
         return load(TRAINING_RUNS / f"{name}.json")
+
+    @env.macro
+    def attack_run(name: str) -> dict:
+        """What ``scratchcnn attack ... --json`` printed for a headline, e.g.
+        attack_run("defended-autoattack") (results/attacks/README.md has the commands)."""
+        return load(ATTACK_RUNS / f"{name}.json")
 
     @env.macro
     def pretrained() -> dict:

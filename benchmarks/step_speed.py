@@ -112,9 +112,10 @@ def scratch_steps(model, backend: str):
     import jax
 
     from scratchcnn.fast.cores import keep_freed_memory
+    from scratchcnn.fast.jit_chunks import eval_in_chunks
 
     keep_freed_memory()  # as the jax training backend does (scratchcnn/train/step.py)
-    train_step, eval_step = jax.jit(train_step), jax.jit(eval_step)
+    train_step, eval_step = jax.jit(train_step), jax.jit(eval_in_chunks(eval_step))
     params, state, opt_state, x, y = jax.device_put((params, state, opt_state, x, y))
     key = jax.random.key(0)
     return (lambda: jax.block_until_ready(train_step(params, state, opt_state, x, y, key)),

@@ -29,7 +29,7 @@ import numpy as np
 from scratchcnn.data.preprocess import MNIST_STD, standardize_unit
 from scratchcnn.errors import ScratchCNNError
 from scratchcnn.fast.cores import keep_freed_memory
-from scratchcnn.fast.jit_chunks import chunk_size, over_chunks
+from scratchcnn.fast.jit_chunks import chunk_size, eval_in_chunks, over_chunks
 from scratchcnn.inference import as_unit_images, check_finite_outputs, predict_logits
 from scratchcnn.ops._xp import namespace
 from scratchcnn.ops.losses import log_softmax
@@ -281,13 +281,10 @@ def _jax_forward(model) -> Callable:
         import jax
 
         def logits_of(params, state, x):
-            def per_chunk(x):
-                return model.forward(params, state, standardize_unit(x), train=False)[0]
-
-            return over_chunks(per_chunk, x, chunk=chunk_size())
+            return model.forward(params, state, standardize_unit(x), train=False)[0]
 
         keep_freed_memory()
-        _JITTED[key] = jax.jit(logits_of)
+        _JITTED[key] = jax.jit(eval_in_chunks(logits_of))  # see fast/jit_chunks.py
     return _JITTED[key]
 
 

@@ -49,3 +49,13 @@ def over_chunks(per_chunk, *batched, chunk: int | None):
 
     outputs = jax.lax.map(lambda parts: per_chunk(*parts), tuple(split(a) for a in batched))
     return jax.tree.map(join, outputs)
+
+
+def eval_in_chunks(step):
+    """``step(params, state, x) -> out (N, ...)`` in eval mode, rewritten to compute x
+    chunk by chunk (on a CPU; the whole batch elsewhere). Wrap it in ``jax.jit``."""
+
+    def chunked(params, state, x):
+        return over_chunks(lambda part: step(params, state, part), x, chunk=chunk_size())
+
+    return chunked

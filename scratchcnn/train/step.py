@@ -17,6 +17,7 @@ import numpy as np
 from scratchcnn import attacks, optim, trades
 from scratchcnn.data.preprocess import standardize_unit
 from scratchcnn.fast.cores import keep_freed_memory
+from scratchcnn.fast.jit_chunks import eval_in_chunks
 from scratchcnn.inference import make_eval_step, predict_logits
 from scratchcnn.layers import BatchNorm, Sequential
 from scratchcnn.metrics import Evaluation, evaluate_logits
@@ -210,7 +211,7 @@ class JaxBackend:
         keep_freed_memory()  # XLA's CPU buffers come from malloc too: 2x on this step
         self.jax = jax
         self.train_step = jax.jit(train_step)
-        self.eval_step = jax.jit(eval_step)
+        self.eval_step = jax.jit(eval_in_chunks(eval_step))  # see fast/jit_chunks.py
         self.seed = seed
 
     def to_device(self, tree):
