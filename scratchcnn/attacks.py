@@ -291,12 +291,21 @@ def _jax_forward(model) -> Callable:
 JIT_FROM = 256  # fewer images: our NumPy forward pass costs less than compiling a shape
 
 
+def padded_size(n: int) -> int:
+    """The batch size n images are padded to: the next multiple of 1/16 of the power of two
+    at or above n, so at most 8 sizes between two powers of two (8 compiles while an
+    attack's batch halves) and at most 1/8 of the work wasted: 1,780 -> 1,792, where the
+    power of two would compute 2,048."""
+    step = max(1, (1 << max(n - 1, 0).bit_length()) // 16)
+    return -(-n // step) * step
+
+
 def attack_logits(model, params, state, x) -> np.ndarray:
     """Logits (N, K) of images x (N, H, W, 1) in [0, 1], in eval mode: an attack asks for
     thousands of them, so from JIT_FROM images on by the jitted forward pass (on a GPU when
     JAX has one), below by our NumPy one.
 
-    The batch is padded with blank images to a power of two, so the shrinking batches of an
+    The batch is padded with blank images (``padded_size``), so the shrinking batches of an
     attack (only the examples not yet fooled) reuse a handful of compiled shapes. In eval
     mode each image's logits depend on that image alone, so the padding changes nothing.
     """
@@ -304,7 +313,7 @@ def attack_logits(model, params, state, x) -> np.ndarray:
     n = len(x)
     if n < JIT_FROM:
         return predict_logits(model, params, state, x[..., 0])
-    size = 1 << max(n - 1, 0).bit_length()
+    size = padded_size(n)
     padded = np.concatenate([x, np.zeros((size - n, *x.shape[1:]), x.dtype)])
     logits = np.asarray(_jax_forward(model)(params, state, padded))[:n]
     check_finite_outputs(logits)

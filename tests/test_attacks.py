@@ -408,3 +408,10 @@ def test_over_chunks_pads_the_last_chunk_and_keeps_tuples():
     np.testing.assert_array_equal(twice, 2 * np.arange(10.0))
     np.testing.assert_array_equal(total, np.arange(20.0).reshape(10, 2).sum(axis=1))
     assert over_chunks(lambda a: a + 1, a, chunk=None).shape == (10,)
+
+
+def test_padded_batch_sizes_waste_little_and_are_few():
+    sizes = {n: attacks.padded_size(n) for n in range(1, 5000)}
+    assert all(n <= size <= max(n * 1.125, n + 1) for n, size in sizes.items())
+    for k in range(4, 12):  # between two powers of two: at most 8 sizes to compile
+        assert len({sizes[n] for n in range(2**k + 1, 2 ** (k + 1) + 1)}) <= 8
