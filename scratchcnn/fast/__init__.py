@@ -4,6 +4,8 @@ engineered for speed. Same inputs, same outputs, same caches; only NumPy arrays.
 - ``cores.py``: threads, cache-sized chunks of the batch, BLAS threads, malloc;
 - ``windows.py``: im2col as one strided copy, col2im adding in place;
 - ``conv.py``, ``pool.py``, ``activations.py``: the convolution, pooling and ReLU.
+- ``jit_chunks.py``: not NumPy: jitted eval-mode passes (attacks, evaluation) run a CPU
+  batch a chunk of images at a time.
 
 ``FastOps`` puts them behind the interface of ``scratchcnn.ops.PlainOps``; the layers
 run them on NumPy arrays (``layers.ops_for``). Lesson 13 measures what each trick buys.

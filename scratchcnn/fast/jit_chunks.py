@@ -5,15 +5,16 @@ mode, where each image's output depends on that image alone. Compiled by XLA for
 as one batch, every layer writes activations for the whole batch before the next layer
 reads them back from memory; compiled as a loop over chunks (``jax.lax.map``), a chunk's
 activations stay in the CPU's cache from the first layer to the last.
-``benchmarks/attack_speed.py`` measures what it buys (on 2 cores, chunks of 16 images:
-about 2.8x the images per second of our forward pass and 1.6x of its input gradient).
+``benchmarks/attack_speed.py`` measures what it buys: on 2 cores, for ``default``, 2.4x the
+images per second of our forward pass and 1.4x of its input gradient
+(``benchmarks/results/attack_speed.json``).
 
 On a GPU the whole batch at once is what keeps the device busy, so nothing is chunked.
 """
 
 from __future__ import annotations
 
-CPU_CHUNK = 16  # images per chunk; 8 to 64 all measured within noise of each other
+CPU_CHUNK = 16  # images per chunk: the fastest of 8, 16, 32 and 64 when first measured
 
 
 def chunk_size() -> int | None:
