@@ -24,23 +24,14 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import time
+import sys
 from pathlib import Path
 
 import numpy as np
 
 OUT = Path(__file__).parent / "results" / "attack_speed.json"
-
-
-def median_seconds(fn, repeats: int) -> float:
-    """Median wall time of fn() after one warm-up call (the compile)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+sys.path.insert(0, str(Path(__file__).parent))
+from step_speed import median_seconds  # noqa: E402  (after the path: a sibling script)
 
 
 def implementations(model, params, state, x, y):
@@ -111,8 +102,8 @@ def measure(name: str, batch: int, repeats: int) -> list[dict]:
     y = rng.integers(0, 10, batch)
     rows = []
     for impl, (gradient, forward) in implementations(model, params, state, x, y).items():
-        grad_s = median_seconds(gradient, repeats)
-        fwd_s = median_seconds(forward, repeats) if forward else None
+        grad_s = median_seconds(gradient, repeats, warmup=1)
+        fwd_s = median_seconds(forward, repeats, warmup=1) if forward else None
         rows.append({
             "network": name, "implementation": impl, "batch": batch,
             "gradient_images_per_s": round(batch / grad_s, 1),

@@ -25,7 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import time
+import sys
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -33,17 +33,14 @@ import numpy as np
 
 OUT = Path(__file__).parent / "results" / "profile_step.json"
 BATCH = 128
+sys.path.insert(0, str(Path(__file__).parent))
+from step_speed import build, median_seconds  # noqa: E402  (a sibling script)
+
 PARTS = ("forward", "input gradient", "weight gradient", "element-wise", "optimizer")
 
 
 def median_ms(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * float(np.median(times))
+    return 1e3 * median_seconds(fn, repeats, warmup=1)
 
 
 def layer_calls(model, params, state, x, labels, backend):
@@ -156,11 +153,6 @@ def whole_step(model, params, state, x, labels, backend):
 
 
 def profile(name: str, backend: str, repeats: int) -> dict:
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from step_speed import build
-
     from scratchcnn.fast import FastOps
 
     model = build(name)
