@@ -75,9 +75,11 @@ def implementations(model, params, state, x, y):
     def run(fn, *args):
         return lambda: jax.block_until_ready(fn(*args))
 
+    library_gradient = attacks._jax_loss_and_gradient(model, "ce")  # what the attacks run
+    library_forward = attacks._jax_forward(model)
     return {
-        "ours, jax.grad": (run(gradient_of(ours, params, chunk), xj, yj),
-                           run(forward_of(ours, params, chunk), xj)),
+        "ours, jax.grad": (run(library_gradient, xj, params, state, yj, yj),
+                           run(library_forward, params, state, xj)),
         "ours, whole batch": (run(gradient_of(ours, params, None), xj, yj),
                               run(forward_of(ours, params, None), xj)),
         "ours, by hand, jit": (run(by_hand_jit, xj, yj), None),

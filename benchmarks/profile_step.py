@@ -34,7 +34,7 @@ import numpy as np
 OUT = Path(__file__).parent / "results" / "profile_step.json"
 BATCH = 128
 sys.path.insert(0, str(Path(__file__).parent))
-from step_speed import build, median_seconds  # noqa: E402  (a sibling script)
+from step_speed import build, median_seconds, scratch_steps  # noqa: E402  (a sibling script)
 
 PARTS = ("forward", "input gradient", "weight gradient", "element-wise", "optimizer")
 
@@ -132,26 +132,6 @@ def optimizer_call(params, backend):
     return lambda: adam.update(grads, opt_state, params)
 
 
-def whole_step(model, params, state, x, labels, backend):
-    from scratchcnn import optim
-    from scratchcnn.train import make_train_step
-
-    adam = optim.Adam(1e-3)
-    step = make_train_step(model, adam)
-    opt_state = adam.init(params)
-    if backend == "jax":
-        import jax
-
-        from scratchcnn.fast.cores import keep_freed_memory
-
-        keep_freed_memory()
-        jitted = jax.jit(step)
-        key = jax.random.key(0)
-        return lambda: jax.block_until_ready(jitted(params, state, opt_state, x, labels, key))
-    rng = np.random.default_rng(0)
-    return lambda: step(params, state, opt_state, x, labels, rng)
-
-
 def profile(name: str, backend: str, repeats: int) -> dict:
     from scratchcnn.fast import FastOps
 
@@ -170,7 +150,7 @@ def profile(name: str, backend: str, repeats: int) -> dict:
             rows.append({"part": part, "layer": layer, "ms": median_ms(fn, repeats)})
         rows.append({"part": "optimizer", "layer": "adam",
                      "ms": median_ms(optimizer_call(params, backend), repeats)})  # fmt: skip
-        step_ms = median_ms(whole_step(model, params, state, x, labels, backend), repeats)
+        step_ms = median_ms(scratch_steps(model, backend)[0], repeats)  # same batch size
     if backend == "numpy":  # the NumPy "input gradient" timed the whole backward pass
         _subtract_weights(rows)
     by_part = {p: round(sum(r["ms"] for r in rows if r["part"] == p), 2) for p in PARTS}

@@ -325,7 +325,7 @@ def sanity(name: str, network: Trained, x, y, config, transfer_from, subset, fol
     ident = {**attack_record.identity(network.net, config, [EVAL_EPS], x, y),
              "subset": subset, "transfer_from": source}
     path = folder / f"sanity-{name}-{ident['network']['weights_sha256'][:12]}-n{len(y)}.json"
-    saved = saved_sanity(path)
+    saved = saved_record(path)
     if saved.get("identity") == json.loads(json.dumps(ident)) and "report" in saved:
         log(f"sanity checks, {name}: done before, in {path}")
         return saved["report"]
@@ -342,9 +342,10 @@ def sanity(name: str, network: Trained, x, y, config, transfer_from, subset, fol
     return result
 
 
-def saved_sanity(path: Path) -> dict:
-    """The sanity checks an earlier run kept in ``path``, or {} when there are none to
-    trust (no file, or one that is not what this script writes: they are run again)."""
+def saved_record(path: Path) -> dict:
+    """What an earlier run kept in ``path`` (sanity checks, PGD restarts), or {} when
+    there is nothing to trust (no file, or one that is not what this script writes: the
+    measurement is made again)."""
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -374,7 +375,7 @@ class KeptRestarts:
 
     def restored(self) -> tuple[list[float], np.ndarray | None]:
         """(accuracy after each finished restart, indices still standing), or ([], None)."""
-        saved = saved_sanity(self.path)  # the same trust rules: unreadable -> start again
+        saved = saved_record(self.path)
         if saved.get("identity") != self.identity:
             return [], None
         log(f"PGD restarts: {len(saved['after'])} done before, in {self.path}")
