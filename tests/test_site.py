@@ -37,12 +37,6 @@ def lesson_param(script: Path):
     return pytest.param(script, id=script.stem, marks=marks)
 
 
-# Figures a lesson's script draws that its committed full run does not have yet. Lesson
-# 11's trade-off figure needs the ensemble's numbers on the defended networks, which are
-# still training (issue 15); the page shows it only once results.json has them.
-FULL_RUN_PENDING = {"11_adversarial_training": {"tradeoff.png"}}
-
-
 @pytest.mark.parametrize("script", [lesson_param(s) for s in LESSON_SCRIPTS])
 def test_lesson_script_quick_run_writes_its_figures_and_results(script, tmp_path, mnist_dir):
     done = subprocess.run(
@@ -60,8 +54,7 @@ def test_lesson_script_quick_run_writes_its_figures_and_results(script, tmp_path
     # The same figures as the committed full run (the page links to each of them), but for
     # a new figure whose full run is still to come.
     committed = ROOT / "site" / "assets" / "lessons" / script.stem.replace("_", "-")
-    pending = FULL_RUN_PENDING.get(script.stem, set())
-    assert {f.name for f in figures} - pending == {f.name for f in committed.glob("*.png")}
+    assert {f.name for f in figures} == {f.name for f in committed.glob("*.png")}
 
 
 def test_committed_lesson_results_come_from_full_runs():
