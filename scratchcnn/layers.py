@@ -25,7 +25,7 @@ import numpy as np
 from scratchcnn.data.mnist import INPUT_SHAPE
 from scratchcnn.errors import InputError
 from scratchcnn.fast import FastOps
-from scratchcnn.ops import PlainOps, activations, batchnorm, conv, dense, dropout, pool
+from scratchcnn.ops import PlainOps, activations, conv, dense, dropout, pool
 from scratchcnn.ops.windows import as_pair
 
 _numpy_ops = FastOps  # what NumPy arrays run on; ``use_ops`` changes it for a block
@@ -240,12 +240,12 @@ class BatchNorm(Layer):
         return params, state, tuple(in_shape)
 
     def forward(self, params, state, x, *, train, rng=None):
-        return batchnorm.batchnorm_forward(
+        return ops_for(x).batchnorm_forward(
             x, params, state, train=train, momentum=self.momentum, epsilon=self.epsilon
         )
 
     def backward(self, dout, cache):
-        return batchnorm.batchnorm_backward(dout, cache)
+        return ops_for(dout).batchnorm_backward(dout, cache)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import pytest
 from threadpoolctl import threadpool_info
 
 from scratchcnn.fast import FastOps, cores
+from scratchcnn.fast import batchnorm as fast_batchnorm
 from scratchcnn.fast import windows as fast_windows
 from scratchcnn.gradcheck import relative_error
 from scratchcnn.ops import PlainOps, windows
@@ -91,6 +92,29 @@ def test_relu_split_per_core_equals_plain():
     np.testing.assert_array_equal(
         FastOps.relu_backward(dout, cache)[0], PlainOps.relu_backward(dout, cache_plain)[0]
     )
+
+
+@pytest.mark.lesson04
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("shape", [(BATCH, 28, 28, 5), (300, 7)], ids=["images", "vectors"])
+def test_chunked_batchnorm_equals_plain(monkeypatch, train, shape):
+    monkeypatch.setattr(fast_batchnorm, "ROWS_PER_CHUNK", 100)  # several chunks, one short
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(shape) * 3 + 2
+    c = shape[-1]
+    params = {"scale": rng.standard_normal(c), "bias": rng.standard_normal(c)}
+    state = {"mean": rng.standard_normal(c), "var": rng.uniform(0.5, 2, c)}
+    out, new_state, cache = FastOps.batchnorm_forward(x, params, state, train=train)
+    plain_out, plain_state, plain_cache = PlainOps.batchnorm_forward(x, params, state, train=train)
+    assert relative_error(out, plain_out) <= 1e-13
+    for name in state:
+        assert relative_error(new_state[name], plain_state[name]) <= 1e-13
+    dout = rng.standard_normal(shape)
+    dx, grads = FastOps.batchnorm_backward(dout, cache)
+    plain_dx, plain_grads = PlainOps.batchnorm_backward(dout, plain_cache)
+    assert relative_error(dx, plain_dx) <= 1e-12
+    for name in grads:
+        assert relative_error(grads[name], plain_grads[name]) <= 1e-13
 
 
 @pytest.mark.lesson03

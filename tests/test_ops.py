@@ -2,7 +2,7 @@
 
 Hypothesis draws the shapes, kernel sizes, strides and paddings, odd sizes included;
 ``opcheck.check_all`` runs the three checks on each draw. Ops with a fast NumPy version
-(convolution, pooling, ReLU) are checked in both versions, plain and fast.
+(convolution, pooling, ReLU, batch norm) are checked in both versions, plain and fast.
 """
 
 import jax
@@ -99,8 +99,9 @@ def test_relu_flatten_global_avg_pool(ops, shape):
     shape=st.one_of(st.tuples(st.integers(1, 6)), st.tuples(sizes, sizes, channels)),
     batch=st.integers(3, 5), train=st.booleans(),  # 2 examples make x_hat = +-1: no gradient
 )  # fmt: skip
-def test_batchnorm(shape, batch, train):
-    check_all(L.BatchNorm(), shape, batch=batch, train=train)
+@pytest.mark.parametrize(**BOTH_OPS)
+def test_batchnorm(ops, shape, batch, train):
+    check_all(L.BatchNorm(), shape, batch=batch, train=train, ops=ops)
 
 
 @pytest.mark.lesson04

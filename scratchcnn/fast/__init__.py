@@ -3,7 +3,8 @@ engineered for speed. Same inputs, same outputs, same caches; only NumPy arrays.
 
 - ``cores.py``: threads, cache-sized chunks of the batch, BLAS threads, malloc;
 - ``windows.py``: im2col as one strided copy, col2im adding in place;
-- ``conv.py``, ``pool.py``, ``activations.py``: the convolution, pooling and ReLU.
+- ``conv.py``, ``pool.py``, ``activations.py``, ``batchnorm.py``: the convolution,
+  pooling, ReLU and batch norm.
 - ``jit_chunks.py``: not NumPy: jitted eval-mode passes (attacks, evaluation) run a CPU
   batch a chunk of images at a time.
 
@@ -11,7 +12,7 @@ engineered for speed. Same inputs, same outputs, same caches; only NumPy arrays.
 run them on NumPy arrays (``layers.ops_for``). Lesson 13 measures what each trick buys.
 """
 
-from scratchcnn.fast import activations, conv, cores, pool
+from scratchcnn.fast import activations, batchnorm, conv, cores, pool
 from scratchcnn.ops import PlainOps
 
 
@@ -27,6 +28,8 @@ class FastOps(PlainOps):
     max_pool_backward = staticmethod(pool.max_pool_backward)
     avg_pool_forward = staticmethod(pool.avg_pool_forward)
     avg_pool_backward = staticmethod(pool.avg_pool_backward)
+    batchnorm_forward = staticmethod(batchnorm.batchnorm_forward)
+    batchnorm_backward = staticmethod(batchnorm.batchnorm_backward)
     # Around a whole pass: single-threaded BLAS (our threads use the cores) and malloc
     # keeping freed memory (see cores.py).
     whole_pass = staticmethod(cores.on_all_cores)

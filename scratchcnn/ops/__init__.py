@@ -9,14 +9,14 @@ Every op is a pair ``op_forward(...) -> (out, cache)`` and
 - ``pool.py``, ``batchnorm.py``, ``dropout.py``;
 - ``_xp.py``: picks NumPy or jax.numpy for the arrays at hand.
 
-Convolution, pooling and ReLU also have a fast NumPy version (``scratchcnn/fast/``). The
+Convolution, pooling, ReLU and batch norm also have a fast NumPy version (``scratchcnn/fast/``). The
 layers call those ops through an object with the names below, and ``layers.ops_for``
 decides, in one place, which object that is.
 """
 
 from contextlib import nullcontext
 
-from scratchcnn.ops import activations, conv, pool
+from scratchcnn.ops import activations, batchnorm, conv, pool
 
 
 class PlainOps:
@@ -32,6 +32,8 @@ class PlainOps:
     max_pool_backward = staticmethod(pool.max_pool_backward)
     avg_pool_forward = staticmethod(pool.avg_pool_forward)
     avg_pool_backward = staticmethod(pool.avg_pool_backward)
+    batchnorm_forward = staticmethod(batchnorm.batchnorm_forward)
+    batchnorm_backward = staticmethod(batchnorm.batchnorm_backward)
 
     @staticmethod
     def whole_pass():
