@@ -11,6 +11,7 @@ from pathlib import Path
 ROOT = Path(__file__).parent
 LESSON_ASSETS = ROOT / "site" / "assets" / "lessons"
 BENCHMARK = ROOT / "benchmarks" / "results" / "step_speed.json"
+PROFILE = ROOT / "benchmarks" / "results" / "profile_step.json"
 TRAINING_RUNS = ROOT / "results"  # history.json of the runs in RESULTS.md
 ATTACK_RUNS = ROOT / "results" / "attacks"  # scratchcnn attack --json of the headline runs
 PRETRAINED = ROOT / "scratchcnn" / "pretrained" / "MANIFEST.json"
@@ -146,6 +147,36 @@ def define_env(env):
                 f"| {row['infer_images_per_second']:,.0f} | {row['infer_ratio_to_flax']:.2f} "
                 f"| {row['peak_rss_mb']:,.0f} |"
             )
+        return "\n".join(lines)
+
+    @env.macro
+    def profile(network: str, backend: str = "numpy") -> dict:
+        """One step's profile from benchmarks/results/profile_step.json
+        (python benchmarks/profile_step.py), e.g. profile("default")."""
+        for row in load(PROFILE)["profiles"]:
+            if (row["network"], row["backend"]) == (network, backend):
+                return row
+        raise KeyError(f"no profile of {network} on {backend}")
+
+    @env.macro
+    def profile_table(networks=("reference", "default"), backend: str = "numpy") -> str:
+        """Milliseconds per part of one training step, and each part's share, per network."""
+        rows = [profile(name, backend) for name in networks]
+        lines = [
+            "| part | " + " | ".join(f"`{name}`: ms | share" for name in networks) + " |",
+            "|---|" + "---:|---:|" * len(networks),
+        ]
+        for part in rows[0]["by_part_ms"]:
+            cells = [
+                f"{row['by_part_ms'][part]:.1f} "
+                f"| {100 * row['by_part_ms'][part] / row['sum_of_parts_ms']:.0f}%"
+                for row in rows
+            ]
+            lines.append(f"| {part} | " + " | ".join(cells) + " |")
+        sums = [f"{row['sum_of_parts_ms']:.1f} | 100%" for row in rows]
+        wholes = [f"{row['whole_step_ms']:.1f} | " for row in rows]
+        lines.append("| sum of the parts | " + " | ".join(sums) + " |")
+        lines.append("| the whole step, timed as one | " + " | ".join(wholes) + " |")
         return "\n".join(lines)
 
     @env.macro

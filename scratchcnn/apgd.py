@@ -44,7 +44,7 @@ from scratchcnn.attacks import (
     _project,
     as_labels,
     check_budget,
-    loss_and_gradient,
+    loss_gradient_and_prediction,
     predict,
 )
 from scratchcnn.inference import predict_logits
@@ -164,12 +164,15 @@ def _run(network, x, labels, eps, norm, loss, target, steps, rng, grad, todo, hi
     model, params, state = network
 
     def loss_and_grad(points):  # always the whole batch: one compiled shape for jax.jit
-        return loss_and_gradient(model, params, state, points, labels, grad, loss, target)
+        # The predicted classes come from the same forward pass: no extra one per step.
+        return loss_gradient_and_prediction(
+            model, params, state, points, labels, grad, loss, target
+        )
 
     done = ~todo
     x_k = np.where(done[:, None, None, None], x, _random_start(x, eps, norm, rng))
-    f, g = loss_and_grad(x_k)
-    done = done | (predict(model, params, state, x_k) != labels)
+    f, g, predicted = loss_and_grad(x_k)
+    done = done | (predicted != labels)
     x_previous, x_best, f_best, g_best = x_k, x_k.copy(), f.copy(), g.copy()
     eta = np.full(len(x), 2.0 * eps)
     marks = set(checkpoints(steps)[1:])
@@ -181,12 +184,12 @@ def _run(network, x, labels, eps, norm, loss, target, steps, rng, grad, todo, hi
             break
         moved = _momentum_step(x, x_k, x_previous, g, eta, eps, norm, 1.0 if k == 0 else ALPHA)
         x_previous, x_k = x_k, np.where(active[:, None, None, None], moved, x_k)
-        f_new, g = loss_and_grad(x_k)
+        f_new, g, predicted = loss_and_grad(x_k)
         climbed.append(f_new > f)
         f = np.where(active, f_new, f)  # a done example keeps its numbers as they were
         better = active & (f > f_best)  # line 7
         x_best[better], f_best[better], g_best[better] = x_k[better], f[better], g[better]
-        done[active] = predict(model, params, state, x_k[active]) != labels[active]
+        done[active] = predicted[active] != labels[active]
         if k + 1 in marks:  # line 8
             halve = should_halve(climbed, f_best, best_before, halved_before) & ~done
             eta[halve] /= 2

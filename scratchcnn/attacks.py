@@ -219,7 +219,8 @@ _JITTED: dict[tuple, Callable] = {}
 # --8<-- [start:jax_grad]
 def _jax_loss_and_gradient(model, loss: str = "ce") -> Callable:
     """``jax.jit(jax.value_and_grad(...))`` of our forward pass and a loss of
-    ``LOSS_FUNCTIONS``, compiled once per network and loss."""
+    ``LOSS_FUNCTIONS``, compiled once per network and loss: (x, params, state, labels,
+    target) -> (losses (N,), dx (N, H, W, C), predicted classes (N,))."""
     key = (tuple(model.layers), loss)  # layers are frozen dataclasses: a network's identity
     if key not in _JITTED:
         import jax
@@ -229,14 +230,14 @@ def _jax_loss_and_gradient(model, loss: str = "ce") -> Callable:
         def total_loss(x, params, state, labels, target):
             logits, _, _ = model.forward(params, state, standardize_unit(x), train=False)
             losses = loss_of(logits, labels, target)
-            return losses.sum(), losses
+            return losses.sum(), (losses, logits.argmax(axis=1))
 
         def losses_and_gradients(x, params, state, labels, target):
             def per_chunk(x, labels, target):
-                (_, losses), dx = jax.value_and_grad(total_loss, has_aux=True)(
+                (_, (losses, predicted)), dx = jax.value_and_grad(total_loss, has_aux=True)(
                     x, params, state, labels, target
                 )
-                return losses, dx
+                return losses, dx, predicted
 
             # The same numbers, a few images at a time on a CPU: see fast/jit_chunks.py.
             return over_chunks(per_chunk, x, labels, target, chunk=chunk_size())
@@ -260,17 +261,30 @@ def loss_and_gradient(model, params, state, x, labels, grad="jax", loss="ce", ta
     that log_softmax subtracts sends the label's entry back as minus the sum of all
     entries, so the rounded p_y - 1 enters twice, once with each sign, and drops out.
     """
+    losses, dx, _ = loss_gradient_and_prediction(
+        model, params, state, x, labels, grad, loss, target
+    )
+    return losses, dx
+
+
+def loss_gradient_and_prediction(
+    model, params, state, x, labels, grad="jax", loss="ce", target=None
+):
+    """``loss_and_gradient``, and the classes (N,) the network predicts at x: an attack
+    checks after each step whether it has succeeded, and under ``jax.grad`` the forward
+    pass that gave the loss gives them too (the manual path asks ``predict``)."""
     _check_loss(loss, target, labels)
     target = np.asarray(labels if target is None else target)
     x, labels = np.asarray(x), np.asarray(labels)
     if grad == "manual":
-        return loss_and_gradient_manual(model, params, state, x, labels, loss, target)
+        losses, dx = loss_and_gradient_manual(model, params, state, x, labels, loss, target)
+        return losses, dx, predict(model, params, state, x)
     if grad != "jax":
         raise AttackError(f"grad must be 'jax' or 'manual', got {grad!r}.")
-    losses, dx = _jax_loss_and_gradient(model, loss)(
+    losses, dx, predicted = _jax_loss_and_gradient(model, loss)(
         x, params, state, labels.astype(np.int32), target.astype(np.int32)
     )
-    return np.asarray(losses), np.asarray(dx)
+    return np.asarray(losses), np.asarray(dx), np.asarray(predicted)
 
 
 def _jax_forward(model) -> Callable:

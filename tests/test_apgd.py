@@ -127,9 +127,9 @@ def test_a_fooled_example_stops_where_it_was_fooled(default_network, first_digit
 
     def spy(model, params, state, points, *args):
         evaluated.append(np.array(points))
-        return attacks.loss_and_gradient(model, params, state, points, *args)
+        return attacks.loss_gradient_and_prediction(model, params, state, points, *args)
 
-    monkeypatch.setattr(apgd_module, "loss_and_gradient", spy)
+    monkeypatch.setattr(apgd_module, "loss_gradient_and_prediction", spy)
     history = []
     adv = apgd(*default_network, x, y, 0.1, steps=15, history=history)
     done = stacked(history, "done")  # entry k: after call k (call 0 is the start)

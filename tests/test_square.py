@@ -108,7 +108,8 @@ def test_never_asks_for_a_gradient(default_network, first_digits, monkeypatch):
         raise AssertionError("the Square attack asked for a gradient")
 
     model = default_network[0]
-    for module, name in [(attacks, "loss_and_gradient"), (attacks, "loss_and_gradient_manual"),
+    gradients = ["loss_and_gradient", "loss_gradient_and_prediction", "loss_and_gradient_manual"]
+    for module, name in [*((attacks, name) for name in gradients),
                          (jax, "grad"), (jax, "value_and_grad"), (jax, "vjp"),
                          (type(model), "backward")]:  # fmt: skip
         monkeypatch.setattr(module, name, forbidden)
