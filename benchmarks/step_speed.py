@@ -152,16 +152,20 @@ def flax_steps(model):
             lambda: jax.block_until_ready(eval_step(params, x)))  # fmt: skip
 
 
-def torch_steps(model):
-    import torch
+def torch_modules(layers, in_shape) -> list:
+    """Our layers (a network's, or a residual branch's) as ``torch.nn`` modules, NCHW."""
     from torch import nn
 
     from scratchcnn import layers as L
     from scratchcnn.ops.windows import as_pair
+    from scratchcnn.residual import Residual
 
-    modules, shape = [], (28, 28, 1)
-    for layer, (_, out_shape) in zip(model.layers, model.shapes()):
-        if isinstance(layer, L.Conv):
+    modules, shape = [], tuple(in_shape)
+    for layer, (_, out_shape) in zip(layers, L.Sequential(list(layers)).shapes(shape)):
+        if isinstance(layer, Residual):
+            modules.append(TorchResidual(torch_modules(layer.body, shape),
+                                         torch_modules(layer.shortcut, shape)))  # fmt: skip
+        elif isinstance(layer, L.Conv):
             k = as_pair(layer.kernel_size, "kernel_size")
             pad = (k[0] // 2, k[1] // 2) if layer.padding == "SAME" else 0
             modules.append(nn.Conv2d(shape[-1], layer.features, k, layer.strides, pad,
@@ -185,6 +189,29 @@ def torch_steps(model):
         elif isinstance(layer, L.Flatten):
             modules.append(nn.Flatten())  # NCHW order: fine for timing, not for parity
         shape = out_shape
+    return modules
+
+
+def TorchResidual(body: list, shortcut: list):  # noqa: N802  (builds a torch.nn.Module)
+    """``ReLU(body(x) + shortcut(x))`` in torch; an empty shortcut is the identity."""
+    from torch import nn
+
+    class Residual(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body, self.shortcut = nn.Sequential(*body), nn.Sequential(*shortcut)
+
+        def forward(self, x):
+            return nn.functional.relu(self.body(x) + self.shortcut(x))
+
+    return Residual()
+
+
+def torch_steps(model):
+    import torch
+    from torch import nn
+
+    modules = torch_modules(model.layers, (28, 28, 1))
     net = nn.Sequential(*modules)
     optimizer = torch.optim.Adam(net.parameters(), 1e-3)
     x_np, y_np = batch()
