@@ -11,8 +11,14 @@ import numpy as np
 from scratchcnn.fast.cores import for_each_chunk, images_per_chunk
 from scratchcnn.fast.windows import extract_windows, scatter_windows
 from scratchcnn.ops._xp import total
-from scratchcnn.ops.conv import ConvCache, conv_geometry, input_grad_flipped_kernel, padded_size
-from scratchcnn.ops.windows import crop_hw, pad_hw
+from scratchcnn.ops.conv import (
+    ConvCache,
+    conv_geometry,
+    input_grad_flipped_kernel,
+    padded_size,
+)
+from scratchcnn.ops.conv import input_grad_col2im as plain_input_grad_col2im
+from scratchcnn.ops.windows import pad_hw
 
 
 def window_rows(x_pad, geo):
@@ -94,15 +100,8 @@ def kernel_grad(x_pad, dout, geo):
 
 
 def input_grad_col2im(dout, kernel, geo, padded_hw):
-    """dx by col2im: dout (n, Ho, Wo, O) -> dx (n, H, W, C).
-
-    Each output pixel's gradient times the kernel gives the gradient of its window
-    (one matrix multiply); ``scatter_windows`` adds the windows back onto the pixels.
-    """
-    n, (ho, wo), (kh, kw), (c_in, c_out) = dout.shape[0], geo.out_hw, geo.window, kernel.shape[2:]
-    dwindows = dout.reshape(-1, c_out) @ kernel.reshape(-1, c_out).T  # (n*Ho*Wo, kh*kw*C)
-    dwindows = dwindows.reshape(n, ho, wo, kh * kw, c_in)
-    return crop_hw(scatter_windows(dwindows, padded_hw, geo.window, geo.strides), geo.pads)
+    """dx as the plain version computes it, with this file's in-place col2im."""
+    return plain_input_grad_col2im(dout, kernel, geo, padded_hw, scatter=scatter_windows)
 
 
 def input_grad_by_convolution(dout, kernel, geo, padded_hw):

@@ -6,9 +6,11 @@ Layout is Flax's: ``x: (N, H, W, C_in)`` (NHWC), ``kernel: (kh, kw, C_in, C_out)
 - ``conv2d_naive_forward`` / ``conv2d_naive_backward``: loops over output pixels; the
   readable reference, NumPy only.
 - ``conv2d_forward`` / ``conv2d_backward``: im2col + one matrix multiply on the whole
-  batch; runs on NumPy and on ``jax.numpy``. Its input gradient is itself a convolution
-  (of the stride-dilated output gradient with the flipped kernel), which is the lesson's
-  punchline.
+  batch; runs on NumPy and on ``jax.numpy``. Its input gradient is col2im, the adjoint of
+  im2col. The same numbers are a convolution (of the stride-dilated output gradient with
+  the flipped kernel, ``input_grad_flipped_kernel``), which is the lesson's punchline;
+  under ``jax.jit`` col2im is the faster of the two (``benchmarks/profile_step.py``
+  times the jitted step's input gradients).
 
 The tests prove the two equal, and both equal to Flax's ``nnx.Conv``. The fast NumPy
 backend (``scratchcnn/fast/conv.py``) computes the same numbers a few images at a time
@@ -27,6 +29,7 @@ from scratchcnn.ops.windows import (
     dilate_hw,
     extract_windows,
     pad_hw,
+    scatter_windows,
     window_geometry,
 )
 
@@ -109,8 +112,8 @@ def conv2d_backward(dout, cache, input_grad=True):
     dout: (N, Ho, Wo, O) -> dx: (N, H, W, C), grads {"kernel": (kh, kw, C, O), "bias": (O,)}.
 
     - kernel: every window row times the output gradient of its pixel, summed: rows.T @ dout.
-    - input: dx is itself a convolution: of the stride-dilated output gradient with the
-      flipped kernel.
+    - input: each window's gradient is its pixel's output gradient times the kernel, and
+      the windows are added back onto the pixels they were cut from (col2im).
 
     ``input_grad=False`` skips dx (returned as None): the first layer's input is the
     data, whose gradient training never uses, and it is the most expensive one.
@@ -119,7 +122,7 @@ def conv2d_backward(dout, cache, input_grad=True):
     grads = {"kernel": kernel_grad(pad_hw(x, geo.pads), dout, geo)}
     if cache.has_bias:
         grads["bias"] = total(dout, (0, 1, 2))
-    dx = input_grad_flipped_kernel(dout, kernel, geo, padded_size(x, geo)) if input_grad else None
+    dx = input_grad_col2im(dout, kernel, geo, padded_size(x, geo)) if input_grad else None
     return dx, grads
 
 
@@ -138,12 +141,32 @@ def kernel_grad(x_pad, dout, geo):
 # --8<-- [end:kernel_grad]
 
 
+# --8<-- [start:input_grad_col2im]
+def input_grad_col2im(dout, kernel, geo, padded_hw, scatter=scatter_windows):
+    """dx by col2im, the adjoint of im2col: dout (N, Ho, Wo, O) -> dx (N, H, W, C).
+
+    The forward pass copied each window into a row and multiplied the rows by the kernel.
+    Backwards, each output pixel's gradient times the transposed kernel is the gradient
+    of its window (one matrix multiply), and ``scatter`` adds every window back onto the
+    pixels it was cut from; where windows overlap, their gradients add up. (The fast
+    backend passes its own ``scatter``.)
+    """
+    n, (ho, wo), (kh, kw), (c_in, c_out) = dout.shape[0], geo.out_hw, geo.window, kernel.shape[2:]
+    dwindows = dout.reshape(-1, c_out) @ kernel.reshape(-1, c_out).T  # (N*Ho*Wo, kh*kw*C)
+    dwindows = dwindows.reshape(n, ho, wo, kh * kw, c_in)
+    return crop_hw(scatter(dwindows, padded_hw, geo.window, geo.strides), geo.pads)
+
+
+# --8<-- [end:input_grad_col2im]
+
+
 # --8<-- [start:input_grad_flipped_kernel]
 def input_grad_flipped_kernel(dout, kernel, geo, padded_hw, convolve=convolve):
-    """dx as a 'full' convolution of the dilated output gradient with the flipped kernel.
+    """dx as a 'full' convolution of the dilated output gradient with the flipped kernel:
+    the same numbers as ``input_grad_col2im``, by the forward pass's own arithmetic.
 
     dout: (N, Ho, Wo, O) -> dx: (N, H, W, C). (The fast backend passes its own
-    ``convolve``.)
+    ``convolve``, and takes this route when it moves fewer numbers than col2im.)
     """
     (kh, kw), (sh, sw), pads, (ho, wo) = geo
     padded_h, padded_w = padded_hw
