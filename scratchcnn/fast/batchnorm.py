@@ -86,9 +86,8 @@ def batchnorm_forward(x, params, state, *, train, momentum=0.99, epsilon=1e-5):
         }
     else:
         mean, var = state["mean"], state["var"]
-        new_state = state
+        wide_mean, new_state = np.tile(mean, k), state
     inv_std = 1 / np.sqrt(var + epsilon)
-    wide_mean = np.tile(mean, k)
     gain, bias = np.tile(inv_std * params["scale"], k), np.tile(params["bias"], k)
     out = np.empty_like(rows)
 
