@@ -55,11 +55,11 @@ def test_conv_float32_stays_float32(ops):
 @pytest.mark.parametrize(
     ("c_in", "c_out", "strides", "padding"),
     [(1, 8, 1, "SAME"), (2, 5, 2, ((1, 2), (0, 1))), (6, 3, 1, "SAME"), (4, 4, (2, 1), 1)],
-    ids=["col2im", "col2im strided", "flipped kernel", "flipped strided"],
+    ids=["first layer", "strided, odd padding", "fewer outputs", "uneven strides"],
 )
-def test_both_input_gradient_routes_equal_naive_loops(ops, c_in, c_out, strides, padding):
-    """The fast backend takes col2im when C_in < C_out, else the flipped-kernel
-    convolution; the plain ops always the flipped kernel."""
+def test_col2im_input_gradient_equals_naive_loops(ops, c_in, c_out, strides, padding):
+    """col2im: the plain ops scatter every window at once, the fast backend a kernel tap
+    at a time."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal((3, 9, 8, c_in))
     k = rng.standard_normal((3, 3, c_in, c_out))

@@ -1,36 +1,23 @@
 """The convolution of ``scratchcnn/ops/conv.py`` on NumPy arrays, made fast on a CPU.
 
 The same maths (im2col + one matrix multiply), a cache-sized chunk of images at a time on
-every core (``cores.py``), with im2col as one strided copy (``windows.py``), the input
-gradient by the cheaper of two routes, and results written in place. Lesson 13 measures
-each step.
+every core (``cores.py``), with im2col as one strided copy (``windows.py``), col2im a
+kernel tap at a time, and results written in place. Lesson 13 measures each step.
 """
 
 import numpy as np
 
 from scratchcnn.fast.cores import for_each_chunk, images_per_chunk
-from scratchcnn.fast.windows import extract_windows, scatter_windows
+from scratchcnn.fast.windows import extract_windows
 from scratchcnn.ops._xp import total
-from scratchcnn.ops.conv import (
-    ConvCache,
-    conv_geometry,
-    input_grad_flipped_kernel,
-    padded_size,
-)
-from scratchcnn.ops.conv import input_grad_col2im as plain_input_grad_col2im
-from scratchcnn.ops.windows import pad_hw
+from scratchcnn.ops.conv import ConvCache, conv_geometry, padded_size
+from scratchcnn.ops.windows import crop_hw, pad_hw, window_taps
 
 
 def window_rows(x_pad, geo):
     """im2col as a matrix: x_pad (n, Hp, Wp, C) -> (n*Ho*Wo, kh*kw*C), one row per window."""
     windows = extract_windows(x_pad, geo.window, geo.strides, geo.out_hw)
     return windows.reshape(-1, windows.shape[3] * windows.shape[4])
-
-
-def convolve(x_pad, kernel, geo):
-    """im2col, then one ``@``. x_pad: (n, Hp, Wp, C) -> (n, Ho, Wo, O), without bias."""
-    n, (ho, wo), c_out = x_pad.shape[0], geo.out_hw, kernel.shape[3]
-    return (window_rows(x_pad, geo) @ kernel.reshape(-1, c_out)).reshape(n, ho, wo, c_out)
 
 
 def chunk_size(geo) -> int:
@@ -66,16 +53,14 @@ def conv2d_backward(dout, cache, input_grad=True):
     """``ops.conv.conv2d_backward``, a chunk of images at a time, on every core.
 
     Each chunk adds its own share of the kernel and bias gradients; the shares are summed
-    at the end. The input gradient takes the cheaper route: col2im moves kh*kw*C_in values
-    per pixel, the flipped-kernel convolution kh*kw*C_out.
+    at the end. The input gradient is col2im, a kernel tap at a time.
     """
     x, kernel, geo = cache.x, cache.kernel, cache.geo
-    route = input_grad_col2im if kernel.shape[2] < kernel.shape[3] else input_grad_by_convolution
     dx = np.empty(x.shape, dout.dtype) if input_grad else None
 
     def chunk(batch):
         if input_grad:
-            dx[batch] = route(dout[batch], kernel, geo, padded_size(x, geo))
+            dx[batch] = input_grad_col2im(dout[batch], kernel, geo, padded_size(x, geo))
         kernel_share = kernel_grad(pad_hw(x[batch], geo.pads), dout[batch], geo)
         return kernel_share, total(dout[batch], (0, 1, 2))
 
@@ -100,10 +85,18 @@ def kernel_grad(x_pad, dout, geo):
 
 
 def input_grad_col2im(dout, kernel, geo, padded_hw):
-    """dx as the plain version computes it, with this file's in-place col2im."""
-    return plain_input_grad_col2im(dout, kernel, geo, padded_hw, scatter=scatter_windows)
+    """dx by col2im, one kernel tap at a time: dout (n, Ho, Wo, O) -> dx (n, H, W, C).
 
-
-def input_grad_by_convolution(dout, kernel, geo, padded_hw):
-    """dx as the plain version computes it, with this file's faster im2col."""
-    return input_grad_flipped_kernel(dout, kernel, geo, padded_hw, convolve=convolve)
+    The plain version multiplies once, into every window's gradient (n*Ho*Wo, kh*kw*C),
+    then adds that matrix onto dx tap by tap, each tap a strided slice only C values
+    wide: with C = 10 or 32, NumPy's overhead per run of C values costs more than the
+    adding. Here each tap's share is its own contiguous product (n*Ho*Wo, C), added into
+    its strided view of dx in runs of Wo*C values: kh*kw thin multiplies instead of one.
+    """
+    n, (ho, wo), (kh, kw), (c_in, c_out) = dout.shape[0], geo.out_hw, geo.window, kernel.shape[2:]
+    dout_rows = dout.reshape(-1, c_out)
+    dx_pad = np.zeros((n, *padded_hw, c_in), dout.dtype)
+    dx_taps = window_taps(dx_pad, geo.window, geo.strides, geo.out_hw)
+    for tap_kernel, dx_tap in zip(kernel.reshape(kh * kw, c_in, c_out), dx_taps):
+        dx_tap += (dout_rows @ tap_kernel.T).reshape(n, ho, wo, c_in)
+    return crop_hw(dx_pad, geo.pads)

@@ -7,10 +7,9 @@ Layout is Flax's: ``x: (N, H, W, C_in)`` (NHWC), ``kernel: (kh, kw, C_in, C_out)
   readable reference, NumPy only.
 - ``conv2d_forward`` / ``conv2d_backward``: im2col + one matrix multiply on the whole
   batch; runs on NumPy and on ``jax.numpy``. Its input gradient is col2im, the adjoint of
-  im2col. The same numbers are a convolution (of the stride-dilated output gradient with
-  the flipped kernel, ``input_grad_flipped_kernel``), which is the lesson's punchline;
-  under ``jax.jit`` col2im is the faster of the two (``benchmarks/profile_step.py``
-  times the jitted step's input gradients).
+  im2col. The same numbers are a convolution of the stride-dilated output gradient with
+  the flipped kernel, the lesson's punchline (``lessons/03_convolution.py`` computes
+  them that way); under ``jax.jit`` col2im compiles to far faster code.
 
 The tests prove the two equal, and both equal to Flax's ``nnx.Conv``. The fast NumPy
 backend (``scratchcnn/fast/conv.py``) computes the same numbers a few images at a time
@@ -26,7 +25,6 @@ from scratchcnn.ops._xp import total
 from scratchcnn.ops.windows import (
     WindowGeometry,
     crop_hw,
-    dilate_hw,
     extract_windows,
     pad_hw,
     scatter_windows,
@@ -142,48 +140,21 @@ def kernel_grad(x_pad, dout, geo):
 
 
 # --8<-- [start:input_grad_col2im]
-def input_grad_col2im(dout, kernel, geo, padded_hw, scatter=scatter_windows):
+def input_grad_col2im(dout, kernel, geo, padded_hw):
     """dx by col2im, the adjoint of im2col: dout (N, Ho, Wo, O) -> dx (N, H, W, C).
 
     The forward pass copied each window into a row and multiplied the rows by the kernel.
     Backwards, each output pixel's gradient times the transposed kernel is the gradient
     of its window (one matrix multiply), and ``scatter`` adds every window back onto the
-    pixels it was cut from; where windows overlap, their gradients add up. (The fast
-    backend passes its own ``scatter``.)
+    pixels it was cut from; where windows overlap, their gradients add up.
     """
     n, (ho, wo), (kh, kw), (c_in, c_out) = dout.shape[0], geo.out_hw, geo.window, kernel.shape[2:]
     dwindows = dout.reshape(-1, c_out) @ kernel.reshape(-1, c_out).T  # (N*Ho*Wo, kh*kw*C)
     dwindows = dwindows.reshape(n, ho, wo, kh * kw, c_in)
-    return crop_hw(scatter(dwindows, padded_hw, geo.window, geo.strides), geo.pads)
+    return crop_hw(scatter_windows(dwindows, padded_hw, geo.window, geo.strides), geo.pads)
 
 
 # --8<-- [end:input_grad_col2im]
-
-
-# --8<-- [start:input_grad_flipped_kernel]
-def input_grad_flipped_kernel(dout, kernel, geo, padded_hw, convolve=convolve):
-    """dx as a 'full' convolution of the dilated output gradient with the flipped kernel:
-    the same numbers as ``input_grad_col2im``, by the forward pass's own arithmetic.
-
-    dout: (N, Ho, Wo, O) -> dx: (N, H, W, C). (The fast backend passes its own
-    ``convolve``, and takes this route when it moves fewer numbers than col2im.)
-    """
-    (kh, kw), (sh, sw), pads, (ho, wo) = geo
-    padded_h, padded_w = padded_hw
-    # Rows/columns the last window never reached (when the stride does not divide evenly)
-    # get zero gradient: extra padding at the bottom/right produces them.
-    unreached_h = padded_h - ((ho - 1) * sh + kh)
-    unreached_w = padded_w - ((wo - 1) * sw + kw)
-    spread = pad_hw(
-        dilate_hw(dout, (sh, sw)),
-        ((kh - 1, kh - 1 + unreached_h), (kw - 1, kw - 1 + unreached_w)),
-    )
-    flipped = kernel[::-1, ::-1].transpose(0, 1, 3, 2)  # (kh, kw, O, C)
-    stride_1_valid = ConvGeometry((kh, kw), (1, 1), ((0, 0), (0, 0)), padded_hw)
-    return crop_hw(convolve(spread, flipped, stride_1_valid), pads)
-
-
-# --8<-- [end:input_grad_flipped_kernel]
 
 
 # ----------------------------------------------------------------------------------------
