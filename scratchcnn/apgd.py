@@ -164,7 +164,8 @@ def _run(network, x, labels, eps, norm, loss, target, steps, rng, grad, todo, hi
     model, params, state = network
 
     def loss_and_grad(points):  # always the whole batch: one compiled shape for jax.jit
-        # The predicted classes come from the same forward pass: no extra one per step.
+        # Under jax.grad the predicted classes come from the gradient's own forward pass:
+        # no extra one per step (they can differ from predict() only at exact ties).
         return loss_gradient_and_prediction(
             model, params, state, points, labels, grad, loss, target
         )

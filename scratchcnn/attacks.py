@@ -284,7 +284,9 @@ def loss_gradient_and_prediction(
     losses, dx, predicted = _jax_loss_and_gradient(model, loss)(
         x, params, state, labels.astype(np.int32), target.astype(np.int32)
     )
-    return np.asarray(losses), np.asarray(dx), np.asarray(predicted)
+    losses = np.asarray(losses)
+    check_finite_outputs(losses[:, None])  # NaN or inf logits give a NaN or inf loss
+    return losses, np.asarray(dx), np.asarray(predicted)
 
 
 def _jax_forward(model) -> Callable:

@@ -606,7 +606,8 @@ def _transpose_geometry(in_hw, out_hw, window, strides, pads) -> dict:
 def _add_conv_backward(graph: _Graph, step: _Step, dout: str, d_in: str) -> None:
     """conv2d_backward's dx: ConvTranspose with the forward's own OIHW kernel.
 
-    Our ``conv2d_backward`` writes dx as a convolution of the stride-dilated, padded
+    Our ``conv2d_backward`` computes dx by col2im, the adjoint of the forward pass's
+    im2col; as lesson 3 derives, that equals a convolution of the stride-dilated, padded
     output gradient with the flipped kernel, its in/out channels swapped. ConvTranspose
     is exactly that operation (the adjoint of Conv with the same pads and strides), and
     ONNX defines its weight as (C_in of the transpose, C_out, kh, kw), the OIHW layout

@@ -11,7 +11,7 @@ Every layer has three methods:
 (``conv1``, ``batchnorm1``, ``dense2``...), so params are ``{"conv1": {"kernel": ...,
 "bias": ...}, ...}`` on both sides and comparing them needs no renaming.
 
-Convolution, pooling and ReLU have two implementations behind one interface: the plain
+Convolution, pooling, ReLU and batch norm have two implementations behind one interface: the plain
 ops (``scratchcnn.ops.PlainOps``) and the fast NumPy backend (``scratchcnn.fast.FastOps``).
 ``ops_for`` is the one place that chooses between them.
 """

@@ -1,5 +1,6 @@
 """The fast NumPy backend: the ops of ``scratchcnn.ops`` that dominate a CPU training step,
-engineered for speed. Same inputs, same outputs, same caches; only NumPy arrays.
+engineered for speed. Same inputs, same outputs; only NumPy arrays. A cache is private to
+its backend: a forward pass on one and a backward pass on the other do not mix.
 
 - ``cores.py``: threads, cache-sized chunks of the batch, BLAS threads, malloc;
 - ``windows.py``: im2col as one strided copy, col2im adding in place;

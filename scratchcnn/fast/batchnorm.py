@@ -3,7 +3,8 @@
 The plain op is about ten whole-array passes (``x - mean``, ``** 2``, ``* inv_std``,
 ``* scale``, ``+ bias``, and the same again backwards), each reading and writing 13 MB
 for the default network's first layer at batch 128: memory traffic, not arithmetic, is
-its cost (30% of that network's training step, ``benchmarks/profile_step.py``). Here
+its cost (BatchNorm took 45% of the parts of that network's NumPy step in the profile
+before this file, ``benchmarks/profile_step.py``). Here
 the rows of the batch (one per pixel, C values each) are cut into cache-sized chunks,
 one thread per core, and each chunk does all of a pass's element-wise work while it is
 in cache:
@@ -31,14 +32,15 @@ def wide_rows(x):
 
     NumPy broadcasts a per-channel (C,) vector over rows of C values with an inner loop
     C long; at C = 32 its per-row overhead makes ``x - mean`` 1.6x slower than with rows
-    of 512. So k pixels form one row and the per-channel vectors are tiled k times
-    (``np.tile(v, k)``): the same arithmetic, longer loops.
+    of 512 values. So k pixels form one row (k the largest divisor of the pixel count up
+    to WIDE / C) and the per-channel vectors are tiled k times (``np.tile(v, k)``): the
+    same arithmetic, longer loops.
     """
     channels = x.shape[-1]
     pixels = x.size // channels
     k = max(1, WIDE // channels)
     while pixels % k:
-        k //= 2
+        k -= 1
     return x.reshape(pixels // k, k * channels), k
 
 
@@ -56,14 +58,15 @@ def channel_sums(rows, k, *parts_to_sum):
         ones = np.ones(part.stop - part.start, rows.dtype)
         return [(ones @ f(part)).astype(np.float64) for f in parts_to_sum]
 
-    per_chunk = for_each_row_chunk(chunk_sums, rows)
-    return [sum(sums).reshape(k, -1).sum(axis=0) for sums in zip(*per_chunk)]
+    totals = [np.zeros(rows.shape[1])] * len(parts_to_sum)  # an empty batch has no chunks
+    for sums in for_each_row_chunk(chunk_sums, rows):
+        totals = [total + chunk_sum for total, chunk_sum in zip(totals, sums)]
+    return [total.reshape(k, -1).sum(axis=0) for total in totals]
 
 
 def for_each_row_chunk(work, rows) -> list:
     """``work(row_slice)`` on cache-sized slices of ``rows``, on every core."""
-    m = len(rows)
-    return for_each_chunk(work, m, ROWS_PER_CHUNK if m > ROWS_PER_CHUNK else m)
+    return for_each_chunk(work, len(rows), max(1, min(ROWS_PER_CHUNK, len(rows))))
 
 
 def batchnorm_forward(x, params, state, *, train, momentum=0.99, epsilon=1e-5):
@@ -89,7 +92,7 @@ def batchnorm_forward(x, params, state, *, train, momentum=0.99, epsilon=1e-5):
         wide_mean, new_state = np.tile(mean, k), state
     inv_std = 1 / np.sqrt(var + epsilon)
     gain, bias = np.tile(inv_std * params["scale"], k), np.tile(params["bias"], k)
-    out = np.empty_like(rows)
+    out = np.empty(rows.shape, np.result_type(rows, gain, bias))  # the plain op's dtype
 
     def normalise(part):
         chunk = out[part]
@@ -113,7 +116,11 @@ def batchnorm_backward(dout, cache):
     - (x - mean) * inv_std**2 * mean(dx_hat * x_hat)``.
     """
     rows, k, wide_mean, inv_std, scale, train = cache
-    douts, dtype = dout.reshape(rows.shape), dout.dtype
+    douts = dout.reshape(rows.shape)
+    dtype = np.result_type(dout, rows, inv_std, scale)  # the plain op's dtype
+    if not rows.size:  # no images: the plain op's sums over nothing, zeros
+        return np.zeros(dout.shape, dtype), {"scale": np.zeros_like(scale, dtype),
+                                             "bias": np.zeros_like(scale, dtype)}  # fmt: skip
     count = dout.size // dout.shape[-1]
     dbias, centred_dot = channel_sums(
         rows, k, lambda part: douts[part], lambda part: douts[part] * (rows[part] - wide_mean)
@@ -122,7 +129,7 @@ def batchnorm_backward(dout, cache):
     gain = np.tile(scale * inv_std, k)
     shift = np.tile(inv_std * scale * dbias / count, k)
     slope = np.tile(inv_std * inv_std * scale * dscale / count, k)
-    dx = np.empty_like(douts)
+    dx = np.empty(douts.shape, dtype)
 
     def input_grad(part):
         chunk = dx[part]

@@ -2,7 +2,8 @@
 
 Max pooling takes ``maximum`` in place (NumPy never differentiates, so ties need no
 ``where``; it is ~10x faster), one part of the batch per core, and routes its gradient in
-chunks, adding each tap's share in place. Average pooling uses the faster im2col/col2im.
+chunks, adding each tap's share in place (writing it, where the windows tile the image).
+Average pooling uses the faster im2col/col2im.
 """
 
 import numpy as np
