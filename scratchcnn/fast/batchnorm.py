@@ -31,7 +31,7 @@ def wide_rows(x):
     """x: (..., C) as (M / k, k * C): k consecutive pixels per row, and k.
 
     NumPy broadcasts a per-channel (C,) vector over rows of C values with an inner loop
-    C long; at C = 32 its per-row overhead makes ``x - mean`` 1.6x slower than with rows
+    C long; at C = 32 its per-row overhead makes ``x - mean`` markedly slower than with rows
     of 512 values. So k pixels form one row (k the largest divisor of the pixel count up
     to WIDE / C) and the per-channel vectors are tiled k times (``np.tile(v, k)``): the
     same arithmetic, longer loops.
@@ -50,7 +50,7 @@ def channel_sums(rows, k, *parts_to_sum):
     rows: (M / k, k * C) from ``wide_rows``; each ``f`` returns a (m, k * C) array for
     its slice of rows, all of them while the chunk is in cache. Returns one (C,) float64
     array per ``f``. A chunk is summed as ``ones @ part``: BLAS adds the columns of a
-    row-major array ~5x faster than ``part.sum(axis=0)``; chunks' sums are added in
+    row-major array several times faster than ``part.sum(axis=0)``; chunks' sums are added in
     float64, so float32 rounding never builds up over more than one chunk.
     """
 
