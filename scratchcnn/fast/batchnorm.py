@@ -4,10 +4,9 @@ The plain op is about ten whole-array passes (``x - mean``, ``** 2``, ``* inv_st
 ``* scale``, ``+ bias``, and the same again backwards), each reading and writing 13 MB
 for the default network's first layer at batch 128: memory traffic, not arithmetic, is
 its cost (BatchNorm took 45% of the parts of that network's NumPy step in the profile
-before this file, ``benchmarks/profile_step.py``). Here
-the rows of the batch (one per pixel, C values each) are cut into cache-sized chunks,
-one thread per core, and each chunk does all of a pass's element-wise work while it is
-in cache:
+before this file, ``benchmarks/profile_step.py``). Here the rows of the batch (one per
+pixel, C values each) are cut into cache-sized chunks, one thread per core, and each
+chunk does all of a pass's element-wise work while it is in cache:
 
 - forward: a pass for the mean, one for the variance (still two passes over x: one
   pass of sums and sums of squares cancels badly in float32), one writing the output;
@@ -31,8 +30,8 @@ def wide_rows(x):
     """x: (..., C) as (M / k, k * C): k consecutive pixels per row, and k.
 
     NumPy broadcasts a per-channel (C,) vector over rows of C values with an inner loop
-    C long; at C = 32 its per-row overhead makes ``x - mean`` markedly slower than with rows
-    of 512 values. So k pixels form one row (k the largest divisor of the pixel count up
+    C long; at C = 32 its per-row overhead makes ``x - mean`` markedly slower than with
+    rows of 512 values. So k pixels form one row (k the largest divisor of the pixel count up
     to WIDE / C) and the per-channel vectors are tiled k times (``np.tile(v, k)``): the
     same arithmetic, longer loops.
     """
@@ -50,8 +49,8 @@ def channel_sums(rows, k, *parts_to_sum):
     rows: (M / k, k * C) from ``wide_rows``; each ``f`` returns a (m, k * C) array for
     its slice of rows, all of them while the chunk is in cache. Returns one (C,) float64
     array per ``f``. A chunk is summed as ``ones @ part``: BLAS adds the columns of a
-    row-major array several times faster than ``part.sum(axis=0)``; chunks' sums are added in
-    float64, so float32 rounding never builds up over more than one chunk.
+    row-major array several times faster than ``part.sum(axis=0)``; the chunks' sums are
+    added in float64, so float32 rounding never builds up over more than one chunk.
     """
 
     def chunk_sums(part):
