@@ -261,10 +261,20 @@ def loss_and_gradient(model, params, state, x, labels, grad="jax", loss="ce", ta
     that log_softmax subtracts sends the label's entry back as minus the sum of all
     entries, so the rounded p_y - 1 enters twice, once with each sign, and drops out.
     """
+    if grad == "manual":
+        x, labels, target = _loss_inputs(x, labels, loss, target)
+        return loss_and_gradient_manual(model, params, state, x, labels, loss, target)
     losses, dx, _ = loss_gradient_and_prediction(
         model, params, state, x, labels, grad, loss, target
     )
     return losses, dx
+
+
+def _loss_inputs(x, labels, loss, target):
+    """x, labels and target as arrays (target: the labels when None), the loss checked."""
+    _check_loss(loss, target, labels)
+    target = np.asarray(labels if target is None else target)
+    return np.asarray(x), np.asarray(labels), target
 
 
 def loss_gradient_and_prediction(
@@ -273,14 +283,12 @@ def loss_gradient_and_prediction(
     """``loss_and_gradient``, and the classes (N,) the network predicts at x: an attack
     checks after each step whether it has succeeded, and under ``jax.grad`` the forward
     pass that gave the loss gives them too (the manual path asks ``predict``)."""
-    _check_loss(loss, target, labels)
-    target = np.asarray(labels if target is None else target)
-    x, labels = np.asarray(x), np.asarray(labels)
     if grad == "manual":
-        losses, dx = loss_and_gradient_manual(model, params, state, x, labels, loss, target)
+        losses, dx = loss_and_gradient(model, params, state, x, labels, grad, loss, target)
         return losses, dx, predict(model, params, state, x)
     if grad != "jax":
         raise AttackError(f"grad must be 'jax' or 'manual', got {grad!r}.")
+    x, labels, target = _loss_inputs(x, labels, loss, target)
     losses, dx, predicted = _jax_loss_and_gradient(model, loss)(
         x, params, state, labels.astype(np.int32), target.astype(np.int32)
     )

@@ -27,8 +27,8 @@ from scratchcnn.ops.windows import (
     crop_hw,
     extract_windows,
     pad_hw,
-    scatter_windows,
     window_geometry,
+    windows_to_image,
 )
 
 # A convolution's windows: the kernel's (kh, kw), moved by the strides.
@@ -145,13 +145,13 @@ def input_grad_col2im(dout, kernel, geo, padded_hw):
 
     The forward pass copied each window into a row and multiplied the rows by the kernel.
     Backwards, each output pixel's gradient times the transposed kernel is the gradient
-    of its window (one matrix multiply), and ``scatter`` adds every window back onto the
-    pixels it was cut from; where windows overlap, their gradients add up.
+    of its window (one matrix multiply), and ``windows_to_image`` adds every window back
+    onto the pixels it was cut from; where windows overlap, their gradients add up.
     """
     n, (ho, wo), (kh, kw), (c_in, c_out) = dout.shape[0], geo.out_hw, geo.window, kernel.shape[2:]
     dwindows = dout.reshape(-1, c_out) @ kernel.reshape(-1, c_out).T  # (N*Ho*Wo, kh*kw*C)
     dwindows = dwindows.reshape(n, ho, wo, kh * kw, c_in)
-    return crop_hw(scatter_windows(dwindows, padded_hw, geo.window, geo.strides), geo.pads)
+    return windows_to_image(dwindows, geo, padded_hw)
 
 
 # --8<-- [end:input_grad_col2im]

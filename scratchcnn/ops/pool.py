@@ -9,12 +9,11 @@ and on JAX arrays; ``scratchcnn/fast/pool.py`` is the fast NumPy version.
 from scratchcnn.ops._xp import average, namespace
 from scratchcnn.ops.windows import (
     WindowGeometry,
-    crop_hw,
     extract_windows,
     pad_hw,
-    scatter_windows,
     window_geometry,
     window_taps,
+    windows_to_image,
 )
 
 # A pooling's windows are placed as a convolution's are.
@@ -24,11 +23,6 @@ PoolGeometry = WindowGeometry
 def pool_geometry(in_hw, window, strides, padding) -> PoolGeometry:
     """Window, strides (default: the window), pads and output size of pooling an (H, W) image."""
     return window_geometry(in_hw, window, window if strides is None else strides, padding)
-
-
-def unpool(dwindows, geo, padded_hw):
-    """Send per-window gradients (N, Ho, Wo, kh*kw, C) back to the input (N, H, W, C)."""
-    return crop_hw(scatter_windows(dwindows, padded_hw, geo.window, geo.strides), geo.pads)
 
 
 # --8<-- [start:max_pool]
@@ -64,7 +58,7 @@ def max_pool_backward(dout, cache):
     winner, padded_hw, geo = cache
     xp = namespace(dout)
     shares = [(winner == index) * dout for index in range(geo.window[0] * geo.window[1])]
-    return unpool(xp.stack(shares, axis=3), geo, padded_hw), {}
+    return windows_to_image(xp.stack(shares, axis=3), geo, padded_hw), {}
 
 
 # --8<-- [end:max_pool]
@@ -85,7 +79,7 @@ def avg_pool_backward(dout, cache):
     (kh, kw), (n, ho, wo, c) = geo.window, dout.shape
     share = dout[:, :, :, None, :] / (kh * kw)
     dwindows = namespace(dout).broadcast_to(share, (n, ho, wo, kh * kw, c))
-    return unpool(dwindows, geo, padded_hw), {}
+    return windows_to_image(dwindows, geo, padded_hw), {}
 
 
 # --8<-- [end:avg_pool]

@@ -181,6 +181,13 @@ def scatter_windows(dwindows, padded_hw, window, strides):
     return total
 
 
+def windows_to_image(dwindows, geo, padded_hw):
+    """Per-window gradients (N, Ho, Wo, kh*kw, C) back onto the input (N, H, W, C): every
+    window added back where it was cut from (``scatter_windows``), the padding cropped.
+    The backward pass of convolution and of pooling alike."""
+    return crop_hw(scatter_windows(dwindows, padded_hw, geo.window, geo.strides), geo.pads)
+
+
 def crop_hw(x, pads):
     """Remove padding: the inverse of ``pad_hw`` for gradients."""
     (top, bottom), (left, right) = pads
