@@ -22,8 +22,6 @@ Flax's whole batch. Medians of several repetitions after a warm-up (the compile)
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 from pathlib import Path
 
@@ -31,6 +29,7 @@ import numpy as np
 
 OUT = Path(__file__).parent / "results" / "attack_speed.json"
 sys.path.insert(0, str(Path(__file__).parent))
+import machine  # noqa: E402  (a sibling script)
 from step_speed import median_seconds  # noqa: E402  (after the path: a sibling script)
 
 
@@ -142,8 +141,7 @@ def main(argv=None) -> None:
         from scratchcnn.files import write_json
 
         write_json(args.out, {
-            "machine": {"cpus": os.cpu_count(), "processor": platform.processor(),
-                        "jax": jax.__version__, "backend": jax.default_backend()},
+            "machine": {**machine.describe(), "jax_backend": jax.default_backend()},
             "rows": rows,
         })  # fmt: skip
         print(f"wrote {args.out}")

@@ -23,8 +23,6 @@ scale. The parts' sum beside the whole step says how much the cuts add.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 from contextlib import nullcontext
 from pathlib import Path
@@ -34,6 +32,7 @@ import numpy as np
 OUT = Path(__file__).parent / "results" / "profile_step.json"
 BATCH = 128
 sys.path.insert(0, str(Path(__file__).parent))
+import machine  # noqa: E402  (a sibling script)
 from step_speed import build, median_seconds, scratch_steps  # noqa: E402  (a sibling script)
 
 PARTS = ("forward", "input gradient", "weight gradient", "element-wise", "optimizer")
@@ -190,13 +189,9 @@ def main(argv=None) -> None:
                for name in args.networks.split(",") for backend in ("numpy", "jax")]  # fmt: skip
     print_table(results)
     if not args.smoke:
-        import jax
-
         from scratchcnn.files import write_json
 
-        write_json(args.out, {"machine": {"cpus": os.cpu_count(), "processor": platform.processor(),
-                                          "jax": jax.__version__},
-                              "profiles": results})  # fmt: skip
+        write_json(args.out, {"machine": machine.describe(), "profiles": results})
         print(f"wrote {args.out}")
 
 

@@ -25,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 
+import machine  # a sibling script (the script's folder is on sys.path)
 import numpy as np
 
 BATCH = 128
@@ -289,6 +290,7 @@ def measure(networks: list[str], repeats: int) -> dict:
                 "peak_rss_mb": round(t["peak_rss_mb"], 1),
             })  # fmt: skip
     return {
+        "machine": machine.describe(),
         "batch_size": BATCH,
         "dtype": "float32",
         "repeats": repeats,
@@ -300,6 +302,7 @@ def measure(networks: list[str], repeats: int) -> dict:
 
 def format_table(result: dict) -> str:
     lines = [
+        f"{result['machine']['cpu']}, {result['machine']['cores']} cores; "
         f"batch {result['batch_size']}, float32, median of {result['repeats']}; "
         f"NumPy matmul rate {result['matmul_gflops']} GFLOP/s",
         f"{'network':<10} {'implementation':<14} {'train img/s':>11} {'x Flax':>7} "
