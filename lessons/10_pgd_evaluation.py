@@ -101,17 +101,11 @@ def steps_curve(net, x, y, steps_list, seed: int) -> list[dict]:
     """PGD accuracy at STEPS_EPS against the number of steps (step size 2.5 eps / steps)."""
     rows = []
     for steps in steps_list:
-        cfg = robustness.AttackConfig(
-            "pgd", steps=steps, step_size=2.5 * STEPS_EPS / steps, seed=seed
-        )
+        cfg = robustness.AttackConfig("pgd", steps=steps, step_size=2.5 * STEPS_EPS / steps,
+                                      seed=seed)
         adv = robustness.adversarial_examples(*net, x, y, STEPS_EPS, cfg)
-        rows.append(
-            {
-                "steps": steps,
-                "step_size": round(cfg.step_size, 5),
-                "accuracy": robustness.accuracy(*net, adv, y),
-            }
-        )
+        rows.append({"steps": steps, "step_size": round(cfg.step_size, 5),
+                     "accuracy": robustness.accuracy(*net, adv, y)})
         log(f"  PGD-{steps} at eps {STEPS_EPS}: {rows[-1]['accuracy']:.2%}")
     return rows
 
@@ -137,7 +131,8 @@ def pgd_history(net, x, y, eps: float, step_size: float, steps: int, seed: int) 
     for _ in range(steps + 1):
         loss, g = attacks.loss_and_gradient(*net, x_adv, y)
         done |= attacks.predict(*net, x_adv) != y
-        history.append({"loss": loss, "step_size": np.full(len(y), step_size), "done": done.copy()})
+        history.append({"loss": loss, "step_size": np.full(len(y), step_size),
+                        "done": done.copy()})
         moved = np.clip(np.clip(x_adv + step_size * np.sign(g), x - eps, x + eps), 0, 1)
         x_adv = np.where(done[:, None, None, None], x_adv, moved.astype(np.float32))
     return history
@@ -150,9 +145,8 @@ def summarize(history: list, steps: int) -> dict:
     history = history + history[-1:] * (steps + 1 - len(history))
     loss = [float(np.mean(h["loss"])) for h in history]
     accuracy = [float(np.mean(~h["done"])) for h in history]
-    step = [
-        float(np.mean(h["step_size"][~h["done"]])) if (~h["done"]).any() else None for h in history
-    ]
+    step = [float(np.mean(h["step_size"][~h["done"]])) if (~h["done"]).any() else None
+            for h in history]
     return {"loss": loss, "accuracy": accuracy, "step_size": step}
 
 
@@ -213,15 +207,11 @@ def l2_curves(net, x, y, eps_values, steps: int, seed: int) -> dict:
             clean = robustness.accuracy(*net, x, y)
             rows.append({"eps": eps, "pgd": clean, "apgd": clean})
             continue
-        pgd = attacks.pgd(*net, x, y, eps, steps=40, step_size=2.5 * eps / 40, norm="l2", rng=seed)
+        pgd = attacks.pgd(*net, x, y, eps, steps=40, step_size=2.5 * eps / 40, norm="l2",
+                          rng=seed)
         adv = apgd.apgd(*net, x, y, eps, norm="l2", steps=steps, rng=seed)
-        rows.append(
-            {
-                "eps": eps,
-                "pgd": robustness.accuracy(*net, pgd, y),
-                "apgd": robustness.accuracy(*net, adv, y),
-            }
-        )
+        rows.append({"eps": eps, "pgd": robustness.accuracy(*net, pgd, y),
+                     "apgd": robustness.accuracy(*net, adv, y)})
         log(f"  L2 eps {eps:g}: PGD-L2 {rows[-1]['pgd']:.1%}, APGD-L2 {rows[-1]['apgd']:.1%}")
         if eps == L2_PICTURE_EPS:
             picture = adv
@@ -231,10 +221,8 @@ def l2_curves(net, x, y, eps_values, steps: int, seed: int) -> dict:
 def norms(x, adv) -> dict:
     """Mean L2 norm and mean largest pixel change of the perturbations adv - x."""
     delta = (adv - x).reshape(len(x), -1).astype(np.float64)
-    return {
-        "l2": float(np.linalg.norm(delta, axis=1).mean()),
-        "linf": float(np.abs(delta).max(axis=1).mean()),
-    }
+    return {"l2": float(np.linalg.norm(delta, axis=1).mean()),
+            "linf": float(np.abs(delta).max(axis=1).mean())}
 
 
 # --------------------------------------------------------------------------- figures
@@ -251,7 +239,7 @@ def bounds_on_robust_accuracy(networks: dict, x, y, eps_values, config) -> dict:
             pgd = dataclasses.replace(config, step_size=max(eps / 4, 1e-4))
             adv = robustness.adversarial_examples(*net, x, y, eps, pgd)
             out[name].append({"eps": eps, "verified": verify.verified_accuracy(*net, x, y, eps),
-                              "attacked": robustness.accuracy(*net, adv, y)})  # fmt: skip
+                              "attacked": robustness.accuracy(*net, adv, y)})
     return out
 
 
@@ -266,7 +254,7 @@ def bounds_figure(bounds: dict, path, title: str):
         axes.plot(eps, lower, "s--", color=color["color"], label=f"{name}: IBP (lower bound)")
         axes.fill_between(eps, lower, upper, color=color["color"], alpha=0.12)
     axes.set(xlabel="eps (L-infinity, pixels in [0, 1])", ylabel="test accuracy (%)",
-             ylim=(0, 100), title=title)  # fmt: skip
+             ylim=(0, 100), title=title)
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8, loc="center right")
     return save_figure(figure, path)
@@ -276,11 +264,8 @@ def steps_figure(rows, path):
     figure, axes = plt.subplots(figsize=(5, 3.2))
     axes.plot([r["steps"] for r in rows], [100 * r["accuracy"] for r in rows], "o-")
     axes.set_xscale("log")
-    axes.set(
-        xlabel="PGD steps (step size 2.5 eps / steps)",
-        ylabel="test accuracy (%)",
-        title=f"PGD at eps {STEPS_EPS:g}: more steps, until it levels off",
-    )
+    axes.set(xlabel="PGD steps (step size 2.5 eps / steps)", ylabel="test accuracy (%)",
+             title=f"PGD at eps {STEPS_EPS:g}: more steps, until it levels off")
     axes.grid(alpha=0.3)
     save_figure(figure, path)
 
@@ -295,10 +280,8 @@ def apgd_figure(traces, marks, path):
         panels[1].plot(its, [100 * a for a in trace["accuracy"]], label=name)
         steps = [np.nan if s is None else s for s in trace["step_size"]]
         panels[2].plot(its, steps, label=name)
-    for axes, ylabel in zip(
-        panels,
-        ("mean cross-entropy", "not yet fooled (%)", "step size (mean over digits not yet fooled)"),
-    ):
+    for axes, ylabel in zip(panels, ("mean cross-entropy", "not yet fooled (%)",
+                                     "step size (mean over digits not yet fooled)")):
         for mark in marks:
             axes.axvline(mark, color="gray", lw=0.6, ls=":")
         axes.set(xlabel="iteration", ylabel=ylabel)
@@ -313,12 +296,8 @@ def l2_figure(rows, path, title):
     figure, axes = plt.subplots(figsize=(5, 3.5))
     for key, label in (("pgd", "PGD-L2 (40 steps)"), ("apgd", "APGD-L2")):
         axes.plot([r["eps"] for r in rows], [100 * r[key] for r in rows], "o-", label=label)
-    axes.set(
-        xlabel="eps (L2 norm of the perturbation)",
-        ylabel="test accuracy (%)",
-        ylim=(0, 100),
-        title=title,
-    )
+    axes.set(xlabel="eps (L2 norm of the perturbation)", ylabel="test accuracy (%)",
+             ylim=(0, 100), title=title)
     axes.grid(alpha=0.3)
     axes.legend()
     save_figure(figure, path)
@@ -333,19 +312,11 @@ def threat_models_figure(x, linf, l2, predicted, path):
         d_inf, d_2 = (linf[i] - x[i])[..., 0], (l2[i] - x[i])[..., 0]
         panels = [
             (x[i, ..., 0], "gray", (0, 1), f"clean, pred {predicted['clean'][i]}"),
-            (
-                d_inf,
-                "seismic",
-                (-scale, scale),
-                f"L-inf: max {np.abs(d_inf).max():.2f}, L2 {np.linalg.norm(d_inf):.2f}",
-            ),
+            (d_inf, "seismic", (-scale, scale),
+             f"L-inf: max {np.abs(d_inf).max():.2f}, L2 {np.linalg.norm(d_inf):.2f}"),
             (linf[i, ..., 0], "gray", (0, 1), f"pred {predicted['linf'][i]}"),
-            (
-                d_2,
-                "seismic",
-                (-scale, scale),
-                f"L2: max {np.abs(d_2).max():.2f}, L2 {np.linalg.norm(d_2):.2f}",
-            ),
+            (d_2, "seismic", (-scale, scale),
+             f"L2: max {np.abs(d_2).max():.2f}, L2 {np.linalg.norm(d_2):.2f}"),
             (l2[i, ..., 0], "gray", (0, 1), f"pred {predicted['l2'][i]}"),
         ]
         for axes_, (image, cmap, (lo, hi), label) in zip(axes[i], panels):
@@ -362,13 +333,11 @@ def landscape_figure(ts, curves, path):
         axes.plot(ts, losses, color="tab:blue")
         wrong = ts[~correct]
         if len(wrong):
-            axes.axvspan(
-                wrong.min(), ts.max(), color="tab:red", alpha=0.12, label="prediction wrong"
-            )
+            axes.axvspan(wrong.min(), ts.max(), color="tab:red", alpha=0.12,
+                         label="prediction wrong")
             axes.legend(fontsize=8, loc="upper left")
-        axes.set(
-            xlabel="t (move x by t * sign of the gradient)", ylabel="cross-entropy", title=name
-        )
+        axes.set(xlabel="t (move x by t * sign of the gradient)", ylabel="cross-entropy",
+                 title=name)
         axes.grid(alpha=0.3)
     save_figure(figure, path)
 
@@ -387,10 +356,10 @@ def main():
     eps_values = (0.0, 0.1, 0.3) if quick else EPS
     l2_eps = (0.0, L2_PICTURE_EPS, 3.0) if quick else L2_EPS
     apgd_steps, queries = (10, 20) if quick else (100, 1000)
-    config = robustness.AttackConfig(
-        "pgd", steps=5 if quick else 40, step_size=0.03 if quick else 0.01, seed=seed
-    )
-    evaluation = robustness.AttackConfig("autoattack", steps=apgd_steps, queries=queries, seed=seed)
+    config = robustness.AttackConfig("pgd", steps=5 if quick else 40,
+                                     step_size=0.03 if quick else 0.01, seed=seed)
+    evaluation = robustness.AttackConfig("autoattack", steps=apgd_steps, queries=queries,
+                                         seed=seed)
 
     images, labels = load_mnist("test")
     x, y = to_unit_nhwc(images[:n_test]), labels[:n_test].astype(np.int64)
@@ -401,18 +370,10 @@ def main():
 
     # 1. FGSM and PGD.
     curves, curves_subset, grid = attack_curves(net, x, y, config, eps_values, n_subset)
-    accuracy_vs_eps(
-        curves,
-        lesson.path("fgsm_vs_pgd.png"),
-        title=f"Undefended default network, {n_test:,} test images",
-    )
-    adversarial_grid(
-        x[:8],
-        grid,
-        attacks.predict(*net, x[:8]),
-        attacks.predict(*net, grid),
-        lesson.path("pgd_examples.png"),
-    )
+    accuracy_vs_eps(curves, lesson.path("fgsm_vs_pgd.png"),
+                    title=f"Undefended default network, {n_test:,} test images")
+    adversarial_grid(x[:8], grid, attacks.predict(*net, x[:8]), attacks.predict(*net, grid),
+                     lesson.path("pgd_examples.png"))
 
     # 2. How many steps does PGD need?
     xs, ys = x[:n_subset], y[:n_subset]
@@ -429,28 +390,17 @@ def main():
     # 4. The L2 threat model.
     started = time.perf_counter()
     l2 = l2_curves(net, xs, ys, l2_eps, apgd_steps, seed)
-    l2_figure(
-        l2["rows"],
-        lesson.path("l2_curves.png"),
-        f"Undefended default network, L2 threat model ({n_subset} digits)",
-    )
+    l2_figure(l2["rows"], lesson.path("l2_curves.png"),
+              f"Undefended default network, L2 threat model ({n_subset} digits)")
     l2_adv = l2["picture"]
-    predicted = {
-        "clean": attacks.predict(*net, xs),
-        "linf": attacks.predict(*net, apgd_adv),
-        "l2": attacks.predict(*net, l2_adv),
-    }
-    both = np.flatnonzero(
-        (predicted["clean"] == ys) & (predicted["linf"] != ys) & (predicted["l2"] != ys)
-    )[:4]
+    predicted = {"clean": attacks.predict(*net, xs), "linf": attacks.predict(*net, apgd_adv),
+                 "l2": attacks.predict(*net, l2_adv)}
+    both = np.flatnonzero((predicted["clean"] == ys) & (predicted["linf"] != ys)
+                          & (predicted["l2"] != ys))[:4]
     shown = both if len(both) else np.arange(2)
-    threat_models_figure(
-        xs[shown],
-        apgd_adv[shown],
-        l2_adv[shown],
-        {k: v[shown] for k, v in predicted.items()},
-        lesson.path("l2_vs_linf.png"),
-    )
+    threat_models_figure(xs[shown], apgd_adv[shown], l2_adv[shown],
+                         {k: v[shown] for k, v in predicted.items()},
+                         lesson.path("l2_vs_linf.png"))
     fooled_linf, fooled_l2 = predicted["linf"] != ys, predicted["l2"] != ys
     perturbation_norms = {
         "linf": norms(xs[fooled_linf], apgd_adv[fooled_linf]) if fooled_linf.any() else None,
@@ -471,10 +421,8 @@ def main():
         name: every_attack(candidate, xs, ys, MASKED_EPS, apgd_steps, queries, seed)
         for name, candidate in (("undefended", net), ("masked", fake))
     }
-    log(
-        f"  every attack at eps {MASKED_EPS}: {attacks_at_masked_eps} "
-        f"({time.perf_counter() - started:.0f} s)"
-    )
+    log(f"  every attack at eps {MASKED_EPS}: {attacks_at_masked_eps} "
+        f"({time.perf_counter() - started:.0f} s)")
     _, g_fake = attacks.loss_and_gradient(*fake, xs, ys)
     zero_gradient = float(np.mean(np.all(g_fake.reshape(len(ys), -1) == 0, axis=1)))
     _, g = attacks.loss_and_gradient(*net, xs, ys)
@@ -490,9 +438,8 @@ def main():
     sanity, sanity_details = {}, {}
     for name, candidate in (("undefended", net), ("masked", fake)):
         started = time.perf_counter()
-        report, details = robustness.sanity_checks(
-            *candidate, xs, ys, MASKED_EPS, evaluation, transfer_from=other, subset=n_subset // 2
-        )
+        report, details = robustness.sanity_checks(*candidate, xs, ys, MASKED_EPS, evaluation,
+                                                   transfer_from=other, subset=n_subset // 2)
         log(f"sanity checks, {name} ({time.perf_counter() - started:.0f} s):\n{report.format()}")
         sanity[name], sanity_details[name] = report.checks, details
 
@@ -502,67 +449,51 @@ def main():
     networks = {"undefended": net, "defended": (defended_model, defended.params, defended.state)}
     ibp_eps = IBP_EPS[::2] if quick else IBP_EPS
     bounds = bounds_on_robust_accuracy(networks, x, y, ibp_eps, config)
-    bounds_figure(
-        bounds,
-        lesson.path("ibp_bounds.png"),
-        f"What attacks and interval bounds say ({n_test:,} test images)",
-    )
+    bounds_figure(bounds, lesson.path("ibp_bounds.png"),
+                  f"What attacks and interval bounds say ({n_test:,} test images)")
     log(f"  interval bounds ({time.perf_counter() - started:.0f} s): {bounds}")
 
-    lesson.finish(
-        {
-            "n_test": n_test,
-            "n_subset": n_subset,
-            "clean_accuracy": clean,
-            "attack": {
-                "steps": config.steps,
-                "step_size": config.step_size,
-                "restarts": config.restarts,
-                "random_start": config.random_start,
-            },
-            "eps": list(eps_values),
-            "table": [
-                {"eps": f["eps"], "fgsm": f["accuracy"], "pgd": p["accuracy"]}
-                for f, p in zip(curves["fgsm"], curves["pgd"])
-            ],
-            "fgsm_at_0_3": curves["fgsm"][-1]["accuracy"],
-            "pgd_at_0_1": next(r["accuracy"] for r in curves["pgd"] if r["eps"] == 0.1),
-            "pgd_at_0_3": curves["pgd"][-1]["accuracy"],
-            "grid_eps": GRID_EPS,
-            "steps_eps": STEPS_EPS,
-            "steps_curve": steps,
-            "apgd": {
-                "eps": APGD_EPS,
-                "steps": apgd_steps,
-                "checkpoints": apgd.checkpoints(apgd_steps),
-                "fixed_steps": list(FIXED_STEPS),
-                "traces": traces,
-                "final": {name: trace["accuracy"][-1] for name, trace in traces.items()},
-                "pgd40": next(r["accuracy"] for r in curves_subset["pgd"] if r["eps"] == APGD_EPS),
-                "ensemble": stages,
-                "queries": queries,
-            },
-            "l2": {
-                "eps": list(l2_eps),
-                "rows": l2["rows"],
-                "picture_eps": L2_PICTURE_EPS,
-                "picture_linf_eps": APGD_EPS,
-                "norms": perturbation_norms,
-            },
-            "masked_eps": MASKED_EPS,
-            "every_attack": attacks_at_masked_eps,
-            "sanity_eps": MASKED_EPS,
-            "sanity": sanity,
-            "sanity_details": sanity_details,
-            "sanity_ok": {name: all(c["ok"] for c in checks) for name, checks in sanity.items()},
-            "subset_curves": {"undefended": curves_subset, "masked": masked_curves},
-            "mask_factor": MASK_FACTOR,
-            "masked_zero_gradient_fraction": zero_gradient,
-            "landscape_flip_t": float(flip.min()) if len(flip) else None,
-            "landscape_label": int(y[0]),
-            "ibp": {"eps": list(ibp_eps), "bounds": bounds},
-        }
-    )
+    lesson.finish({
+        "n_test": n_test,
+        "n_subset": n_subset,
+        "clean_accuracy": clean,
+        "attack": {"steps": config.steps, "step_size": config.step_size,
+                   "restarts": config.restarts, "random_start": config.random_start},
+        "eps": list(eps_values),
+        "table": [{"eps": f["eps"], "fgsm": f["accuracy"], "pgd": p["accuracy"]}
+                  for f, p in zip(curves["fgsm"], curves["pgd"])],
+        "fgsm_at_0_3": curves["fgsm"][-1]["accuracy"],
+        "pgd_at_0_1": next(r["accuracy"] for r in curves["pgd"] if r["eps"] == 0.1),
+        "pgd_at_0_3": curves["pgd"][-1]["accuracy"],
+        "grid_eps": GRID_EPS,
+        "steps_eps": STEPS_EPS,
+        "steps_curve": steps,
+        "apgd": {
+            "eps": APGD_EPS,
+            "steps": apgd_steps,
+            "checkpoints": apgd.checkpoints(apgd_steps),
+            "fixed_steps": list(FIXED_STEPS),
+            "traces": traces,
+            "final": {name: trace["accuracy"][-1] for name, trace in traces.items()},
+            "pgd40": next(r["accuracy"] for r in curves_subset["pgd"] if r["eps"] == APGD_EPS),
+            "ensemble": stages,
+            "queries": queries,
+        },
+        "l2": {"eps": list(l2_eps), "rows": l2["rows"], "picture_eps": L2_PICTURE_EPS,
+               "picture_linf_eps": APGD_EPS, "norms": perturbation_norms},
+        "masked_eps": MASKED_EPS,
+        "every_attack": attacks_at_masked_eps,
+        "sanity_eps": MASKED_EPS,
+        "sanity": sanity,
+        "sanity_details": sanity_details,
+        "sanity_ok": {name: all(c["ok"] for c in checks) for name, checks in sanity.items()},
+        "subset_curves": {"undefended": curves_subset, "masked": masked_curves},
+        "mask_factor": MASK_FACTOR,
+        "masked_zero_gradient_fraction": zero_gradient,
+        "landscape_flip_t": float(flip.min()) if len(flip) else None,
+        "landscape_label": int(y[0]),
+        "ibp": {"eps": list(ibp_eps), "bounds": bounds},
+    })
 
 
 if __name__ == "__main__":
