@@ -283,15 +283,17 @@ def test_the_schedule_starts_clean_and_ramps_to_the_final_eps():
 
 
 @pytest.mark.slow
-def test_training_for_the_bounds_makes_a_network_verifiable(mnist_train, first_digits):
-    """Two epochs on 6,000 digits (186 steps): the interval-trained network is verified on
-    far more test digits at eps 0.05 than the same network trained on the clean loss."""
+def test_training_for_the_bounds_makes_a_network_verifiable(
+    mnist_train, first_digits, defended_network
+):
+    """Two epochs on 6,000 digits (186 steps, eps 0.1): the interval-trained network is
+    verified on far more test digits at eps 0.05 than the shipped PGD-trained network
+    (measured: 64% against 0%; a clean-trained flax_cnn of the same steps: 0%)."""
     images, labels = mnist_train
     x, y = (images[:6000] / np.float32(255))[..., None], labels[:6000].astype(np.int64)
     model = models.build("flax_cnn")
-    verified = {}
-    for name, eps in (("clean", 0.0), ("interval", 0.1)):
-        params = verify.train_for_bounds(model, x, y, eps=eps, epochs=2, batch_size=64,
-                                         log=lambda s: None)  # fmt: skip
-        verified[name] = verify.verified_accuracy(model, params, {}, *first_digits, 0.05)
-    assert verified["interval"] > verified["clean"] + 0.3, verified
+    params = verify.train_for_bounds(model, x, y, eps=0.1, epochs=2, batch_size=64,
+                                     log=lambda s: None)  # fmt: skip
+    trained = verify.verified_accuracy(model, params, {}, *first_digits, 0.05)
+    pgd_trained = verify.verified_accuracy(*defended_network, *first_digits, 0.05)
+    assert trained > pgd_trained + 0.3, (trained, pgd_trained)
