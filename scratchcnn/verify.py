@@ -113,9 +113,10 @@ def layer_bounds(layer, params, state, box: Box) -> Box:
         slope = params["scale"] / (state["var"] + layer.epsilon) ** 0.5
         return from_center(center, box.radius * abs(slope))
     if isinstance(layer, Residual):
-        body, shortcut = layer.branches()["body"], layer.branches()["shortcut"]
-        b = network_bounds(body, params.get("body", {}), state.get("body", {}), box)
-        s = network_bounds(shortcut, params.get("shortcut", {}), state.get("shortcut", {}), box)
+        b, s = (
+            network_bounds(branch, params.get(name, {}), state.get(name, {}), box)
+            for name, branch in layer.branches().items()
+        )  # body, shortcut
         xp = namespace(b.lower)
         return Box(xp.maximum(b.lower + s.lower, 0), xp.maximum(b.upper + s.upper, 0))
     raise InputError(f"interval bounds are not written for {type(layer).__name__} layers.")
