@@ -33,9 +33,10 @@ def load(path: Path) -> dict:
 
 def define_env(env):
     @env.macro
-    def results(lesson: str) -> dict:
-        """The results JSON of one lesson, e.g. results("13-speed")."""
-        return load(LESSON_ASSETS / lesson / "results.json")
+    def results(lesson: str, name: str = "results") -> dict:
+        """The results JSON of one lesson, e.g. results("13-speed"), or another JSON file its
+        script writes, e.g. results("11-adversarial-training", "sweep")."""
+        return load(LESSON_ASSETS / lesson / f"{name}.json")
 
     @env.macro
     def benchmark() -> dict:
@@ -117,6 +118,7 @@ def define_env(env):
         commands = [record["command"] for record in pretrained().values()]
         return {name for c in commands for name in re.findall(r"--output runs/([\w.-]+)", c)}
 
+    @env.macro
     def duration(seconds: float) -> str:
         """4.2 -> "4 s", 537.7 -> "9 min", 5484 -> "1.5 h"."""
         if seconds < 90:

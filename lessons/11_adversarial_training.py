@@ -38,13 +38,19 @@ those weights at a third of the peak learning rate:
         --epochs 8 --lr 0.001 --init runs/robust-s0/best.npz --seed 0 \\
         --output runs/robust-exact-ft-s0
 
-The TRADES network is trained by hand (this script never trains it): fine-tuned from the
-first PGD run's weights with the TRADES loss at beta 6, then given with --trades:
+The trade-off sweep (--sweep, about 40 minutes of training on 2 cores and an hour of
+attacks; resumable like the rest) starts from the shipped `defended` network and trains it
+4 more epochs on PGD-7 examples, or with TRADES at beta 1, 3 and 6, everything else equal:
 
     scratchcnn train --adversarial trades --trades-beta 6 --adversarial-steps 7 \\
-        --adversarial-eps 0.3 --epochs 8 --lr 0.001 --init runs/robust-s0/best.npz \\
-        --seed 0 --output runs/trades-ft-s0
-    python lessons/11_adversarial_training.py --trades runs/trades-ft-s0/best.npz
+        --adversarial-eps 0.3 --epochs 4 --lr 0.001 --init defended --backend jax \\
+        --seed 0 --output runs/tradeoff-trades6-s0      # (--adversarial pgd: tradeoff-pgd-s0)
+    python lessons/11_adversarial_training.py --sweep
+
+It measures each network on the first 1,000 test images (the ensemble, PGD-50 x 10) into
+sweep.json and sweep.png. Any of them can be the main run's TRADES network:
+
+    python lessons/11_adversarial_training.py --trades runs/tradeoff-trades6-s0/best.npz
 """
 
 import argparse
@@ -138,6 +144,9 @@ def own_options() -> argparse.Namespace:
                         "a GPU wants thousands)")
     parser.add_argument("--replot", action="store_true",
                         help="only redraw restarts.png and tradeoff.png from results.json")
+    parser.add_argument("--sweep", action="store_true",
+                        help="only the trade-off sweep: PGD training and TRADES at each beta "
+                        "from the same start, into sweep.json and sweep.png")
     if {"-h", "--help"} & set(sys.argv[1:]):
         parser.print_help()  # these flags; Lesson's parser then prints its own
         print()
@@ -500,6 +509,166 @@ def training_figure(history, path):
     save_figure(figure, path)
 
 
+# --------------------------------------------------------------------------- the sweep
+
+# --sweep: the trade-off measured from one starting point. The shipped `defended` network
+# trains SWEEP_EPOCHS more epochs, on PGD examples or with TRADES at each beta, everything
+# else the same; each network is then measured on the first SWEEP_IMAGES test images (the
+# ensemble on all 10,000 takes a defended network about two hours on 2 cores).
+SWEEP_START = "defended"
+SWEEP_BETAS = (1.0, 3.0, 6.0)
+SWEEP_IMAGES = 1_000
+SWEEP_RECIPE = dataclasses.replace(ROBUST_RECIPE, epochs=4, learning_rate=1e-3,
+                                   init_from=SWEEP_START, backend="jax")  # fmt: skip
+
+
+def sweep_recipes(seed: int) -> dict[str, TrainConfig]:
+    """The sweep's runs: name -> recipe, PGD training and TRADES at each beta."""
+    pgd = dataclasses.replace(SWEEP_RECIPE, seed=seed)
+    recipes = {"pgd": pgd}
+    for beta in SWEEP_BETAS:
+        recipes[f"trades{beta:g}"] = dataclasses.replace(pgd, adversarial="trades",
+                                                         trades_beta=beta)  # fmt: skip
+    return recipes
+
+
+def sweep_networks(seed: int) -> dict[str, Trained]:
+    """The start and every sweep run's best checkpoint, runs/tradeoff-<name>-s<seed>,
+    each trained first when missing (continued when stopped)."""
+    networks = {"start": load_network(defended_checkpoint(None))}
+    for name, config in sweep_recipes(seed).items():
+        folder = ROOT / "runs" / f"tradeoff-{name}-s{seed}"
+        NETWORKS["trained"].add(folder.name)
+        if not (folder / "history.json").is_file() or "test" not in json.loads(
+                (folder / "history.json").read_text()):  # fmt: skip
+            log(f"training {folder.name}: 4 epochs of {config.adversarial} from {SWEEP_START}")
+            started = time.perf_counter()
+            train(config, output_dir=folder, resume=(folder / "last.npz").is_file())
+            TRAINING["seconds"] += time.perf_counter() - started
+        run = json.loads((folder / "history.json").read_text())  # every epoch, not the best's
+        network = load_network(folder / "best.npz")
+        network.training = {key: run[key] for key in ("config", "history", "best_epoch")}
+        networks[name] = network
+    return networks
+
+
+def quick_sweep_networks(start: Trained, seed: int, folder: Path) -> dict[str, Trained]:
+    """--quick: the sweep's runs for one epoch on 256 images (PGD-2 / TRADES with 2 attack
+    steps) from the quick PGD network, saved to ``folder``."""
+    networks = {"start": start}
+    for name, config in sweep_recipes(seed).items():
+        config = dataclasses.replace(config, epochs=1, train_limit=256, batch_size=64,
+                                     val_fraction=0.0, test_limit=100, adversarial_steps=2,
+                                     backend="numpy", init_from=str(start.checkpoint))  # fmt: skip
+        result = train(config, progress=False, log=lambda s: None)
+        model = models.build(config.model)
+        path = save_checkpoint(folder / f"sweep-{name}.npz", model_name=config.model,
+                               model=model, params=result.params, state=result.state)  # fmt: skip
+        training = {"config": result.config.to_json(), "history": result.history,
+                    "best_epoch": result.best_epoch}  # fmt: skip
+        networks[name] = Trained((model, result.params, result.state), path, training)
+    return networks
+
+
+def sweep_label(name: str) -> str:
+    """"start" -> "start: the shipped defended", "trades6" -> "TRADES, β = 6"."""
+    if name.startswith("trades"):
+        return f"TRADES, β = {name.removeprefix('trades')}"
+    return {"start": f"start: the shipped {SWEEP_START}", "pgd": "PGD training"}[name]
+
+
+def measure_sweep(networks: dict[str, Trained], x, y, s: dict, records: Path) -> dict:
+    """Clean accuracy on every test image given; on the first s["n_sweep"]: the worst case
+    under PGD-50 with s["restarts"] restarts and the ensemble (resumable records)."""
+    n = s["n_sweep"]
+    rows = {}
+    for name, network in networks.items():
+        started = time.perf_counter()
+        kept = KeptRestarts.of(f"sweep-{name}", network, x[:n], y[:n], s["worst"],
+                               s["restarts"], records)  # fmt: skip
+        worst = worst_case_accuracy(network.net, x[:n], y[:n], EVAL_EPS, s["worst"],
+                                    s["restarts"], kept)  # fmt: skip
+        outcomes = ensemble_outcomes(f"sweep-{name}", network, x[:n], y[:n], s["ensemble"],
+                                     records)  # fmt: skip
+        history = network.training["history"] if name != "start" else []
+        best = network.training.get("best_epoch") if history else None
+        rows[name] = {
+            "label": sweep_label(name),
+            "checkpoint": shown(network.checkpoint),
+            "clean": robustness.accuracy(*network.net, x, y),
+            "clean_subset": robustness.accuracy(*network.net, x[:n], y[:n]),
+            "worst": worst[-1],
+            **ensemble_summary(outcomes),
+            "epochs": len(history),
+            "best_epoch": best,  # the checkpoint measured: lowest attacked validation loss
+            "training_seconds": round(sum(r.get("seconds", 0.0) for r in history), 1),
+            "val_robust_accuracy": [r.get("val_robust_accuracy") for r in history],
+        }
+        log(f"sweep, {rows[name]['label']}: clean {rows[name]['clean']:.2%}, "
+            f"PGD-{s['worst'].steps} x {s['restarts']} {worst[-1]:.2%}, ensemble "
+            f"{rows[name]['robust']:.2%}  ({time.perf_counter() - started:.0f} s)")
+    return rows
+
+
+def sweep_color(name: str) -> str:
+    if name.startswith("trades"):
+        return COLORS["trades"]
+    return COLORS["defended"] if name == "pgd" else "tab:gray"
+
+
+def sweep_figure(rows: dict, n: int, path) -> None:
+    """Left: clean against robust accuracy (the ensemble) of the sweep's networks, TRADES'
+    betas joined in order. Right: each run's learning curve, accuracy on the validation
+    images under the training attack after each epoch (what picked its best epoch)."""
+    figure, (tradeoff, curves) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
+    trades = [name for name in rows if name.startswith("trades")]
+    tradeoff.plot([100 * rows[t]["robust"] for t in trades],
+                  [100 * rows[t]["clean"] for t in trades], "-", color=COLORS["trades"],
+                  alpha=0.5)  # fmt: skip
+    for name, row in rows.items():
+        robust, clean = 100 * row["robust"], 100 * row["clean"]
+        tradeoff.plot(robust, clean, "o" if name in trades else "s", color=sweep_color(name),
+                      markersize=7)  # fmt: skip
+        tradeoff.annotate(row["label"], (robust, clean), textcoords="offset points",
+                          xytext=(6, 4), fontsize=7, color=sweep_color(name))  # fmt: skip
+    tradeoff.margins(x=0.3, y=0.25)
+    tradeoff.set(xlabel=f"robust accuracy (%): ensemble, eps {EVAL_EPS:g}, first {n:,} test images",
+                 ylabel="clean accuracy (%), all test images", title="Clean against robust")
+    for name, row in rows.items():
+        points = [(epoch, 100 * a) for epoch, a in enumerate(row["val_robust_accuracy"], 1)
+                  if a is not None]  # fmt: skip
+        if points:
+            curves.plot(*zip(*points, strict=True), "o-" if name in trades else "s-",
+                        color=sweep_color(name), label=row["label"],
+                        alpha=1.0 if name in ("pgd", "trades6") else 0.6)  # fmt: skip
+    curves.set(xlabel="epoch after the start", ylabel="attacked validation accuracy (%)",
+               title="Learning curves (the training attack, validation images)")
+    curves.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if curves.has_data():
+        curves.legend(fontsize=7)
+    for axes in (tradeoff, curves):
+        axes.grid(alpha=0.3)
+    save_figure(figure, path)
+
+
+def sweep(lesson, x, y, s: dict, records: Path, start: Trained | None = None) -> None:
+    """The sweep, into sweep.json and sweep.png (--sweep; --quick from its quick start)."""
+    if start is None:
+        networks = sweep_networks(lesson.seed)
+    else:
+        networks = quick_sweep_networks(start, lesson.seed, records)
+    rows = measure_sweep(networks, x, y, s, records)
+    sweep_figure(rows, s["n_sweep"], lesson.path("sweep.png"))
+    recipe = next(iter(sweep_recipes(lesson.seed).values()))
+    lesson.finish({"rows": rows, "start": SWEEP_START, "betas": list(SWEEP_BETAS),
+                   "n_test": len(y), "n_sweep": s["n_sweep"], "eps": EVAL_EPS,
+                   "recipe": recipe.to_json(),
+                   "worst_attack": {"steps": s["worst"].steps,
+                                    "step_size": s["worst"].step_size,
+                                    "restarts": s["restarts"]}},
+                  name="sweep.json")  # fmt: skip
+
+
 # --------------------------------------------------------------------------- the run
 
 
@@ -507,13 +676,14 @@ def settings(quick: bool, limit: int | None, seed: int, batch: int = 100) -> dic
     """How many images and how hard each attack: the full run's, or --quick's."""
     attack = robustness.AttackConfig
     if quick:
-        return {"n_test": 100, "n_curve": 100, "n_sanity": 100, "subset": 20,
+        return {"n_test": 100, "n_curve": 100, "n_sanity": 100, "subset": 20, "n_sweep": 50,
                 "eps": (0.0, 0.1, 0.3), "restarts": 2,
                 "curve": attack("pgd", steps=5, step_size=0.03, seed=seed),
                 "worst": attack("pgd", steps=5, step_size=0.03, seed=seed),
                 "ensemble": attack("autoattack", steps=5, queries=20, batch_size=100, seed=seed)}
     n_test = limit or 10_000
     return {"n_test": n_test, "n_curve": min(n_test, 1_000), "n_sanity": min(n_test, SANITY_IMAGES),
+            "n_sweep": min(n_test, SWEEP_IMAGES),
             "subset": SANITY_SUBSET, "eps": EPS, "restarts": 10,
             "curve": attack("pgd", steps=40, step_size=0.01, seed=seed),
             "worst": attack("pgd", steps=50, step_size=0.01, seed=seed),
@@ -537,16 +707,20 @@ def main():
     with tempfile.TemporaryDirectory() as scratch:  # a quick run keeps nothing
         records = Path(scratch) if quick else RECORDS
         records.mkdir(parents=True, exist_ok=True)
+        if options.sweep and not quick:
+            return sweep(lesson, x, y, s, records)
         networks = quick_networks(seed, records) if quick else full_networks(options, seed)
         results = evaluate(networks, x, y, s, records, lesson)
-    results.update({"partial": options.limit is not None,
-                    "checkpoint": None if quick else shown(networks["defended"].checkpoint)})
-    if "trades" in networks:
-        trades = networks["trades"]
-        results["trades"] = {"checkpoint": None if quick else shown(trades.checkpoint),
-                             "training": training_summary(trades.training)}
-    tradeoff_figure(results, lesson.path("tradeoff.png"))
-    lesson.finish(results)
+        results.update({"partial": options.limit is not None,
+                        "checkpoint": None if quick else shown(networks["defended"].checkpoint)})
+        if "trades" in networks:
+            trades = networks["trades"]
+            results["trades"] = {"checkpoint": None if quick else shown(trades.checkpoint),
+                                 "training": training_summary(trades.training)}
+        tradeoff_figure(results, lesson.path("tradeoff.png"))
+        lesson.finish(results)
+        if quick:  # the quick run is the whole lesson: the sweep too
+            sweep(lesson, x, y, s, records, start=networks["defended"])
 
 
 def shown(path: Path) -> str:

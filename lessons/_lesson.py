@@ -78,8 +78,9 @@ class Lesson:
         """Where to write one output file (a figure) of this lesson."""
         return self.out / name
 
-    def finish(self, results: dict) -> Path:
-        """Write results.json (atomically) with how and where this run was made."""
+    def finish(self, results: dict, name: str = "results.json") -> Path:
+        """Write results.json (or ``name``, atomically) with how and where this run was
+        made."""
         results = {
             **results,
             "run": {
@@ -92,7 +93,7 @@ class Lesson:
                 "machine": f"{platform.machine()}, {os.cpu_count()} cores",
             },
         }
-        path = self.path("results.json")
+        path = self.path(name)
         text = json.dumps(results, indent=2) + "\n"
         write_atomically(path, lambda file: file.write(text.encode()))
         print(f"wrote {path} ({results['run']['seconds']} s)")
