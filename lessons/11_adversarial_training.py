@@ -541,7 +541,8 @@ def sweep_networks(seed: int) -> dict[str, Trained]:
         NETWORKS["trained"].add(folder.name)
         if not (folder / "history.json").is_file() or "test" not in json.loads(
                 (folder / "history.json").read_text()):  # fmt: skip
-            log(f"training {folder.name}: 4 epochs of {config.adversarial} from {SWEEP_START}")
+            log(f"training {folder.name}: {config.epochs} epochs of {config.adversarial} from "
+                f"{SWEEP_START}")
             started = time.perf_counter()
             train(config, output_dir=folder, resume=(folder / "last.npz").is_file())
             TRAINING["seconds"] += time.perf_counter() - started

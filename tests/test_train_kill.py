@@ -48,14 +48,16 @@ def test_sigkill_mid_epoch_then_resume(mnist_dir, tmp_path):
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
     try:
         wait_for(out / "last.npz", process)
-        time.sleep(0.5)  # well inside epoch 2 (an epoch takes seconds)
+        # At once: an epoch of 3,000 images can take under half a second, and a fixed sleep
+        # once outlived epoch 2 on a fast CPU. The kill lands while epoch 1 is being saved
+        # or early in epoch 2.
         process.send_signal(signal.SIGKILL)
     finally:
         process.wait(timeout=30)
     assert process.returncode == -signal.SIGKILL
 
     killed = load_checkpoint(out / "last.npz")  # complete, thanks to the atomic rename
-    assert killed.info["epoch"] == 1
+    assert killed.info["epoch"] < 3, "the run had finished before the kill"
 
     resumed = subprocess.run(command("--output", str(out), "--resume", "--json"), env=env,
                              capture_output=True, text=True, timeout=600)  # fmt: skip
