@@ -38,7 +38,7 @@ those weights at a third of the peak learning rate:
         --epochs 8 --lr 0.001 --init runs/robust-s0/best.npz --seed 0 \\
         --output runs/robust-exact-ft-s0
 
-The trade-off sweep (--sweep, about 40 minutes of training on 2 cores and an hour of
+The trade-off sweep (--sweep, about 30 minutes of training on 2 cores and an hour of
 attacks; resumable like the rest) starts from the shipped `defended` network and trains it
 4 more epochs on PGD-7 examples, or with TRADES at beta 1, 3 and 6, everything else equal:
 
@@ -630,8 +630,10 @@ def sweep_figure(rows: dict, n: int, path) -> None:
         robust, clean = 100 * row["robust"], 100 * row["clean"]
         tradeoff.plot(robust, clean, "o" if name in trades else "s", color=sweep_color(name),
                       markersize=7)  # fmt: skip
+        left = name == "start"  # beside PGD training's point: its label goes to the left
         tradeoff.annotate(row["label"], (robust, clean), textcoords="offset points",
-                          xytext=(6, 4), fontsize=7, color=sweep_color(name))  # fmt: skip
+                          xytext=(-6 if left else 6, 4), ha="right" if left else "left",
+                          fontsize=7, color=sweep_color(name))  # fmt: skip
     tradeoff.margins(x=0.3, y=0.25)
     tradeoff.set(xlabel=f"robust accuracy (%): ensemble, eps {EVAL_EPS:g}, first {n:,} test images",
                  ylabel="clean accuracy (%), all test images", title="Clean against robust")
