@@ -59,12 +59,11 @@ import json
 import sys
 import tempfile
 import time
-from contextlib import chdir as working_directory
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
-from _lesson import NETWORKS, ROOT, TRAINING, Lesson, trained_checkpoint
+from _lesson import NETWORKS, ROOT, TRAINING, Lesson, train_run, trained_checkpoint
 from matplotlib.ticker import MaxNLocator
 
 from scratchcnn import apgd, attack_record, attacks, models, pretrained, robustness
@@ -177,14 +176,7 @@ def defended_checkpoint(option: Path | None) -> Path:
         NETWORKS["shipped"].add("defended")
         return pretrained.path("defended")
     for folder, config in ROBUST_RUNS.items():
-        NETWORKS["trained"].add(Path(folder).name)
-        if not (ROOT / folder / "history.json").is_file():
-            log(f"training {folder} (PGD-{config.adversarial_steps} adversarial training)")
-            resume = (ROOT / folder / "last.npz").is_file()
-            started = time.perf_counter()
-            with working_directory(ROOT):  # init_from is relative to the repository
-                train(config, output_dir=Path(folder), resume=resume)
-            TRAINING["seconds"] += time.perf_counter() - started
+        train_run(config, ROOT / folder, f"PGD-{config.adversarial_steps} adversarial training")
     return ROOT / DEFENDED
 
 
@@ -244,15 +236,19 @@ def quick_networks(seed: int, folder: Path) -> dict[str, Trained]:
         "defended": dataclasses.replace(plain, adversarial="pgd", adversarial_steps=2),
         "trades": dataclasses.replace(plain, adversarial="trades", adversarial_steps=2),
     }
-    networks = {}
-    for name, config in recipes.items():
-        result = train(config, progress=False, log=lambda s: None)
-        model = models.build("default")
-        path = save_checkpoint(folder / f"{name}.npz", model_name="default", model=model,
-                               params=result.params, state=result.state)  # fmt: skip
-        training = {"config": result.config.to_json(), "history": result.history}
-        networks[name] = Trained((model, result.params, result.state), path, training)
-    return networks
+    return {name: train_quietly(config, folder / f"{name}.npz")
+            for name, config in recipes.items()}  # fmt: skip
+
+
+def train_quietly(config: TrainConfig, path: Path) -> Trained:
+    """A quick run's network: trained without a run folder, its weights saved to ``path``."""
+    result = train(config, progress=False, log=lambda s: None)
+    model = models.build(config.model)
+    save_checkpoint(path, model_name=config.model, model=model, params=result.params,
+                    state=result.state)  # fmt: skip
+    training = {"config": result.config.to_json(), "history": result.history,
+                "best_epoch": result.best_epoch}  # fmt: skip
+    return Trained((model, result.params, result.state), path, training)
 
 
 # --------------------------------------------------------------------------- evaluations
@@ -538,14 +534,8 @@ def sweep_networks(seed: int) -> dict[str, Trained]:
     networks = {"start": load_network(defended_checkpoint(None))}
     for name, config in sweep_recipes(seed).items():
         folder = ROOT / "runs" / f"tradeoff-{name}-s{seed}"
-        NETWORKS["trained"].add(folder.name)
-        if not (folder / "history.json").is_file() or "test" not in json.loads(
-                (folder / "history.json").read_text()):  # fmt: skip
-            log(f"training {folder.name}: {config.epochs} epochs of {config.adversarial} from "
-                f"{SWEEP_START}")
-            started = time.perf_counter()
-            train(config, output_dir=folder, resume=(folder / "last.npz").is_file())
-            TRAINING["seconds"] += time.perf_counter() - started
+        train_run(config, folder, f"{config.epochs} epochs of {config.adversarial} from "
+                  f"{SWEEP_START}")  # fmt: skip
         run = json.loads((folder / "history.json").read_text())  # every epoch, not the best's
         network = load_network(folder / "best.npz")
         network.training = {key: run[key] for key in ("config", "history", "best_epoch")}
@@ -561,13 +551,7 @@ def quick_sweep_networks(start: Trained, seed: int, folder: Path) -> dict[str, T
         config = dataclasses.replace(config, epochs=1, train_limit=256, batch_size=64,
                                      val_fraction=0.0, test_limit=100, adversarial_steps=2,
                                      backend="numpy", init_from=str(start.checkpoint))  # fmt: skip
-        result = train(config, progress=False, log=lambda s: None)
-        model = models.build(config.model)
-        path = save_checkpoint(folder / f"sweep-{name}.npz", model_name=config.model,
-                               model=model, params=result.params, state=result.state)  # fmt: skip
-        training = {"config": result.config.to_json(), "history": result.history,
-                    "best_epoch": result.best_epoch}  # fmt: skip
-        networks[name] = Trained((model, result.params, result.state), path, training)
+        networks[name] = train_quietly(config, folder / f"sweep-{name}.npz")
     return networks
 
 
@@ -591,13 +575,14 @@ def measure_sweep(networks: dict[str, Trained], x, y, s: dict, records: Path) ->
                                     s["restarts"], kept)  # fmt: skip
         outcomes = ensemble_outcomes(f"sweep-{name}", network, x[:n], y[:n], s["ensemble"],
                                      records)  # fmt: skip
+        correct = attacks.predict(*network.net, x) == y  # clean, every image given
         history = network.training["history"] if name != "start" else []
         best = network.training.get("best_epoch") if history else None
         rows[name] = {
             "label": sweep_label(name),
             "checkpoint": shown(network.checkpoint),
-            "clean": robustness.accuracy(*network.net, x, y),
-            "clean_subset": robustness.accuracy(*network.net, x[:n], y[:n]),
+            "clean": float(correct.mean()),
+            "clean_subset": float(correct[:n].mean()),
             "worst": worst[-1],
             **ensemble_summary(outcomes),
             "epochs": len(history),
@@ -662,7 +647,7 @@ def sweep(lesson, x, y, s: dict, records: Path, start: Trained | None = None) ->
         networks = quick_sweep_networks(start, lesson.seed, records)
     rows = measure_sweep(networks, x, y, s, records)
     sweep_figure(rows, s["n_sweep"], lesson.path("sweep.png"))
-    recipe = next(iter(sweep_recipes(lesson.seed).values()))
+    recipe = sweep_recipes(lesson.seed)["pgd"]  # the others differ only in the loss
     lesson.finish({"rows": rows, "start": SWEEP_START, "betas": list(SWEEP_BETAS),
                    "n_test": len(y), "n_sweep": s["n_sweep"], "eps": EVAL_EPS,
                    "recipe": recipe.to_json(),

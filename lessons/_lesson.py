@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import time
+from contextlib import chdir
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -111,16 +112,25 @@ def trained_checkpoint(recipe: str, seed: int) -> Path:
             NETWORKS["shipped"].add(name)
             return pretrained.path(name)
     folder = ROOT / "runs" / f"{recipe}-s{seed}"
-    NETWORKS["trained"].add(folder.name)
-    history = folder / "history.json"
-    if not (history.is_file() and "test" in json.loads(history.read_text())):
-        print(f"training {folder} with the {recipe!r} recipe (see RESULTS.md for its time)")
-        config = dataclasses.replace(RECIPES[recipe], seed=seed)
-        started = time.perf_counter()
-        train(config, output_dir=folder, resume=(folder / "last.npz").is_file())
-        TRAINING["seconds"] += time.perf_counter() - started
+    config = dataclasses.replace(RECIPES[recipe], seed=seed)
+    train_run(config, folder, f"the {recipe!r} recipe (see RESULTS.md for its time)")
     best = folder / "best.npz"
     return best if best.is_file() else folder / "last.npz"
+
+
+def train_run(config, folder: Path, what: str) -> None:
+    """Train ``config`` into the run folder ``folder`` unless a finished run is there (its
+    history has the test result); a stopped one is continued. Runs from the repository
+    root, where ``--init`` paths start; the time counts in the run's training time."""
+    NETWORKS["trained"].add(folder.name)
+    history = folder / "history.json"
+    if history.is_file() and "test" in json.loads(history.read_text()):
+        return
+    print(f"training {folder.name}: {what}", flush=True)
+    started = time.perf_counter()
+    with chdir(ROOT):
+        train(config, output_dir=folder, resume=(folder / "last.npz").is_file())
+    TRAINING["seconds"] += time.perf_counter() - started
 
 
 def network(recipe: str, quick: bool, seed: int):
