@@ -198,6 +198,28 @@ def test_early_stopping_restores_the_best_epoch(mnist_dir, tmp_path):
     assert_trees_equal(result.params, load_checkpoint(tmp_path / "best.npz").params)
 
 
+def test_keep_last_ends_with_the_last_epoch_and_resumes(mnist_dir, tmp_path):
+    """--keep last: the result and best.npz hold the final epoch's weights even when an
+    earlier epoch had the lower validation loss; a run cut short resumes to the same end."""
+    config = dataclasses.replace(TINY, epochs=5, learning_rate=0.5, schedule="constant",
+                                 optimizer="sgd", keep="last")  # fmt: skip
+    result = train(config, data_dir=mnist_dir, output_dir=tmp_path / "whole", progress=False,
+                   log=lambda s: None)  # fmt: skip
+    losses = [h["val_loss"] for h in result.history]
+    assert int(np.argmin(losses)) + 1 < len(losses)  # "best" would have kept an earlier one
+    assert result.best_epoch == len(result.history) == 5
+    last = load_checkpoint(tmp_path / "whole" / "last.npz")
+    assert_trees_equal(result.params, last.params)
+    assert_trees_equal(load_checkpoint(tmp_path / "whole" / "best.npz").params, last.params)
+    with pytest.raises(Interrupt):
+        train(config, data_dir=mnist_dir, output_dir=tmp_path / "cut", progress=False,
+              log=crash_after(2))  # fmt: skip
+    resumed = train(config, data_dir=mnist_dir, output_dir=tmp_path / "cut", resume=True,
+                    progress=False, log=lambda s: None)  # fmt: skip
+    assert_trees_equal(result.params, resumed.params)
+    assert resumed.best_epoch == 5
+
+
 def test_reduce_on_plateau_lowers_the_learning_rate(mnist_dir):
     config = dataclasses.replace(TINY, epochs=4, learning_rate=0.5, schedule="constant",
                                  plateau_patience=1, optimizer="sgd")  # fmt: skip

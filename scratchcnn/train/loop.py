@@ -68,7 +68,8 @@ def train(
 
     ``output_dir`` receives checkpoints and the history; ``resume`` continues the run
     saved there, ``overwrite`` replaces it. With validation data, the best epoch's weights
-    (lowest validation loss) are the ones evaluated and returned.
+    (lowest validation loss) are the ones evaluated and returned, unless ``config.keep``
+    is "last".
     """
     config.validate()
     check_folder_options(output_dir, resume, overwrite)
@@ -109,13 +110,14 @@ def train(
         run.train_seconds += seconds
         record["seconds"] = round(seconds, 3)
         run.epoch += 1
-        # Without validation data the latest epoch counts as the best one.
-        improved = after_epoch(run, record, config, plateau) or not len(splits.val)
-        if improved:
+        improved = after_epoch(run, record, config, plateau)
+        # Without validation data, or with --keep last, the latest epoch is the one kept.
+        kept = improved or not len(splits.val) or config.keep == "last"
+        if kept:
             best = (run.params, run.state)
         run.history.append(record)
         if folder:
-            folder.save(run, backend.to_host, plateau, improved)
+            folder.save(run, backend.to_host, plateau, kept)
         log(format_epoch(record, config.epochs))
         if on_epoch is not None:
             on_epoch(run, record)
@@ -129,7 +131,7 @@ def train(
         run.history,
         test,
         run.train_seconds,
-        run.best_epoch if len(splits.val) else run.epoch,
+        run.best_epoch if len(splits.val) and config.keep == "best" else run.epoch,
         run.stopped_early,
         path,
     )

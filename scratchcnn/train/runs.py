@@ -3,7 +3,8 @@
 Files written to a run's folder, each atomically (a crash leaves the previous version):
 
 - ``last.npz``     the checkpoint after the latest finished epoch: the run's *commit*
-- ``best.npz``     the checkpoint with the lowest validation loss so far
+- ``best.npz``     the checkpoint the run keeps: the lowest validation loss so far, or
+                   the latest epoch's (no validation split, or ``--keep last``)
 - ``history.json`` the per-epoch history, and the final test metrics when done
 
 A crash can stop the program between any two of these writes, so they are written in an
