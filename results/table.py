@@ -51,6 +51,8 @@ def main() -> None:
             f"smoothing {config['label_smoothing']}, val {config['val_fraction']}, "
             f"{config['backend']}"
         )
+        if config.get("keep") == "last":
+            recipe += ", last epoch kept"
         if config.get("adversarial", "none") != "none":
             steps = f"-{config['adversarial_steps']}" if config["adversarial"] == "pgd" else ""
             recipe += (

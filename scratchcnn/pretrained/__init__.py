@@ -38,6 +38,16 @@ DESCRIPTIONS = {
     "best_val-s2": "the best_val recipe (best, 10% held out for validation), seed 2",
     "resnet_val-s0": "the resnet_val recipe (the resnet with the best recipe, 10% held out "
     "for validation), seed 0",
+    "resnet_long_val-s0": "the resnet_long_val recipe (resnet_val for 30 epochs, the last "
+    "epoch kept), seed 0",
+    "resnet_long_val-s1": "the resnet_long_val recipe (resnet_val for 30 epochs, the last "
+    "epoch kept), seed 1",
+    "resnet_long_val-s2": "the resnet_long_val recipe (resnet_val for 30 epochs, the last "
+    "epoch kept), seed 2",
+    "resnet_elastic_val-s0": "the resnet_elastic_val recipe (resnet_long_val with elastic "
+    "distortions), seed 0",
+    "best_long_val-s0": "the best_long_val recipe (best_val for 30 epochs, the last epoch "
+    "kept), seed 0",
 }
 NAMES = tuple(DESCRIPTIONS)
 

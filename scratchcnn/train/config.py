@@ -340,6 +340,14 @@ RECIPES: dict[str, TrainConfig] = {
         keep="last",
         backend="jax",
     ),
+    "resnet_elastic_val": TrainConfig(  # the same with elastic distortions: other errors
+        model="resnet",
+        epochs=30,
+        augment="elastic",
+        label_smoothing=0.1,
+        keep="last",
+        backend="jax",
+    ),
     "best_long_val": TrainConfig(
         model="best",
         epochs=30,
