@@ -170,6 +170,47 @@ def test_rules_choose_on_validation_only():
     assert ensemble.best_member(val_logits, val_labels).weights.tolist() == [0, 1, 0]
 
 
+def test_cross_validation_of_a_rule_without_choices_is_the_mean_of_its_fold_scores():
+    # An equal average chooses nothing, so its held-out score on each fold is simply the
+    # equal average's NLL on that fold, computed here by a plain loop.
+    rng = np.random.default_rng(5)
+    logits, labels = rng.standard_normal((3, 50, 4)), rng.integers(0, 4, 50)
+    order = np.random.default_rng(0).permutation(50)
+    by_hand = [
+        -np.mean([np.log(np.mean([hand_softmax(m[i]) for m in logits], axis=0)[labels[i]])
+                  for i in fold])
+        for fold in np.array_split(order, 5)
+    ]  # fmt: skip
+    got = ensemble.cross_validated(ensemble.equal_probabilities, logits, labels)
+    assert got == pytest.approx(np.mean(by_hand), rel=1e-12)
+
+
+def test_cross_validation_never_lets_a_rule_see_the_images_it_is_scored_on():
+    seen = []
+
+    def recording_rule(logits, labels):
+        seen.append(set(labels.tolist()))
+        return ensemble.equal_probabilities(logits, labels)
+
+    labels = np.arange(40)  # every image its own label: what a rule saw is readable
+    ensemble.cross_validated(recording_rule, np.zeros((2, 40, 40)), labels, folds=4)
+    assert len(seen) == 4 and all(len(s) == 30 for s in seen)
+    assert set.union(*seen) == set(range(40))
+    assert set.intersection(*seen) == set()  # 4 folds: each image held out exactly once
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_greedy_flatters_itself_on_the_images_it_chose_on(seed):
+    # Members that know nothing about the labels: on the images it chose on, greedy finds
+    # a weighting that beats chance (NLL ln 4 for 4 classes); held out, it does worse.
+    rng = np.random.default_rng(seed)
+    logits, labels = 2 * rng.standard_normal((6, 200, 4)), rng.integers(0, 4, 200)
+    rule = ensemble.greedy(ensemble.nll)
+    in_sample = ensemble.nll(rule(logits, labels).predict(logits), labels)
+    held_out = ensemble.cross_validated(rule, logits, labels)
+    assert in_sample < np.log(4) and in_sample < held_out
+
+
 def test_sign_test_by_hand_and_against_scipy():
     assert ensemble.sign_test(0, 5) == pytest.approx(2 / 32)  # 5 heads of 5, both tails
     assert ensemble.sign_test(1, 1) == 1.0

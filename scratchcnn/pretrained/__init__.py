@@ -48,6 +48,10 @@ DESCRIPTIONS = {
     "distortions), seed 0",
     "best_long_val-s0": "the best_long_val recipe (best_val for 30 epochs, the last epoch "
     "kept), seed 0",
+    "best_long_val-s1": "the best_long_val recipe (best_val for 30 epochs, the last epoch "
+    "kept), seed 1",
+    "best_long_val-s2": "the best_long_val recipe (best_val for 30 epochs, the last epoch "
+    "kept), seed 2",
 }
 NAMES = tuple(DESCRIPTIONS)
 
