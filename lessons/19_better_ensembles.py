@@ -8,7 +8,7 @@ members (15 epochs each), with all eleven strong members, and with the weak `def
 network added. The shipped `best` network is measured on the test images beside them but
 never chosen: it was trained on the validation images.
 
-    python lessons/19_better_ensembles.py           # ~3 min (inference only, shipped members)
+    python lessons/19_better_ensembles.py           # ~1 min (inference only, shipped members)
     python lessons/19_better_ensembles.py --quick   # seconds (fresh weights, 300 images)
     python lessons/19_better_ensembles.py --retrain # train the members first (hours on CPU)
 """
