@@ -75,7 +75,7 @@ def test_shipped_file_is_weights_only_and_recorded(name):
 
 def test_everything_shipped_stays_small():
     total = sum(f.stat().st_size for f in pretrained.FOLDER.glob("*.npz"))
-    assert total < 30_000_000  # 15 networks of 1.3-3.3 MB (lesson 19's ensemble is 12)
+    assert total < 30_000_000  # 14 networks of 1.3-3.3 MB (lesson 19 uses 12)
     assert {f.stem for f in pretrained.FOLDER.glob("*.npz")} == set(pretrained.manifest())
 
 

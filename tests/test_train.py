@@ -245,6 +245,8 @@ def test_reduce_on_plateau_lowers_the_learning_rate(mnist_dir):
         ({"augment": "mixup"}, "unknown augmentation"),
         ({"val_fraction": 1.0}, "--val-fraction"),
         ({"val_fraction": 0.0, "early_stopping": 2}, "need a validation fraction"),
+        ({"keep": "Last"}, "unknown --keep 'Last'"),
+        ({"keep": "last", "early_stopping": 2}, "use --keep best with it"),
         ({"optimizer": "adagrad"}, "adagrad"),
         ({"adversarial": "free"}, "unknown adversarial training"),
         ({"adversarial": "pgd", "adversarial_eps": 0.0}, "--adversarial-eps"),

@@ -106,7 +106,8 @@ class TrainConfig:
     keep: str = option(
         "best",
         "The weights a run ends with (and tests): best, the epoch with the lowest "
-        "validation loss; or last, the final epoch (for schedules that anneal to the end).",
+        "validation loss (attacked, with --adversarial); or last, the final epoch (for "
+        "schedules that anneal to the end).",
     )
     adversarial: str = option(
         "none", f"Adversarial training: {listing(attacks.ADVERSARIAL)} (see lesson 11)."
@@ -250,6 +251,12 @@ class TrainConfig:
                 f"--val-fraction {self.val_fraction:g} holds out {held_out} of the "
                 f"{images} training images; it must hold out at least one and keep one."
             )
+        if self.keep == "last" and self.early_stopping is not None:
+            raise ConfigError(
+                "--early-stopping stops a run once the validation loss has stopped falling, "
+                "and --keep last would then keep the worse weights of those last epochs; "
+                "use --keep best with it."
+            )
         watching = self.early_stopping is not None or self.plateau_patience is not None
         if self.val_fraction == 0 and watching:
             raise ConfigError(
@@ -313,7 +320,7 @@ class TrainConfig:
 
 # Lesson 19's later members: twice the epochs, and the last epoch's weights kept (one-cycle
 # ends at a tiny learning rate; with label smoothing the lowest validation loss came at
-# epoch 19 of 30 and lost 0.25 points of test accuracy to the last epoch).
+# epoch 19 of 30, at 99.72% validation accuracy against the last epoch's 99.83%).
 LONGER_MEMBER = dict(epochs=30, augment="affine", label_smoothing=0.1, keep="last", backend="jax")
 
 # Named starting points for ``scratchcnn train --recipe NAME``; flags override them.
