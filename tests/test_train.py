@@ -209,6 +209,7 @@ def test_keep_last_ends_with_the_last_epoch_and_resumes(mnist_dir, tmp_path):
     assert int(np.argmin(losses)) + 1 < len(losses)  # "best" would have kept an earlier one
     assert result.best_epoch == len(result.history) == 5
     last = load_checkpoint(tmp_path / "whole" / "last.npz")
+    assert last.info["best_epoch"] == 5  # the checkpoint names the epoch it keeps
     assert_trees_equal(result.params, last.params)
     assert_trees_equal(load_checkpoint(tmp_path / "whole" / "best.npz").params, last.params)
     with pytest.raises(Interrupt):

@@ -110,14 +110,13 @@ def train(
         run.train_seconds += seconds
         record["seconds"] = round(seconds, 3)
         run.epoch += 1
-        improved = after_epoch(run, record, config, plateau)
-        # Without validation data, or with --keep last, the latest epoch is the one kept.
-        kept = improved or not len(splits.val) or config.keep == "last"
-        if kept:
+        # Without validation data the latest epoch counts as the best one.
+        improved = after_epoch(run, record, config, plateau) or not len(splits.val)
+        if improved:
             best = (run.params, run.state)
         run.history.append(record)
         if folder:
-            folder.save(run, backend.to_host, plateau, kept)
+            folder.save(run, backend.to_host, plateau, improved)
         log(format_epoch(record, config.epochs))
         if on_epoch is not None:
             on_epoch(run, record)
@@ -131,7 +130,7 @@ def train(
         run.history,
         test,
         run.train_seconds,
-        run.best_epoch if len(splits.val) and config.keep == "best" else run.epoch,
+        run.best_epoch if len(splits.val) else run.epoch,
         run.stopped_early,
         path,
     )
@@ -193,12 +192,13 @@ def after_epoch(run: RunState, record: dict, config: TrainConfig, plateau) -> bo
     """Early stopping and reduce-on-plateau bookkeeping. Returns: is this the best epoch?
 
     The best epoch has the lowest validation loss: on the attacked validation images for
-    an adversarially trained network (``robust_validation``), else on the clean ones.
+    an adversarially trained network (``robust_validation``), else on the clean ones. With
+    ``--keep last`` every epoch is the best so far (config refuses early stopping with it).
     """
     if "val_loss" not in record:
         return False
     val_loss = record.get("val_robust_loss", record["val_loss"])
-    improved = val_loss < run.best_val_loss
+    improved = val_loss < run.best_val_loss or config.keep == "last"
     if improved:
         run.best_val_loss, run.best_epoch, run.bad_epochs = val_loss, run.epoch, 0
     else:
