@@ -1,7 +1,8 @@
 """What a benchmark ran on, written beside its numbers.
 
 Ratios between implementations move with the CPU: oneDNN and XLA use AVX-512 where it
-exists, our NumPy step mostly through BLAS. Two runs are comparable only on the same CPU.
+exists, our NumPy step mostly through BLAS, whose kernels are recorded too. Two runs are
+comparable only on the same CPU with the same BLAS kernels.
 """
 
 from __future__ import annotations
@@ -40,5 +41,22 @@ def describe() -> dict:
         "cpu": model,
         "cores": os.cpu_count(),
         "widest_vector_instructions": vector[0] if vector else None,
+        "numpy_blas": numpy_blas(),
         "versions": versions,
+    }
+
+
+def numpy_blas() -> dict:
+    """NumPy's BLAS and the kernels it runs, e.g. OpenBLAS's 'Haswell' (AVX2) or 'SkylakeX'
+    (AVX-512). OpenBLAS picks them for the CPU unless ``OPENBLAS_CORETYPE`` names a core:
+    on an AVX-512 CPU, forcing 'Haswell' halves its single-precision matrix-multiply rate."""
+    import numpy  # noqa: F401  (loads the BLAS that threadpoolctl reports)
+    from threadpoolctl import threadpool_info
+
+    blas = next((lib for lib in threadpool_info() if lib["user_api"] == "blas"), {})
+    return {
+        "library": blas.get("internal_api"),
+        "version": blas.get("version"),
+        "kernels": blas.get("architecture"),
+        "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
     }

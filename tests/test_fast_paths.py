@@ -13,6 +13,7 @@ from threadpoolctl import threadpool_info
 
 from scratchcnn.fast import FastOps, cores
 from scratchcnn.fast import batchnorm as fast_batchnorm
+from scratchcnn.fast import conv as fast_conv
 from scratchcnn.fast import windows as fast_windows
 from scratchcnn.gradcheck import relative_error
 from scratchcnn.ops import PlainOps, windows
@@ -25,8 +26,8 @@ BATCH = 13
 
 @pytest.fixture(autouse=True)
 def small_chunks(monkeypatch):
-    """Chunks of a few images (1 at 28x28, 8 at 13x13), the last one short."""
-    monkeypatch.setattr(cores, "WINDOW_ROWS_PER_CHUNK", 1500)
+    """Chunks of a few images (1 to 8 of the 13), the last one short."""
+    monkeypatch.setattr(cores, "WINDOW_VALUES_PER_CHUNK", 8000)
 
 
 @pytest.mark.lesson03
@@ -42,7 +43,7 @@ def test_chunked_conv_equals_whole_batch_and_loops(c_in, c_out, strides, padding
     k = rng.standard_normal((3, 3, c_in, c_out))
     b = rng.standard_normal(c_out) if use_bias else None
     out, cache = FastOps.conv2d_forward(x, k, b, strides, padding)
-    assert cores.images_per_chunk(out.shape[1] * out.shape[2]) < BATCH  # really chunked
+    assert fast_conv.chunk_size(x, cache.geo) < BATCH  # really chunked
     out_plain, cache_plain = PlainOps.conv2d_forward(x, k, b, strides, padding)
     naive_out, naive_cache = conv2d_naive_forward(x, k, b, strides, padding)
     assert relative_error(out, out_plain) <= 1e-12

@@ -20,9 +20,11 @@ def window_rows(x_pad, geo):
     return windows.reshape(-1, windows.shape[3] * windows.shape[4])
 
 
-def chunk_size(geo) -> int:
-    """Images per chunk: as many as keep the chunk's window rows cache-sized."""
-    return images_per_chunk(geo.out_hw[0] * geo.out_hw[1])
+def chunk_size(x, geo) -> int:
+    """Images of x (N, H, W, C) per chunk: as many as keep the chunk's window rows
+    (Ho*Wo rows of kh*kw*C values per image) cache-sized."""
+    (ho, wo), (kh, kw) = geo.out_hw, geo.window
+    return images_per_chunk(ho * wo * kh * kw * x.shape[3], x.shape[0])
 
 
 # --8<-- [start:conv_forward]
@@ -42,7 +44,7 @@ def conv2d_forward(x, kernel, bias=None, strides=1, padding="SAME"):
         if bias is not None:
             chunk_out += bias
 
-    for_each_chunk(chunk, x.shape[0], chunk_size(geo))
+    for_each_chunk(chunk, x.shape[0], chunk_size(x, geo))
     return out, ConvCache(x, kernel, geo, bias is not None)
 
 
@@ -64,7 +66,7 @@ def conv2d_backward(dout, cache, input_grad=True):
         kernel_share = kernel_grad(pad_hw(x[batch], geo.pads), dout[batch], geo)
         return kernel_share, total(dout[batch], (0, 1, 2))
 
-    shares = for_each_chunk(chunk, x.shape[0], chunk_size(geo))
+    shares = for_each_chunk(chunk, x.shape[0], chunk_size(x, geo))
     grads = {"kernel": total(np.stack([k for k, _ in shares]), 0)}  # float64 accumulation
     if cache.has_bias:
         grads["bias"] = total(np.stack([b for _, b in shares]), 0)
@@ -72,16 +74,16 @@ def conv2d_backward(dout, cache, input_grad=True):
 
 
 def kernel_grad(x_pad, dout, geo):
-    """rows.T @ dout, one product per image, added in float64 (``total``).
+    """``ops.conv.kernel_grad`` of one chunk, with the fast im2col: rows.T @ dout.
 
-    A first layer sees raw images with a constant background and, with BatchNorm after
-    it, dout sums to ~0, so the kernel gradient is a small difference of large sums; one
-    long float32 accumulation over the batch loses ~1e-5 of it.
+    x_pad: (n, Hp, Wp, C), dout: (n, Ho, Wo, O) -> (kh, kw, C, O). ``conv2d_backward``
+    adds the chunks' shares in float64: a first layer sees raw images with a constant
+    background and, with BatchNorm after it, dout sums to ~0, so the kernel gradient is a
+    small difference of large sums that one float32 sum over the whole batch would blur.
     """
-    n, shape = x_pad.shape[0], (*geo.window, x_pad.shape[3], dout.shape[3])
-    rows = window_rows(x_pad, geo).reshape(n, -1, shape[0] * shape[1] * shape[2])
-    per_image = rows.transpose(0, 2, 1) @ dout.reshape(n, -1, shape[3])
-    return total(per_image, 0).reshape(shape)
+    shape = (*geo.window, x_pad.shape[3], dout.shape[3])
+    rows = window_rows(x_pad, geo)
+    return (rows.T @ dout.reshape(-1, shape[3])).reshape(shape)
 
 
 def input_grad_col2im(dout, kernel, geo, padded_hw):

@@ -35,7 +35,7 @@ import numpy as np  # noqa: F401  (loads NumPy's BLAS, so the controller below f
 from threadpoolctl import ThreadpoolController
 
 CORES = os.cpu_count() or 1
-WINDOW_ROWS_PER_CHUNK = 4096  # im2col rows per chunk: ~4.7 MB at 9 taps x 32 channels
+WINDOW_VALUES_PER_CHUNK = 4096 * 288  # ~4.7 MB of float32: 4096 im2col rows of 3x3x32
 
 _threads = ThreadPoolExecutor(CORES, thread_name_prefix="scratchcnn")
 _blas = ThreadpoolController()  # the BLAS libraries loaded by now: NumPy's
@@ -43,9 +43,15 @@ _blas_limited = False
 _memory_kept = False
 
 
-def images_per_chunk(pixels_per_image: int) -> int:
-    """How many images make one cache-sized chunk of window rows."""
-    return max(1, WINDOW_ROWS_PER_CHUNK // pixels_per_image)
+def images_per_chunk(values_per_image: int, n: int) -> int:
+    """How many of n images make one cache-sized chunk, but no more than a core's share.
+
+    values_per_image: what one image's chunk holds, e.g. its im2col rows times their width.
+    Sizing by values, not rows, gives a one-channel layer (9-value rows) chunks 32 times
+    as many images as a 32-channel one; with rows it got chunks so small that handing
+    them to the threads cost more than the work in them.
+    """
+    return max(1, min(WINDOW_VALUES_PER_CHUNK // values_per_image, -(-n // CORES)))
 
 
 # --8<-- [start:for_each_chunk]

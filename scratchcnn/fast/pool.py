@@ -40,7 +40,7 @@ def max_pool_backward(dout, cache):
     def chunk(batch):
         dx[batch] = route_to_first_max(dout[batch], x_pad[batch], best[batch], geo)
 
-    for_each_chunk(chunk, n, images_per_chunk(hp * wp))
+    for_each_chunk(chunk, n, images_per_chunk(hp * wp * c, n))
     return dx, {}
 
 
