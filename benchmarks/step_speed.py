@@ -51,8 +51,10 @@ def build(name: str):
 
 
 def forward_flops(model, in_shape=(28, 28, 1)) -> int:
-    """Multiply-adds x 2 of every conv and dense layer, for one image."""
+    """Multiply-adds x 2 of every conv and dense layer, for one image (residual blocks'
+    branches included)."""
     from scratchcnn.layers import Conv, Dense
+    from scratchcnn.residual import Residual
     from scratchcnn.ops.windows import as_pair
 
     flops, shape = 0, tuple(in_shape)
@@ -62,6 +64,8 @@ def forward_flops(model, in_shape=(28, 28, 1)) -> int:
             flops += 2 * out_shape[0] * out_shape[1] * kh * kw * shape[-1] * layer.features
         elif isinstance(layer, Dense):
             flops += 2 * shape[-1] * layer.features
+        elif isinstance(layer, Residual):
+            flops += sum(forward_flops(b, shape) for b in layer.branches().values())
         shape = out_shape
     return flops
 
