@@ -12,6 +12,7 @@ ROOT = Path(__file__).parent
 LESSON_ASSETS = ROOT / "site" / "assets" / "lessons"
 BENCHMARK = ROOT / "benchmarks" / "results" / "step_speed.json"
 PROFILE = ROOT / "benchmarks" / "results" / "profile_step.json"
+CONV_SPEED = ROOT / "benchmarks" / "results" / "conv_speed.json"
 TRAINING_RUNS = ROOT / "results"  # history.json of the runs in RESULTS.md
 ATTACK_RUNS = ROOT / "results" / "attacks"  # scratchcnn attack --json of the headline runs
 PRETRAINED = ROOT / "scratchcnn" / "pretrained" / "MANIFEST.json"
@@ -179,6 +180,35 @@ def define_env(env):
         wholes = [f"{row['whole_step_ms']:.1f} | " for row in rows]
         lines.append("| sum of the parts | " + " | ".join(sums) + " |")
         lines.append("| the whole step, timed as one | " + " | ".join(wholes) + " |")
+        return "\n".join(lines)
+
+    @env.macro
+    def conv_speed() -> dict:
+        """benchmarks/results/conv_speed.json (python benchmarks/conv_speed.py)."""
+        return load(CONV_SPEED)
+
+    @env.macro
+    def conv_ms(conv: str, part: str, implementation: str) -> float:
+        """One timing of conv_speed.json, e.g. conv_ms("conv2", "forward", "xla")."""
+        for row in conv_speed()["rows"]:
+            if (row["conv"], row["pass"], row["implementation"]) == (conv, part, implementation):
+                return row["ms"]
+        raise KeyError(f"no conv_speed row for {implementation}'s {part} of {conv}")
+
+    @env.macro
+    def conv_speed_table() -> str:
+        """Milliseconds per convolution and pass, one column per implementation."""
+        rows = conv_speed()["rows"]
+        implementations = list(dict.fromkeys(r["implementation"] for r in rows))
+        lines = [
+            "| convolution | pass | " + " | ".join(implementations) + " |",
+            "|---|---|" + "---:|" * len(implementations),
+        ]
+        for conv, part in dict.fromkeys((r["conv"], r["pass"]) for r in rows):
+            h, _, c_in, c_out = next(r["shape"] for r in rows if r["conv"] == conv)
+            cells = [f"{conv_ms(conv, part, impl):.1f}" for impl in implementations]
+            label = f"{conv} ({h}², {c_in} → {c_out})"
+            lines.append(f"| {label} | {part} | " + " | ".join(cells) + " |")
         return "\n".join(lines)
 
     @env.macro

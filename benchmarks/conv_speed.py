@@ -14,14 +14,15 @@ For each convolution of the reference CNN (batch 128, float32, 3x3 SAME) and eac
   - xla:            ``lax.conv_general_dilated`` and ``jax.vjp`` of it, what Flax runs;
   - torch:          ``torch.nn.functional.conv2d`` and ``torch.nn.grad`` (oneDNN), NCHW.
 
-A compiled pass returns the sum of its output: inside a compiled network a layer hands
-its output on, and returning a fresh output buffer from every call would cost XLA more
-than some of the passes (4 ms of conv2's 8.5 ms forward when measured).
+The implementations take turns, three rounds, and each cell is its median round (the
+machine's speed drifts). A compiled pass returns the sum of its output: inside a compiled
+network a layer hands its output on, and returning a fresh output buffer from every call
+would cost XLA more than some of the passes (4 ms of conv2's 8.5 ms forward when measured).
 If even the products alone are slower than XLA's or PyTorch's whole pass, no
 rearrangement of im2col's copies can catch up: the gap is in the multiply.
 
     python benchmarks/conv_speed.py            # JSON in benchmarks/results/conv_speed.json
-    python benchmarks/conv_speed.py --smoke    # the first two convolutions, 2 repetitions
+    python benchmarks/conv_speed.py --smoke    # the first two convolutions, 2 repetitions, 1 round
 """
 
 from __future__ import annotations
@@ -207,20 +208,30 @@ def run_worker(implementation: str, repeats: int, smoke: bool) -> dict | None:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def measure(repeats: int, smoke: bool) -> dict:
+def measure(repeats: int, rounds: int, smoke: bool) -> dict:
+    """The implementations take turns, ``rounds`` times; each cell is its median round."""
     convs = CONVS[:2] if smoke else CONVS
-    timings = {impl: run_worker(impl, repeats, smoke) for impl in IMPLEMENTATIONS}
+    runs = {impl: [] for impl in IMPLEMENTATIONS}
+    for _ in range(rounds):
+        for impl in IMPLEMENTATIONS:
+            if (timing := run_worker(impl, repeats, smoke)) is not None:
+                runs[impl].append(timing)
+    timings = {
+        impl: {name: {part: float(np.median([t[name][part] for t in ts])) for part in PASSES}
+               for name, *_ in convs}
+        for impl, ts in runs.items() if ts
+    }  # fmt: skip
     rows = []
     for name, hw, c_in, c_out in convs:
         gflop = 2 * BATCH * hw * hw * 9 * c_in * c_out / 1e9
         for impl, by_conv in timings.items():
-            for part in PASSES if by_conv else ():
+            for part in PASSES:
                 ms = by_conv[name][part]
                 rows.append({"conv": name, "shape": [hw, hw, c_in, c_out], "pass": part,
                              "implementation": impl, "ms": round(ms, 3),
                              "gflops": round(gflop / ms * 1e3, 1)})  # fmt: skip
     return {"machine": machine.describe(), "batch_size": BATCH, "dtype": "float32",
-            "repeats": repeats, "rows": rows}  # fmt: skip
+            "repeats": repeats, "rounds": rounds, "rows": rows}  # fmt: skip
 
 
 def print_table(result: dict) -> None:
@@ -235,18 +246,19 @@ def print_table(result: dict) -> None:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=7, help="timed calls per worker")
+    parser.add_argument("--rounds", type=int, default=3, help="workers per implementation")
     parser.add_argument("--smoke", action="store_true", help="two convolutions, 2 repetitions")
     parser.add_argument("--output", type=Path, default=OUT)
     parser.add_argument("--worker", choices=IMPLEMENTATIONS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.smoke:
-        args.repeats = 2
+        args.repeats, args.rounds = 2, 1
     if args.worker:
         convs = CONVS[:2] if args.smoke else CONVS
         print(json.dumps(worker(args.worker, args.repeats, convs)))
         return
-    result = measure(args.repeats, args.smoke)
+    result = measure(args.repeats, args.rounds, args.smoke)
     print_table(result)
     if not args.smoke:
         from scratchcnn.files import write_json

@@ -6,13 +6,14 @@ For each network and each implementation, one process (so peak memory is its own
   - Flax + optax:     the network's Flax twin, ``jax.grad`` + ``optax.adam``, ``jax.jit``;
   - PyTorch (CPU):    the same layers in ``torch.nn`` with ``torch.optim.Adam``, if torch
                       is installed (``pip install -e ".[bench]"``).
-Batch 128, float32, median of several repetitions after warm-up. Effective GFLOP/s counts
+Batch 128, float32, median of several repetitions after warm-up; the implementations take
+turns, three rounds each, and each keeps its median round. Effective GFLOP/s counts
 the multiply-adds of convolutions and dense layers (training = 3x the forward pass:
 forward, input gradient, weight gradient), and is also given as a fraction of this
 machine's single-precision matrix-multiply rate, measured in the same run.
 
     python benchmarks/step_speed.py                 # all networks, table + JSON
-    python benchmarks/step_speed.py --smoke         # one small network, 2 repetitions
+    python benchmarks/step_speed.py --smoke         # one small network, 2 repetitions, 1 round
 """
 
 from __future__ import annotations
@@ -54,8 +55,8 @@ def forward_flops(model, in_shape=(28, 28, 1)) -> int:
     """Multiply-adds x 2 of every conv and dense layer, for one image (residual blocks'
     branches included)."""
     from scratchcnn.layers import Conv, Dense
-    from scratchcnn.residual import Residual
     from scratchcnn.ops.windows import as_pair
+    from scratchcnn.residual import Residual
 
     flops, shape = 0, tuple(in_shape)
     for layer, (_, out_shape) in zip(model.layers, model.shapes(in_shape)):
@@ -268,16 +269,38 @@ def run_worker(implementation: str, network: str, repeats: int) -> dict | None:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def measure(networks: list[str], repeats: int) -> dict:
+def rounds_of_workers(network: str, repeats: int, rounds: int) -> dict:
+    """{implementation: timings}, each implementation run ``rounds`` times, in turns.
+
+    On a shared machine the speed drifts from minute to minute (runs of the same worker
+    differed by 20%); taking turns exposes every implementation to the same drift, and the
+    median of the rounds keeps one slow minute from deciding a ratio.
+    """
+    runs = {impl: [] for impl in IMPLEMENTATIONS}
+    for _ in range(rounds):
+        for impl in IMPLEMENTATIONS:
+            if (t := run_worker(impl, network, repeats)) is not None:
+                runs[impl].append(t)
+    return {
+        impl: {
+            "train_seconds": float(np.median([t["train_seconds"] for t in ts])),
+            "infer_seconds": float(np.median([t["infer_seconds"] for t in ts])),
+            "peak_rss_mb": max(t["peak_rss_mb"] for t in ts),
+            "train_seconds_by_round": [round(t["train_seconds"], 5) for t in ts],
+        }
+        for impl, ts in runs.items()
+        if ts
+    }
+
+
+def measure(networks: list[str], repeats: int, rounds: int) -> dict:
     matmul = matmul_gflops()
     rows = []
     for network in networks:
         flops = forward_flops(build(network))
-        timings = {impl: run_worker(impl, network, repeats) for impl in IMPLEMENTATIONS}
+        timings = rounds_of_workers(network, repeats, rounds)
         flax = timings.get("flax-optax")
         for impl, t in timings.items():
-            if t is None:
-                continue
             train_ips, infer_ips = BATCH / t["train_seconds"], BATCH / t["infer_seconds"]
             gflops = 3 * flops * train_ips / 1e9
             rows.append({
@@ -292,12 +315,16 @@ def measure(networks: list[str], repeats: int) -> dict:
                 "train_gflops": round(gflops, 1),
                 "fraction_of_matmul_rate": round(gflops / matmul, 3),
                 "peak_rss_mb": round(t["peak_rss_mb"], 1),
+                "train_images_per_second_by_round": [
+                    round(BATCH / seconds, 1) for seconds in t["train_seconds_by_round"]
+                ],
             })  # fmt: skip
     return {
         "machine": machine.describe(),
         "batch_size": BATCH,
         "dtype": "float32",
         "repeats": repeats,
+        "rounds": rounds,
         "matmul_gflops": round(matmul, 1),
         "forward_mflops_per_image": {n: round(forward_flops(build(n)) / 1e6, 2) for n in networks},
         "rows": rows,
@@ -307,7 +334,8 @@ def measure(networks: list[str], repeats: int) -> dict:
 def format_table(result: dict) -> str:
     lines = [
         f"{result['machine']['cpu']}, {result['machine']['cores']} cores; "
-        f"batch {result['batch_size']}, float32, median of {result['repeats']}; "
+        f"batch {result['batch_size']}, float32, median of {result['repeats']} steps, "
+        f"median of {result['rounds']} rounds; "
         f"NumPy matmul rate {result['matmul_gflops']} GFLOP/s",
         f"{'network':<10} {'implementation':<14} {'train img/s':>11} {'x Flax':>7} "
         f"{'GFLOP/s':>8} {'% matmul':>8} {'infer img/s':>11} {'x Flax':>7} {'peak MB':>8}",
@@ -325,7 +353,8 @@ def format_table(result: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="lenet only, 2 repetitions")
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=7, help="timed steps per worker")
+    parser.add_argument("--rounds", type=int, default=3, help="workers per implementation")
     parser.add_argument("--networks", nargs="*", default=None)
     parser.add_argument("--output", type=Path, default=OUT)
     parser.add_argument("--worker", nargs=3, metavar=("IMPL", "NETWORK", "REPEATS"))
@@ -337,7 +366,7 @@ def main() -> None:
     from scratchcnn import models
 
     networks = args.networks or (["lenet"] if args.smoke else ["reference", *sorted(models.MODELS)])
-    result = measure(networks, 2 if args.smoke else args.repeats)
+    result = measure(networks, *((2, 1) if args.smoke else (args.repeats, args.rounds)))
     print(format_table(result))
     if not args.smoke:
         args.output.parent.mkdir(parents=True, exist_ok=True)
