@@ -10,9 +10,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).parent
 LESSON_ASSETS = ROOT / "site" / "assets" / "lessons"
-BENCHMARK = ROOT / "benchmarks" / "results" / "step_speed.json"
-PROFILE = ROOT / "benchmarks" / "results" / "profile_step.json"
-CONV_SPEED = ROOT / "benchmarks" / "results" / "conv_speed.json"
+BENCHMARKS = ROOT / "benchmarks" / "results"
+PROFILE = BENCHMARKS / "profile_step.json"
+CONV_SPEED = BENCHMARKS / "conv_speed.json"
 TRAINING_RUNS = ROOT / "results"  # history.json of the runs in RESULTS.md
 ATTACK_RUNS = ROOT / "results" / "attacks"  # scratchcnn attack --json of the headline runs
 PRETRAINED = ROOT / "scratchcnn" / "pretrained" / "MANIFEST.json"
@@ -40,9 +40,10 @@ def define_env(env):
         return load(LESSON_ASSETS / lesson / f"{name}.json")
 
     @env.macro
-    def benchmark() -> dict:
-        """benchmarks/results/step_speed.json (python benchmarks/step_speed.py)."""
-        return load(BENCHMARK)
+    def benchmark(name: str = "step_speed") -> dict:
+        """benchmarks/results/step_speed.json (python benchmarks/step_speed.py), or another
+        run of it, e.g. benchmark("step_speed_haswell")."""
+        return load(BENCHMARKS / f"{name}.json")
 
     @env.macro
     def run(name: str) -> dict:
@@ -188,12 +189,13 @@ def define_env(env):
         return load(CONV_SPEED)
 
     @env.macro
-    def conv_ms(conv: str, part: str, implementation: str) -> float:
-        """One timing of conv_speed.json, e.g. conv_ms("conv2", "forward", "xla")."""
+    def conv_ms(conv: str, part: str, implementation: str) -> float | None:
+        """One timing of conv_speed.json, e.g. conv_ms("conv2", "forward", "xla"); None
+        for a pass an implementation does not time."""
         for row in conv_speed()["rows"]:
             if (row["conv"], row["pass"], row["implementation"]) == (conv, part, implementation):
                 return row["ms"]
-        raise KeyError(f"no conv_speed row for {implementation}'s {part} of {conv}")
+        return None
 
     @env.macro
     def conv_speed_table() -> str:
@@ -206,15 +208,16 @@ def define_env(env):
         ]
         for conv, part in dict.fromkeys((r["conv"], r["pass"]) for r in rows):
             h, _, c_in, c_out = next(r["shape"] for r in rows if r["conv"] == conv)
-            cells = [f"{conv_ms(conv, part, impl):.1f}" for impl in implementations]
+            timings = [conv_ms(conv, part, impl) for impl in implementations]
+            cells = ["–" if ms is None else f"{ms:.1f}" for ms in timings]
             label = f"{conv} ({h}², {c_in} → {c_out})"
             lines.append(f"| {label} | {part} | " + " | ".join(cells) + " |")
         return "\n".join(lines)
 
     @env.macro
-    def speed_row(network: str, implementation: str) -> dict:
+    def speed_row(network: str, implementation: str, run: str = "step_speed") -> dict:
         """One benchmark row, e.g. speed_row("reference", "scratch-numpy")."""
-        for row in benchmark()["rows"]:
+        for row in benchmark(run)["rows"]:
             if (row["network"], row["implementation"]) == (network, implementation):
                 return row
         raise KeyError(f"no benchmark row for {implementation} on {network}")

@@ -10,6 +10,9 @@ For each convolution of the reference CNN (batch 128, float32, 3x3 SAME) and eac
                     beforehand (NumPy's BLAS on both cores): what im2col would cost if
                     its copies were free;
   - jit:            our plain ops (``scratchcnn/ops/conv.py``) under ``jax.jit``;
+  - jit tap sum:    the forward pass as a sum of per-tap products (each of the kh*kw
+                    taps, a strided slice of the image, times its (C_in, C_out) slice of
+                    the kernel), under ``jax.jit``: no window matrix at all;
   - jit products:   that matrix multiply alone, under ``jax.jit``;
   - xla:            ``lax.conv_general_dilated`` and ``jax.vjp`` of it, what Flax runs;
   - torch:          ``torch.nn.functional.conv2d`` and ``torch.nn.grad`` (oneDNN), NCHW.
@@ -44,7 +47,9 @@ BATCH = 128
 # The reference CNN's convolutions: (name, H = W, C_in, C_out), 3x3 kernels, SAME.
 CONVS = (("conv1", 28, 1, 32), ("conv2", 28, 32, 32), ("conv3", 14, 32, 64), ("conv4", 14, 64, 64))
 PASSES = ("forward", "input gradient", "weight gradient")
-IMPLEMENTATIONS = ("numpy", "numpy products", "jit", "jit products", "xla", "torch")
+IMPLEMENTATIONS = (
+    "numpy", "numpy products", "jit", "jit tap sum", "jit products", "xla", "torch",
+)  # fmt: skip
 
 
 def arrays(hw: int, c_in: int, c_out: int):
@@ -105,6 +110,20 @@ def jit_passes(x, kernel, dout):
         "input gradient": lambda x, k, d: backward(x, k, d, True),
         "weight gradient": lambda x, k, d: backward(x, k, d, False),
     }, x, kernel, dout)  # fmt: skip
+
+
+def jit_tap_sum(x, kernel, dout):
+    """Forward only: the formulation that builds no windows, for inference."""
+    from scratchcnn.ops.conv import conv_geometry
+    from scratchcnn.ops.windows import pad_hw, window_taps
+
+    def forward(x, k, d):
+        geo = conv_geometry(x.shape, k.shape, 1, "SAME")
+        taps = window_taps(pad_hw(x, geo.pads), geo.window, geo.strides, geo.out_hw)
+        kernel_taps = k.reshape(len(taps), k.shape[2], k.shape[3])  # (kh*kw, C_in, C_out)
+        return sum(tap @ k_tap for tap, k_tap in zip(taps, kernel_taps)).sum()
+
+    return _compiled({"forward": forward}, x, kernel, dout)
 
 
 def jit_products(x, kernel, dout):
@@ -169,6 +188,7 @@ PASS_MAKERS = {
     "numpy": numpy_passes,
     "numpy products": numpy_products,
     "jit": jit_passes,
+    "jit tap sum": jit_tap_sum,
     "jit products": jit_products,
     "xla": xla_passes,
     "torch": torch_passes,
@@ -217,7 +237,7 @@ def measure(repeats: int, rounds: int, smoke: bool) -> dict:
             if (timing := run_worker(impl, repeats, smoke)) is not None:
                 runs[impl].append(timing)
     timings = {
-        impl: {name: {part: float(np.median([t[name][part] for t in ts])) for part in PASSES}
+        impl: {name: {part: float(np.median([t[name][part] for t in ts])) for part in ts[0][name]}
                for name, *_ in convs}
         for impl, ts in runs.items() if ts
     }  # fmt: skip
@@ -225,7 +245,7 @@ def measure(repeats: int, rounds: int, smoke: bool) -> dict:
     for name, hw, c_in, c_out in convs:
         gflop = 2 * BATCH * hw * hw * 9 * c_in * c_out / 1e9
         for impl, by_conv in timings.items():
-            for part in PASSES:
+            for part in (p for p in PASSES if p in by_conv[name]):
                 ms = by_conv[name][part]
                 rows.append({"conv": name, "shape": [hw, hw, c_in, c_out], "pass": part,
                              "implementation": impl, "ms": round(ms, 3),
