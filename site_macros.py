@@ -184,6 +184,15 @@ def define_env(env):
         return "\n".join(lines)
 
     @env.macro
+    def attack_speed(network: str, implementation: str) -> dict:
+        """One row of benchmarks/results/attack_speed.json, e.g.
+        attack_speed("default", "ours, whole batch")."""
+        for row in load(BENCHMARKS / "attack_speed.json")["rows"]:
+            if (row["network"], row["implementation"]) == (network, implementation):
+                return row
+        raise KeyError(f"no attack_speed row for {implementation} on {network}")
+
+    @env.macro
     def conv_speed() -> dict:
         """benchmarks/results/conv_speed.json (python benchmarks/conv_speed.py)."""
         return load(CONV_SPEED)

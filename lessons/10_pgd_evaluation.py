@@ -11,8 +11,8 @@ gradient is zero almost everywhere: attacks on the cross-entropy report robustne
 does not have, the gradient-free Square attack and the scale-free DLR loss do not; and
 ``scratchcnn.robustness.sanity_checks`` on both networks at eps 0.3.
 
-    python lessons/10_pgd_evaluation.py           # 6 min on 2 cores (354 s, 2026-12-01)
-                                                  # (+18 min, once, to train runs/default-s1)
+    python lessons/10_pgd_evaluation.py           # 7 min on 2 cores (410 s, 2026-12-01,
+                                                  # 38 s of it training runs/default-s1 once)
     python lessons/10_pgd_evaluation.py --quick   # under a minute: tiny networks, few digits
 """
 
