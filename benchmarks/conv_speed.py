@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -40,7 +39,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 import machine  # noqa: E402  (a sibling script)
-from step_speed import median_seconds  # noqa: E402  (a sibling script)
+from step_speed import median_seconds, take_turns, worker_result  # noqa: E402
 
 OUT = Path(__file__).parent / "results" / "conv_speed.json"
 BATCH = 128
@@ -220,26 +219,17 @@ def worker(implementation: str, repeats: int, convs) -> dict:
 
 def run_worker(implementation: str, repeats: int, smoke: bool) -> dict | None:
     command = [sys.executable, __file__, "--worker", implementation, "--repeats", str(repeats)]
-    done = subprocess.run(command + (["--smoke"] if smoke else []), capture_output=True, text=True)
-    if done.returncode != 0:
-        reason = (done.stderr.strip().splitlines() or ["failed"])[-1]
-        print(f"  {implementation}: skipped ({reason})", file=sys.stderr)
-        return None
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return worker_result(command + (["--smoke"] if smoke else []), implementation)
 
 
 def measure(repeats: int, rounds: int, smoke: bool) -> dict:
     """The implementations take turns, ``rounds`` times; each cell is its median round."""
     convs = CONVS[:2] if smoke else CONVS
-    runs = {impl: [] for impl in IMPLEMENTATIONS}
-    for _ in range(rounds):
-        for impl in IMPLEMENTATIONS:
-            if (timing := run_worker(impl, repeats, smoke)) is not None:
-                runs[impl].append(timing)
+    runs = take_turns(lambda impl: run_worker(impl, repeats, smoke), IMPLEMENTATIONS, rounds)
     timings = {
         impl: {name: {part: float(np.median([t[name][part] for t in ts])) for part in ts[0][name]}
                for name, *_ in convs}
-        for impl, ts in runs.items() if ts
+        for impl, ts in runs.items()
     }  # fmt: skip
     rows = []
     for name, hw, c_in, c_out in convs:

@@ -259,28 +259,39 @@ def worker(implementation: str, network: str, repeats: int) -> dict:
 # --------------------------------------------------------------------------- driver
 
 
-def run_worker(implementation: str, network: str, repeats: int) -> dict | None:
-    command = [sys.executable, __file__, "--worker", implementation, network, str(repeats)]
+def worker_result(command: list[str], label: str) -> dict | None:
+    """Run a worker process and read the JSON of its last line; None (and why, on stderr)
+    if it failed."""
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         reason = (done.stderr.strip().splitlines() or ["failed"])[-1]
-        print(f"  {implementation} on {network}: skipped ({reason})", file=sys.stderr)
+        print(f"  {label}: skipped ({reason})", file=sys.stderr)
         return None
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def rounds_of_workers(network: str, repeats: int, rounds: int) -> dict:
-    """{implementation: timings}, each implementation run ``rounds`` times, in turns.
-
-    On a shared machine the speed drifts from minute to minute (runs of the same worker
-    differed by 20%); taking turns exposes every implementation to the same drift, and the
-    median of the rounds keeps one slow minute from deciding a ratio.
-    """
-    runs = {impl: [] for impl in IMPLEMENTATIONS}
+def take_turns(run_one, implementations, rounds: int) -> dict[str, list[dict]]:
+    """{implementation: [result of each round]}: ``run_one(implementation)`` for each
+    implementation in turn, ``rounds`` times. On a shared machine the speed drifts from
+    minute to minute (runs of the same worker differed by 20%): taking turns exposes
+    every implementation to the same drift, and the median of the rounds keeps one slow
+    minute from deciding a ratio. Implementations whose every run failed are left out."""
+    runs = {impl: [] for impl in implementations}
     for _ in range(rounds):
-        for impl in IMPLEMENTATIONS:
-            if (t := run_worker(impl, network, repeats)) is not None:
-                runs[impl].append(t)
+        for impl in implementations:
+            if (result := run_one(impl)) is not None:
+                runs[impl].append(result)
+    return {impl: results for impl, results in runs.items() if results}
+
+
+def run_worker(implementation: str, network: str, repeats: int) -> dict | None:
+    command = [sys.executable, __file__, "--worker", implementation, network, str(repeats)]
+    return worker_result(command, f"{implementation} on {network}")
+
+
+def rounds_of_workers(network: str, repeats: int, rounds: int) -> dict:
+    """{implementation: timings}: each implementation's median round of ``rounds``."""
+    runs = take_turns(lambda impl: run_worker(impl, network, repeats), IMPLEMENTATIONS, rounds)
     return {
         impl: {
             "train_seconds": float(np.median([t["train_seconds"] for t in ts])),
@@ -289,7 +300,6 @@ def rounds_of_workers(network: str, repeats: int, rounds: int) -> dict:
             "train_seconds_by_round": [round(t["train_seconds"], 5) for t in ts],
         }
         for impl, ts in runs.items()
-        if ts
     }
 
 
