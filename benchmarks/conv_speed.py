@@ -17,8 +17,8 @@ For each convolution of the reference CNN (batch 128, float32, 3x3 SAME) and eac
   - xla:            ``lax.conv_general_dilated`` and ``jax.vjp`` of it, what Flax runs;
   - torch:          ``torch.nn.functional.conv2d`` and ``torch.nn.grad`` (oneDNN), NCHW.
 
-The implementations take turns, three rounds, and each cell is its median round (the
-machine's speed drifts). A compiled pass returns the sum of its output: inside a compiled
+The implementations take turns, three rounds, and each cell is its median over the rounds
+(the machine's speed drifts). A compiled pass returns the sum of its output: inside a compiled
 network a layer hands its output on, and returning a fresh output buffer from every call
 would cost XLA more than some of the passes (4 ms of conv2's 8.5 ms forward when measured).
 If even the products alone are slower than XLA's or PyTorch's whole pass, no
@@ -49,6 +49,7 @@ PASSES = ("forward", "input gradient", "weight gradient")
 IMPLEMENTATIONS = (
     "numpy", "numpy products", "jit", "jit tap sum", "jit products", "xla", "torch",
 )  # fmt: skip
+REQUIRED = ("numpy", "jit", "xla")  # PyTorch is optional (pip install -e ".[bench]")
 
 
 def arrays(hw: int, c_in: int, c_out: int):
@@ -74,6 +75,10 @@ def window_rows(x):
 
 
 def numpy_passes(x, kernel, dout):
+    """{pass: closure}: our fast NumPy backend's forward and backward passes.
+
+    x: (N, H, W, C_in), kernel: (3, 3, C_in, C_out), dout: (N, H, W, C_out).
+    """
     from scratchcnn.fast import conv
 
     cache = conv.conv2d_forward(x, kernel)[1]
@@ -86,6 +91,7 @@ def numpy_passes(x, kernel, dout):
 
 
 def numpy_products(x, kernel, dout):
+    """{pass: closure}: each pass's matrix multiply alone on NumPy, windows built first."""
     rows, k = window_rows(x), kernel.reshape(-1, kernel.shape[3])
     d = dout.reshape(-1, kernel.shape[3])
     return {
@@ -96,7 +102,7 @@ def numpy_products(x, kernel, dout):
 
 
 def jit_passes(x, kernel, dout):
-
+    """{pass: closure}: our plain ops (im2col, col2im) under ``jax.jit``."""
     from scratchcnn.ops import conv
 
     def backward(x, kernel, dout, input_grad):
@@ -126,6 +132,7 @@ def jit_tap_sum(x, kernel, dout):
 
 
 def jit_products(x, kernel, dout):
+    """{pass: closure}: each pass's matrix multiply alone under ``jax.jit``."""
     c_out = kernel.shape[3]
     rows = window_rows(x)
     return _compiled({
@@ -136,6 +143,7 @@ def jit_products(x, kernel, dout):
 
 
 def xla_passes(x, kernel, dout):
+    """{pass: closure}: XLA's own convolution and its ``jax.vjp``, as Flax runs them."""
     import jax
 
     def conv(x, k):
@@ -151,6 +159,7 @@ def xla_passes(x, kernel, dout):
 
 
 def torch_passes(x, kernel, dout):
+    """{pass: closure}: PyTorch's convolution and its gradients, on NCHW copies."""
     import torch
 
     def nchw(a):
@@ -208,8 +217,8 @@ def worker(implementation: str, repeats: int, convs) -> dict:
         for name, hw, c_in, c_out in convs:
             passes = PASS_MAKERS[implementation](*arrays(hw, c_in, c_out))
             ms = {p: 1e3 * median_seconds(fn, repeats) for p, fn in passes.items()}
-            if implementation == "numpy":
-                ms["input gradient"] = max(ms["input gradient"] - ms["weight gradient"], 0.0)
+            if implementation == "numpy":  # the whole backward pass less its weight gradient
+                ms["input gradient"] = max(ms["input gradient"] - ms["weight gradient"], 1e-3)
             timings[name] = ms
     return timings
 
@@ -223,9 +232,11 @@ def run_worker(implementation: str, repeats: int, smoke: bool) -> dict | None:
 
 
 def measure(repeats: int, rounds: int, smoke: bool) -> dict:
-    """The implementations take turns, ``rounds`` times; each cell is its median round."""
+    """The implementations take turns, ``rounds`` times; each cell is the median over them."""
     convs = CONVS[:2] if smoke else CONVS
-    runs = take_turns(lambda impl: run_worker(impl, repeats, smoke), IMPLEMENTATIONS, rounds)
+    runs = take_turns(
+        lambda impl: run_worker(impl, repeats, smoke), IMPLEMENTATIONS, rounds, REQUIRED
+    )
     timings = {
         impl: {name: {part: float(np.median([t[name][part] for t in ts])) for part in ts[0][name]}
                for name, *_ in convs}

@@ -7,7 +7,7 @@ For each network and each implementation, one process (so peak memory is its own
   - PyTorch (CPU):    the same layers in ``torch.nn`` with ``torch.optim.Adam``, if torch
                       is installed (``pip install -e ".[bench]"``).
 Batch 128, float32, median of several repetitions after warm-up; the implementations take
-turns, three rounds each, and each keeps its median round. Effective GFLOP/s counts
+turns, three rounds each, and each keeps its median over the rounds. Effective GFLOP/s counts
 the multiply-adds of convolutions and dense layers (training = 3x the forward pass:
 forward, input gradient, weight gradient), and is also given as a fraction of this
 machine's single-precision matrix-multiply rate, measured in the same run.
@@ -32,6 +32,7 @@ import numpy as np
 BATCH = 128
 OUT = Path(__file__).parent / "results" / "step_speed.json"
 IMPLEMENTATIONS = ("scratch-numpy", "scratch-jax", "flax-optax", "torch")
+REQUIRED = IMPLEMENTATIONS[:3]  # PyTorch is optional (pip install -e ".[bench]")
 
 
 def reference_cnn():
@@ -270,17 +271,24 @@ def worker_result(command: list[str], label: str) -> dict | None:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def take_turns(run_one, implementations, rounds: int) -> dict[str, list[dict]]:
+def take_turns(run_one, implementations, rounds: int, required) -> dict[str, list[dict]]:
     """{implementation: [result of each round]}: ``run_one(implementation)`` for each
-    implementation in turn, ``rounds`` times. On a shared machine the speed drifts from
-    minute to minute (runs of the same worker differed by 20%): taking turns exposes
-    every implementation to the same drift, and the median of the rounds keeps one slow
-    minute from deciding a ratio. Implementations whose every run failed are left out."""
+    implementation in turn, ``rounds`` times, starting one later each round.
+
+    On a shared machine the speed drifts from minute to minute (between runs of the same
+    worker, by a fifth for the larger networks and over a third for ``lenet``): taking
+    turns exposes every implementation to the same drift, and the median over the
+    rounds keeps one slow minute from deciding a ratio. Implementations whose every run
+    failed are left out; if one of ``required`` is among them, the benchmark stops.
+    """
     runs = {impl: [] for impl in implementations}
-    for _ in range(rounds):
-        for impl in implementations:
+    for round_ in range(rounds):
+        shift = round_ % len(implementations)
+        for impl in implementations[shift:] + implementations[:shift]:
             if (result := run_one(impl)) is not None:
                 runs[impl].append(result)
+    if missing := [impl for impl in required if not runs[impl]]:
+        raise SystemExit(f"benchmark failed: no result from {', '.join(missing)} (see above).")
     return {impl: results for impl, results in runs.items() if results}
 
 
@@ -290,8 +298,10 @@ def run_worker(implementation: str, network: str, repeats: int) -> dict | None:
 
 
 def rounds_of_workers(network: str, repeats: int, rounds: int) -> dict:
-    """{implementation: timings}: each implementation's median round of ``rounds``."""
-    runs = take_turns(lambda impl: run_worker(impl, network, repeats), IMPLEMENTATIONS, rounds)
+    """{implementation: timings}: each implementation's medians over ``rounds`` runs."""
+    runs = take_turns(
+        lambda impl: run_worker(impl, network, repeats), IMPLEMENTATIONS, rounds, REQUIRED
+    )
     return {
         impl: {
             "train_seconds": float(np.median([t["train_seconds"] for t in ts])),

@@ -26,8 +26,8 @@ BATCH = 13
 
 @pytest.fixture(autouse=True)
 def small_chunks(monkeypatch):
-    """Chunks of a few images (1 to 8 of the 13), the last one short."""
-    monkeypatch.setattr(cores, "WINDOW_VALUES_PER_CHUNK", 8000)
+    """Chunks of 1 to 7 images of the 13 (7 for a one-channel image), the last one short."""
+    monkeypatch.setattr(cores, "WINDOW_VALUES_PER_CHUNK", 60000)
 
 
 @pytest.mark.lesson03
@@ -57,6 +57,25 @@ def test_chunked_conv_equals_whole_batch_and_loops(c_in, c_out, strides, padding
     ]:
         assert relative_error(fast, plain) <= 1e-12
         assert relative_error(fast, loops) <= 1e-12
+
+
+def test_float32_first_layer_kernel_gradient_in_training_chunks(monkeypatch):
+    """A first layer's kernel gradient in float32, in the chunks training uses (64 images
+    per product): digit-like images (a constant standardized background) and an output
+    gradient summing to 0 per channel, as BatchNorm after the layer makes it. The
+    gradient is then a small difference of large sums, which float32 must keep."""
+    monkeypatch.setattr(cores, "WINDOW_VALUES_PER_CHUNK", 4096 * 288)  # as in training
+    rng = np.random.default_rng(3)
+    x = np.where(rng.random((128, 28, 28, 1)) < 0.2, 2.8, -0.42)  # ink, background
+    dout = rng.standard_normal((128, 28, 28, 32))
+    dout -= dout.mean(axis=(0, 1, 2))
+    k = rng.standard_normal((3, 3, 1, 32))
+    exact = PlainOps.conv2d_backward(dout, PlainOps.conv2d_forward(x, k)[1], False)[1]["kernel"]
+    x32, dout32, k32 = (a.astype(np.float32) for a in (x, dout, k))
+    _, cache = FastOps.conv2d_forward(x32, k32)
+    assert fast_conv.chunk_size(x32, cache.geo) == 64
+    fast = FastOps.conv2d_backward(dout32, cache, input_grad=False)[1]["kernel"]
+    assert np.abs(fast - exact).max() <= 2e-6 * np.abs(exact).max()
 
 
 @pytest.mark.lesson04

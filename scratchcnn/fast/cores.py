@@ -44,14 +44,18 @@ _memory_kept = False
 
 
 def images_per_chunk(values_per_image: int, n: int) -> int:
-    """How many of n images make one cache-sized chunk, but no more than a core's share.
+    """How many of n images make one cache-sized chunk, aiming at a number of chunks the
+    cores share evenly (3 chunks on 2 cores would leave one core idle for the last).
 
     values_per_image: what one image's chunk holds, e.g. its im2col rows times their width.
     Sizing by values, not rows, gives a one-channel layer (9-value rows) chunks 32 times
     as many images as a 32-channel one; with rows it got chunks so small that handing
     them to the threads cost more than the work in them.
     """
-    return max(1, min(WINDOW_VALUES_PER_CHUNK // values_per_image, -(-n // CORES)))
+    largest = max(1, WINDOW_VALUES_PER_CHUNK // values_per_image)
+    chunks = -(-max(n, 1) // largest)
+    chunks = -(-chunks // CORES) * CORES  # a multiple of the number of cores
+    return max(1, -(-n // chunks))
 
 
 # --8<-- [start:for_each_chunk]
