@@ -13,7 +13,8 @@ eval mode, in one run:
   - Flax, jax.grad:      the network's Flax twin, whole batch and in chunks.
 
 Reported as images per second (image-steps per second for gradients) and as a ratio to
-Flax's whole batch. Medians of several repetitions after a warm-up (the compile).
+Flax's whole batch. Medians of several repetitions after a warm-up (the compile); the
+implementations take turns, three rounds, and each keeps its median over the rounds.
 
     python benchmarks/attack_speed.py                 # default + best, batch 1024, JSON
     python benchmarks/attack_speed.py --smoke         # bn_cnn, batch 64, 2 repetitions
@@ -93,7 +94,9 @@ def implementations(model, params, state, x, y):
     }  # fmt: skip
 
 
-def measure(name: str, batch: int, repeats: int) -> list[dict]:
+def measure(name: str, batch: int, repeats: int, rounds: int) -> list[dict]:
+    """Rows of images per second, each implementation's median over ``rounds`` turns
+    (the implementations take turns: the machine's speed drifts, see step_speed.py)."""
     from scratchcnn import models
 
     model = models.build(name)
@@ -101,10 +104,19 @@ def measure(name: str, batch: int, repeats: int) -> list[dict]:
     rng = np.random.default_rng(0)
     x = rng.random((batch, 28, 28, 1), dtype=np.float32)
     y = rng.integers(0, 10, batch)
+    fns = implementations(model, params, state, x, y)
+    seconds = {impl: ([], []) for impl in fns}
+    for round_ in range(rounds):
+        order = list(fns)[round_ % len(fns) :] + list(fns)[: round_ % len(fns)]
+        for impl in order:
+            gradient, forward = fns[impl]
+            seconds[impl][0].append(median_seconds(gradient, repeats, warmup=1))
+            if forward:
+                seconds[impl][1].append(median_seconds(forward, repeats, warmup=1))
     rows = []
-    for impl, (gradient, forward) in implementations(model, params, state, x, y).items():
-        grad_s = median_seconds(gradient, repeats, warmup=1)
-        fwd_s = median_seconds(forward, repeats, warmup=1) if forward else None
+    for impl, (grad_times, fwd_times) in seconds.items():
+        grad_s = float(np.median(grad_times))
+        fwd_s = float(np.median(fwd_times)) if fwd_times else None
         rows.append({
             "network": name, "implementation": impl, "batch": batch,
             "gradient_images_per_s": round(batch / grad_s, 1),
@@ -129,19 +141,25 @@ def main(argv=None) -> None:
     parser.add_argument("--networks", default="default,best")
     parser.add_argument("--batch", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--smoke", action="store_true", help="bn_cnn, batch 64, 2 repeats")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--smoke", action="store_true", help="bn_cnn, batch 64, 2 repeats, 1 round")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
     if args.smoke:
-        args.networks, args.batch, args.repeats = "bn_cnn", 64, 2
+        args.networks, args.batch, args.repeats, args.rounds = "bn_cnn", 64, 2, 1
     import jax
 
-    rows = [r for name in args.networks.split(",") for r in measure(name, args.batch, args.repeats)]
+    rows = [
+        row
+        for name in args.networks.split(",")
+        for row in measure(name, args.batch, args.repeats, args.rounds)
+    ]
     if not args.smoke:
         from scratchcnn.files import write_json
 
         write_json(args.out, {
             "machine": {**machine.describe(), "jax_backend": jax.default_backend()},
+            "rounds": args.rounds,
             "rows": rows,
         })  # fmt: skip
         print(f"wrote {args.out}")

@@ -5,8 +5,8 @@ mode, where each image's output depends on that image alone. Compiled by XLA for
 as one batch, every layer writes activations for the whole batch before the next layer
 reads them back from memory; compiled as a loop over chunks (``jax.lax.map``), a chunk's
 activations stay in the CPU's cache from the first layer to the last.
-``benchmarks/attack_speed.py`` measures what it buys: on 2 cores, for ``default``, 4.5x the
-images per second of our forward pass and 3.1x of its input gradient
+``benchmarks/attack_speed.py`` measures what it buys: on 2 cores, for ``default``, 4.4x the
+images per second of our forward pass and 2.9x of its input gradient
 (``benchmarks/results/attack_speed.json``).
 
 On a GPU the whole batch at once is what keeps the device busy, so nothing is chunked.
