@@ -215,10 +215,11 @@ def define_env(env):
             "| convolution | pass | " + " | ".join(implementations) + " |",
             "|---|---|" + "---:|" * len(implementations),
         ]
+        ms = {(r["conv"], r["pass"], r["implementation"]): r["ms"] for r in rows}  # one read
         for conv, part in dict.fromkeys((r["conv"], r["pass"]) for r in rows):
             h, _, c_in, c_out = next(r["shape"] for r in rows if r["conv"] == conv)
-            timings = [conv_ms(conv, part, impl) for impl in implementations]
-            cells = ["–" if ms is None else f"{ms:.1f}" for ms in timings]
+            timings = [ms.get((conv, part, impl)) for impl in implementations]
+            cells = ["–" if t is None else f"{t:.1f}" for t in timings]
             label = f"{conv} ({h}², {c_in} → {c_out})"
             lines.append(f"| {label} | {part} | " + " | ".join(cells) + " |")
         return "\n".join(lines)

@@ -31,7 +31,7 @@ import numpy as np
 OUT = Path(__file__).parent / "results" / "attack_speed.json"
 sys.path.insert(0, str(Path(__file__).parent))
 import machine  # noqa: E402  (a sibling script)
-from step_speed import median_seconds  # noqa: E402  (after the path: a sibling script)
+from step_speed import median_seconds, take_turns  # noqa: E402  (a sibling script)
 
 
 def implementations(model, params, state, x, y):
@@ -105,18 +105,17 @@ def measure(name: str, batch: int, repeats: int, rounds: int) -> list[dict]:
     x = rng.random((batch, 28, 28, 1), dtype=np.float32)
     y = rng.integers(0, 10, batch)
     fns = implementations(model, params, state, x, y)
-    seconds = {impl: ([], []) for impl in fns}
-    for round_ in range(rounds):
-        order = list(fns)[round_ % len(fns) :] + list(fns)[: round_ % len(fns)]
-        for impl in order:
-            gradient, forward = fns[impl]
-            seconds[impl][0].append(median_seconds(gradient, repeats, warmup=1))
-            if forward:
-                seconds[impl][1].append(median_seconds(forward, repeats, warmup=1))
+
+    def timed(impl):  # (gradient seconds, forward seconds or None): one round
+        gradient, forward = fns[impl]
+        forward_s = median_seconds(forward, repeats, warmup=1) if forward else None
+        return median_seconds(gradient, repeats, warmup=1), forward_s
+
+    seconds = take_turns(timed, list(fns), rounds, required=())
     rows = []
-    for impl, (grad_times, fwd_times) in seconds.items():
-        grad_s = float(np.median(grad_times))
-        fwd_s = float(np.median(fwd_times)) if fwd_times else None
+    for impl, rounds_of in seconds.items():
+        grad_s = float(np.median([g for g, _ in rounds_of]))
+        fwd_s = float(np.median([f for _, f in rounds_of])) if rounds_of[0][1] else None
         rows.append({
             "network": name, "implementation": impl, "batch": batch,
             "gradient_images_per_s": round(batch / grad_s, 1),

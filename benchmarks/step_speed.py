@@ -271,7 +271,7 @@ def worker_result(command: list[str], label: str) -> dict | None:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def take_turns(run_one, implementations, rounds: int, required) -> dict[str, list[dict]]:
+def take_turns(run_one, implementations, rounds: int, required) -> dict[str, list]:
     """{implementation: [result of each round]}: ``run_one(implementation)`` for each
     implementation in turn, ``rounds`` times, starting one later each round.
 

@@ -66,8 +66,10 @@ def conv2d_backward(dout, cache, input_grad=True):
         kernel_share = kernel_grad(pad_hw(x[batch], geo.pads), dout[batch], geo)
         return kernel_share, total(dout[batch], (0, 1, 2))
 
-    no_images = [(np.zeros(kernel.shape, dout.dtype), np.zeros(kernel.shape[3], dout.dtype))]
-    shares = for_each_chunk(chunk, x.shape[0], chunk_size(x, geo)) or no_images
+    if x.shape[0]:
+        shares = for_each_chunk(chunk, x.shape[0], chunk_size(x, geo))
+    else:  # no images: zero gradients
+        shares = [(np.zeros(kernel.shape, dout.dtype), np.zeros(kernel.shape[3], dout.dtype))]
     grads = {"kernel": total(np.stack([k for k, _ in shares]), 0)}  # float64 accumulation
     if cache.has_bias:
         grads["bias"] = total(np.stack([b for _, b in shares]), 0)
